@@ -1,0 +1,58 @@
+"""sagaflow: saga orchestration on Celery, with saga state in SQL."""
+
+from sagaflow.client import BrokerUnavailable, SagaClient
+from sagaflow.config import Settings
+from sagaflow.definitions import (
+    Phase,
+    Registry,
+    Saga,
+    SagaOrchestrator,
+    SagaState,
+    Step,
+    StepStatus,
+    load_definitions,
+)
+from sagaflow.errors import (
+    ConcurrencyConflict,
+    ConfigurationError,
+    DefinitionError,
+    InvalidSagaInput,
+    SagaflowError,
+    SagaNotFound,
+    SagaTimeout,
+    StoreUnavailable,
+    UnknownSagaType,
+)
+from sagaflow.machine import ErrorInfo, SagaRecord, StepRecord
+from sagaflow.service import create_service_app, install_service_support
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "DefinitionError",
+    "ErrorInfo",
+    "InvalidSagaInput",
+    "Phase",
+    "Registry",
+    "Saga",
+    "SagaClient",
+    "SagaNotFound",
+    "SagaOrchestrator",
+    "SagaRecord",
+    "SagaState",
+    "SagaTimeout",
+    "SagaflowError",
+    "Settings",
+    "Step",
+    "StepRecord",
+    "StepStatus",
+    "StoreUnavailable",
+    "UnknownSagaType",
+    "__version__",
+    "create_service_app",
+    "install_service_support",
+    "load_definitions",
+]

@@ -1,0 +1,54 @@
+"""Building Celery apps with sagaflow's settings (the only place an app is configured)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+from typing import Any
+
+from celery import Celery
+
+from sagaflow.config import Settings, celery_settings, ensure_home
+from sagaflow.errors import ConfigurationError
+
+CONFIG_MODULE_ENV = "SAGAFLOW_CELERY_CONFIG"
+# Connections always come from Settings (SAGAFLOW_* variables or explicit arguments), so a
+# process given explicit settings never has them replaced by a config module's copy.
+CONNECTION_KEYS = ("broker_url", "result_backend", "broker_transport_options", "task_ignore_result")
+
+
+def _user_overrides() -> dict[str, Any]:
+    """Settings from the Celery config module (`celeryconfig` by convention), if there is one."""
+    name = os.environ.get(CONFIG_MODULE_ENV, "celeryconfig")
+    if not name:
+        return {}
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name and CONFIG_MODULE_ENV not in os.environ:
+            return {}  # no celeryconfig next to the app: sagaflow's defaults apply
+        raise ConfigurationError(f"cannot import Celery config module {name!r}: {exc}") from exc
+    return {
+        key: value
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and key.islower()
+        and not isinstance(value, types.ModuleType)
+        and not callable(value)
+    }
+
+
+def create_app(main: str, settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    ensure_home(settings)
+    conf = celery_settings(settings)
+    overrides = _user_overrides()
+    for key in CONNECTION_KEYS:
+        overrides.pop(key, None)
+    conf.update(overrides)
+    if "pickle" in conf.get("accept_content", ()):
+        raise ConfigurationError("sagaflow accepts JSON only: remove 'pickle' from accept_content")
+    app = Celery(main, set_as_current=False)
+    app.conf.update(conf)
+    return app

@@ -1,0 +1,139 @@
+"""The producer's and operator's entry point: start sagas, read their state.
+
+Starting needs only the broker: the orchestrator records the saga when it takes the message.
+Reading needs the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from sagaflow.app import create_app
+from sagaflow.config import Settings
+from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
+from sagaflow.machine import SagaRecord
+from sagaflow.protocol import START_TASK
+from sagaflow.store import HistoryRow, SagaStore
+
+
+class BrokerUnavailable(SagaflowError):
+    """The broker could not be reached: the saga was not started."""
+
+
+class SagaClient:
+    """Start sagas through the broker and read them from the store."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        app: Celery | None = None,
+        store: SagaStore | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._app = app
+        self._store = store
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = create_app("sagaflow-client", self.settings)
+        return self._app
+
+    @property
+    def store(self) -> SagaStore:
+        if self._store is None:
+            self._store = SagaStore(self.settings.database_url)
+        return self._store
+
+    def start(self, saga_type: str, data: Mapping[str, Any], *, saga_id: str | None = None) -> str:
+        """Enqueue a saga start and return its id. The saga is recorded by the orchestrator.
+
+        Raises InvalidSagaInput at once for input that is not a JSON object or is too large.
+        """
+        if not isinstance(saga_type, str) or not saga_type:
+            raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
+        payload = validate_input(data, self.settings.max_input_bytes)
+        saga_id = saga_id or str(uuid.uuid4())
+        try:
+            self.app.send_task(
+                START_TASK,
+                kwargs={"saga_id": saga_id, "saga_type": saga_type, "data": payload},
+                queue=self.settings.queue,
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except SagaflowError:
+            raise
+        except Exception as exc:  # kombu raises transport-specific errors
+            raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
+        return saga_id
+
+    def get(self, saga_id: str) -> SagaRecord:
+        """The saga with its steps. SagaNotFound until the orchestrator has recorded it."""
+        return self.store.get(saga_id)
+
+    def wait(self, saga_id: str, timeout: float = 30.0, poll_interval: float = 0.05) -> SagaRecord:
+        """Poll the store until the saga is terminal; SagaTimeout says where it was."""
+        deadline = time.monotonic() + timeout
+        last: SagaRecord | None = None
+        while True:
+            last = self.store.load(saga_id)
+            if last is not None and last.state.is_terminal:
+                return last
+            if time.monotonic() >= deadline:
+                where = "not recorded yet" if last is None else _describe(last)
+                raise SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}")
+            time.sleep(poll_interval)
+
+    def list_sagas(self, **filters: Any) -> list[SagaRecord]:
+        """Sagas newest first; filters: state, saga_type, limit, offset."""
+        return self.store.list_sagas(**filters)
+
+    def history(self, saga_id: str) -> list[HistoryRow]:
+        self.store.get(saga_id)
+        return self.store.history(saga_id)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.dispose()
+
+
+def validate_input(data: object, max_bytes: int) -> dict[str, Any]:
+    """Check saga input is a JSON object within the size limit; return a JSON-clean copy."""
+    if not isinstance(data, Mapping):
+        raise InvalidSagaInput(
+            f"saga input must be a JSON object (a dict), got {type(data).__name__}"
+        )
+    try:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidSagaInput(f"saga input is not JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise InvalidSagaInput("saga input is nested too deeply") from None
+    if len(text.encode()) > max_bytes:
+        raise InvalidSagaInput(
+            f"saga input is {len(text.encode())} bytes, over the limit of {max_bytes}"
+        )
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _describe(saga: SagaRecord) -> str:
+    where = saga.state.value
+    if saga.current_step is not None and saga.current_step < len(saga.steps):
+        step = saga.steps[saga.current_step]
+        where += f", step {step.name!r} is {step.status.value}"
+        queue = step.queue if step.status.value == "executing" else step.compensation_queue
+        if queue:
+            where += f" (queue {queue!r})"
+    return where
+
+
+__all__ = ["BrokerUnavailable", "SagaClient", "validate_input"]

@@ -1,0 +1,144 @@
+"""sagaflow's settings: read once from SAGAFLOW_* environment variables, passed explicitly.
+
+With nothing set, everything is embedded under `.sagaflow/` in the working directory: a SQLite
+store and kombu's filesystem broker, so no server is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sagaflow.errors import ConfigurationError
+
+DEFAULT_HOME = ".sagaflow"
+DEFAULT_QUEUE = "sagaflow"
+DEFAULT_EVENTS_EXCHANGE = "sagaflow.events"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sagaflow process needs to know about its surroundings."""
+
+    home: Path = Path(DEFAULT_HOME)
+    broker_url: str = ""
+    database_url: str = ""
+    result_backend: str | None = None
+    queue: str = DEFAULT_QUEUE
+    events_exchange: str = DEFAULT_EVENTS_EXCHANGE
+    definitions: tuple[str, ...] = field(default_factory=tuple)
+    max_input_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        home = Path(self.home)
+        object.__setattr__(self, "home", home)
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", "filesystem://")
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{home / 'sagaflow.db'}")
+        if not self.queue:
+            raise ConfigurationError("the orchestrator queue name must not be empty")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "home": Path(env.get("SAGAFLOW_HOME", DEFAULT_HOME)),
+            "broker_url": env.get("SAGAFLOW_BROKER_URL", ""),
+            "database_url": env.get("SAGAFLOW_DATABASE_URL", ""),
+            "result_backend": env.get("SAGAFLOW_RESULT_BACKEND") or None,
+            "queue": env.get("SAGAFLOW_QUEUE", DEFAULT_QUEUE),
+            "events_exchange": env.get("SAGAFLOW_EVENTS_EXCHANGE", DEFAULT_EVENTS_EXCHANGE),
+            "definitions": _split(env.get("SAGAFLOW_DEFINITIONS", "")),
+        }
+        if "SAGAFLOW_MAX_INPUT_BYTES" in env:
+            try:
+                values["max_input_bytes"] = int(env["SAGAFLOW_MAX_INPUT_BYTES"])
+            except ValueError:
+                raise ConfigurationError("SAGAFLOW_MAX_INPUT_BYTES must be an integer") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def is_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem:")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process see these same settings."""
+        env = {
+            "SAGAFLOW_HOME": str(self.home),
+            "SAGAFLOW_BROKER_URL": self.broker_url,
+            "SAGAFLOW_DATABASE_URL": self.database_url,
+            "SAGAFLOW_QUEUE": self.queue,
+            "SAGAFLOW_EVENTS_EXCHANGE": self.events_exchange,
+            "SAGAFLOW_DEFINITIONS": ",".join(self.definitions),
+            "SAGAFLOW_MAX_INPUT_BYTES": str(self.max_input_bytes),
+        }
+        if self.result_backend:
+            env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend
+        return env
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """Celery configuration for every sagaflow process (orchestrator, services, producers)."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        # JSON only: a pickle payload on a shared broker is remote code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "result_accept_content": ["json"],
+        # A task is acknowledged after it ran, and a killed worker's task goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: prefetched messages wait behind a slow task.
+        "worker_prefetch_multiplier": 1,
+        # Task events on, so Flower sees every task; sent events show queued tasks too.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_default_queue": settings.queue,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "result_backend": settings.result_backend,
+        "task_ignore_result": settings.result_backend is None,
+    }
+    if settings.is_filesystem_broker:
+        folder = str(settings.broker_folder)
+        conf["broker_transport_options"] = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.home / "broker-control"),
+            "polling_interval": 0.01,
+        }
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        conf["broker_transport_options"] = {
+            # Above the longest step: an unacked message older than this is redelivered.
+            "visibility_timeout": 3600,
+        }
+    return conf
+
+
+def ensure_home(settings: Settings) -> None:
+    """Create the folders an embedded setup needs (SQLite file's folder, broker folders)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.is_filesystem_broker:
+        settings.broker_folder.mkdir(parents=True, exist_ok=True)
+        (settings.home / "broker-control").mkdir(parents=True, exist_ok=True)

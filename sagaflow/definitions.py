@@ -1,0 +1,242 @@
+"""Saga definitions: pure data, no I/O, no Celery, no SQL.
+
+A definition names Celery tasks by string, so the orchestrator and producers never import the
+services' code. Two forms register in one `Registry`: the declarative `Saga` and the
+`SagaOrchestrator` subclass whose steps may depend on the saga's input.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from sagaflow.errors import DefinitionError, InvalidSagaInput, UnknownSagaType
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
+
+
+class SagaState(str, enum.Enum):
+    """Where a saga is. Terminal states: COMPLETED, FAILED, COMPENSATION_FAILED, REJECTED."""
+
+    STARTED = "started"  # recorded, first step not yet dispatched
+    PENDING = "pending"  # steps are running forward
+    COMPENSATING = "compensating"  # a step failed; completed steps are being undone in reverse
+    COMPLETED = "completed"  # every step succeeded
+    FAILED = "failed"  # a step failed and every completed step was compensated
+    COMPENSATION_FAILED = "compensation_failed"  # a compensation failed: needs an operator
+    REJECTED = "rejected"  # never started: unknown saga type or invalid input
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {SagaState.COMPLETED, SagaState.FAILED, SagaState.COMPENSATION_FAILED, SagaState.REJECTED}
+)
+
+
+class StepStatus(str, enum.Enum):
+    """Where one step is, across its action and its compensation."""
+
+    PENDING = "pending"  # not dispatched yet
+    EXECUTING = "executing"  # action dispatched, outcome not known yet
+    COMPLETED = "completed"  # action succeeded
+    FAILED = "failed"  # action failed (after the task's own retries)
+    COMPENSATING = "compensating"  # compensation dispatched, outcome not known yet
+    COMPENSATED = "compensated"  # compensation succeeded
+    COMPENSATION_FAILED = "compensation_failed"  # compensation failed: needs an operator
+    SKIPPED = "skipped"  # never ran because an earlier step failed
+
+
+class Phase(str, enum.Enum):
+    ACTION = "action"
+    COMPENSATION = "compensation"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a saga.
+
+    `action` and `compensation` are Celery task names. `queue` routes both to the service's
+    workers unless `compensation_queue` says otherwise. A failed step is not compensated (its
+    action is assumed not to have taken effect) unless `compensate_on_failure` is set.
+    """
+
+    name: str
+    action: str
+    compensation: str | None = None
+    queue: str | None = None
+    compensation_queue: str | None = None
+    compensate_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(
+                f"step name {self.name!r} is invalid: use letters, digits, '_', '.', '-'"
+            )
+        for label, value in (("action", self.action), ("compensation", self.compensation)):
+            if label == "compensation" and value is None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise DefinitionError(
+                    f"step {self.name!r}: {label} must be a Celery task name (a non-empty "
+                    f"string), got {value!r}"
+                )
+        for label, value in (
+            ("queue", self.queue),
+            ("compensation_queue", self.compensation_queue),
+        ):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise DefinitionError(f"step {self.name!r}: {label} must be a non-empty string")
+        if self.compensate_on_failure and self.compensation is None:
+            raise DefinitionError(
+                f"step {self.name!r}: compensate_on_failure needs a compensation task"
+            )
+
+
+def validate_steps(saga_type: str, steps: Sequence[Step]) -> tuple[Step, ...]:
+    """Check a step list and return it as a tuple; raise DefinitionError with the reason."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+        raise DefinitionError(f"saga {saga_type!r}: steps must be a list of Step")
+    result = tuple(steps)
+    if not result:
+        raise DefinitionError(f"saga {saga_type!r} has no steps")
+    seen: set[str] = set()
+    for step in result:
+        if not isinstance(step, Step):
+            raise DefinitionError(f"saga {saga_type!r}: {step!r} is not a Step")
+        if step.name in seen:
+            raise DefinitionError(f"saga {saga_type!r}: step name {step.name!r} is used twice")
+        seen.add(step.name)
+    return result
+
+
+def _check_saga_type(saga_type: object) -> str:
+    if not isinstance(saga_type, str) or not _NAME.match(saga_type):
+        raise DefinitionError(
+            f"saga type {saga_type!r} is invalid: use letters, digits, '_', '.', '-'"
+        )
+    return saga_type
+
+
+InputValidator = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Saga:
+    """A declarative saga: a type name and a fixed list of steps.
+
+    `validate`, if given, is called with the input before the saga starts; raising ValueError
+    or InvalidSagaInput rejects the saga with that message recorded.
+    """
+
+    saga_type: str
+    steps: Sequence[Step] = field(default_factory=tuple)
+    validate: InputValidator | None = None
+
+    def __post_init__(self) -> None:
+        _check_saga_type(self.saga_type)
+        object.__setattr__(self, "steps", validate_steps(self.saga_type, self.steps))
+
+    def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
+        return list(self.steps)
+
+    def validate_input(self, data: Mapping[str, Any]) -> None:
+        if self.validate is not None:
+            self.validate(data)
+
+
+class SagaOrchestrator:
+    """The subclassing form: set `saga_type` and implement `define_steps(data)`.
+
+    The steps are computed once, when the saga starts, and recorded with it: later changes to
+    the definition never alter a saga already running.
+    """
+
+    saga_type: ClassVar[str]
+
+    def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
+        raise NotImplementedError
+
+    def validate_input(self, data: Mapping[str, Any]) -> None:
+        """Override to reject bad input: raise ValueError or InvalidSagaInput."""
+
+
+Definition = Saga | SagaOrchestrator
+
+
+class Registry:
+    """Saga definitions keyed by saga type."""
+
+    def __init__(self, definitions: Iterable[Definition | type[SagaOrchestrator]] = ()) -> None:
+        self._definitions: dict[str, Definition] = {}
+        for definition in definitions:
+            self.register(definition)
+
+    def register(self, definition: Definition | type[SagaOrchestrator]) -> Definition:
+        if isinstance(definition, type) and issubclass(definition, SagaOrchestrator):
+            definition = definition()
+        if not isinstance(definition, (Saga, SagaOrchestrator)):
+            raise DefinitionError(f"{definition!r} is neither a Saga nor a SagaOrchestrator")
+        saga_type = _check_saga_type(getattr(definition, "saga_type", None))
+        existing = self._definitions.get(saga_type)
+        if existing is not None and existing is not definition:
+            raise DefinitionError(f"saga type {saga_type!r} is registered twice")
+        self._definitions[saga_type] = definition
+        return definition
+
+    def get(self, saga_type: str) -> Definition:
+        try:
+            return self._definitions[saga_type]
+        except KeyError:
+            known = ", ".join(sorted(self._definitions)) or "none"
+            raise UnknownSagaType(
+                f"unknown saga type {saga_type!r} (registered: {known})"
+            ) from None
+
+    def plan(self, saga_type: str, data: object) -> tuple[Step, ...]:
+        """Validate the input and compute the steps a new saga of this type will run."""
+        definition = self.get(saga_type)
+        if not isinstance(data, Mapping):
+            raise InvalidSagaInput(f"saga input must be a JSON object, got {type(data).__name__}")
+        try:
+            definition.validate_input(data)
+        except (ValueError, InvalidSagaInput) as exc:
+            raise InvalidSagaInput(f"invalid input for saga {saga_type!r}: {exc}") from exc
+        return validate_steps(saga_type, definition.define_steps(data))
+
+    def __contains__(self, saga_type: object) -> bool:
+        return saga_type in self._definitions
+
+    def __len__(self) -> int:
+        return len(self._definitions)
+
+    @property
+    def saga_types(self) -> list[str]:
+        return sorted(self._definitions)
+
+
+def load_definitions(module_paths: Iterable[str]) -> Registry:
+    """Import each module and register every Saga and SagaOrchestrator subclass it defines."""
+    registry = Registry()
+    for path in module_paths:
+        try:
+            module = importlib.import_module(path)
+        except ImportError as exc:
+            raise DefinitionError(f"cannot import saga definitions module {path!r}: {exc}") from exc
+        for value in vars(module).values():
+            if isinstance(value, Saga) or (
+                inspect.isclass(value)
+                and issubclass(value, SagaOrchestrator)
+                and value is not SagaOrchestrator
+                and value.__module__ == module.__name__
+                and "saga_type" in vars(value)
+            ):
+                registry.register(value)
+    return registry

@@ -1,0 +1,48 @@
+"""Publishing saga outcome events (`OrderCompleted`, `OrderFailed`, ...) to other apps."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from celery import Celery
+from kombu.entity import Exchange
+
+logger = logging.getLogger(__name__)
+
+
+class EventPublisher(Protocol):
+    def publish(self, name: str, payload: dict[str, Any]) -> None: ...
+
+
+class KombuEventPublisher:
+    """Publishes each event to a topic exchange with the event name as routing key.
+
+    Other apps bind a queue to the exchange (`OrderCompleted`, `Order*`, `#`) to receive them.
+    """
+
+    def __init__(self, app: Celery, exchange: str) -> None:
+        self.app = app
+        self.exchange = Exchange(exchange, type="topic", durable=True)  # type: ignore[no-untyped-call]
+
+    def publish(self, name: str, payload: dict[str, Any]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                payload,
+                exchange=self.exchange,
+                routing_key=name,
+                serializer="json",
+                declare=[self.exchange],
+                retry=True,
+                headers={"sagaflow_event": name},
+            )
+
+
+class RecordingPublisher:
+    """Keeps events in memory; for tests and embedding."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, name: str, payload: dict[str, Any]) -> None:
+        self.published.append((name, payload))

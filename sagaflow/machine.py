@@ -1,0 +1,458 @@
+"""The saga state machine as pure functions: (saga, event) -> (saga', commands, history).
+
+No Celery, no SQL, no clock: callers pass `now`. Every event names the step, the phase and the
+attempt it reports on; an event that does not match what the saga is waiting for (a duplicate,
+a late or a forged callback) is ignored, so replays never advance a saga twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sagaflow.definitions import Phase, SagaState, Step, StepStatus
+
+JSON = Any
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A failure as data: it travels as JSON between processes and is stored as such."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    task_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.traceback:
+            data["traceback"] = self.traceback
+        if self.task_id:
+            data["task_id"] = self.task_id
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> ErrorInfo:
+        if not isinstance(data, dict):
+            return cls(type="Unknown", message=str(data))
+        return cls(
+            type=str(data.get("type") or "Unknown"),
+            message=str(data.get("message") or ""),
+            traceback=data.get("traceback"),
+            task_id=data.get("task_id"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    position: int
+    name: str
+    action: str
+    compensation: str | None
+    queue: str | None
+    compensation_queue: str | None
+    compensate_on_failure: bool
+    status: StepStatus = StepStatus.PENDING
+    result: JSON = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    compensation_attempts: int = 0
+    task_id: str | None = None
+    compensation_task_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    compensation_started_at: datetime | None = None
+    compensated_at: datetime | None = None
+
+    @classmethod
+    def from_step(cls, position: int, step: Step) -> StepRecord:
+        return cls(
+            position=position,
+            name=step.name,
+            action=step.action,
+            compensation=step.compensation,
+            queue=step.queue,
+            compensation_queue=step.compensation_queue or step.queue,
+            compensate_on_failure=step.compensate_on_failure,
+        )
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    saga_id: str
+    saga_type: str
+    state: SagaState
+    data: JSON
+    steps: tuple[StepRecord, ...]
+    version: int = 0
+    current_step: int | None = None
+    error: ErrorInfo | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def step(self, position: int) -> StepRecord:
+        return self.steps[position]
+
+
+# Events: what the orchestrator is told.
+
+
+@dataclass(frozen=True)
+class StepSucceeded:
+    position: int
+    phase: Phase
+    attempt: int
+    result: JSON = None
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    position: int
+    phase: Phase
+    attempt: int
+    error: ErrorInfo
+
+
+Event = StepSucceeded | StepFailed
+
+
+# Commands: what the orchestrator must do once the transition is stored.
+
+
+@dataclass(frozen=True)
+class DispatchTask:
+    saga_id: str
+    position: int
+    phase: Phase
+    attempt: int
+    task_name: str
+    queue: str | None
+    task_id: str
+    context: dict[str, JSON]
+
+
+@dataclass(frozen=True)
+class PublishEvent:
+    name: str
+    payload: dict[str, JSON]
+
+
+Command = DispatchTask | PublishEvent
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    event: str
+    from_state: SagaState | None
+    to_state: SagaState
+    step: str | None = None
+    detail: dict[str, JSON] | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    saga: SagaRecord
+    commands: tuple[Command, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    changed_steps: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """The event changes nothing; `reason` says why (kept for logs)."""
+
+    reason: str
+
+
+def task_id_for(saga_id: str, position: int, phase: Phase, attempt: int) -> str:
+    """Deterministic Celery task id: the saga id makes every task findable in Flower."""
+    return f"{saga_id}.{position}.{phase.value}.{attempt}"
+
+
+def idempotency_key(saga_id: str, step_name: str, phase: Phase) -> str:
+    """Stable across retries and redeliveries of the same step and phase."""
+    suffix = "" if phase is Phase.ACTION else ":compensation"
+    return f"{saga_id}:{step_name}{suffix}"
+
+
+def event_name(saga_type: str, outcome: str) -> str:
+    """`order` -> `OrderCompleted`; `ship-parcel.v2` -> `ShipParcelV2Completed`."""
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", saga_type) if p]
+    camel = "".join(p[:1].upper() + p[1:] for p in parts)
+    return f"{camel}{outcome}"
+
+
+def new_saga(
+    saga_id: str, saga_type: str, data: JSON, steps: Sequence[Step], now: datetime
+) -> SagaRecord:
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_type=saga_type,
+        state=SagaState.STARTED,
+        data=data,
+        steps=tuple(StepRecord.from_step(i, s) for i, s in enumerate(steps)),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def rejected_saga(
+    saga_id: str, saga_type: str, data: JSON, error: ErrorInfo, now: datetime
+) -> SagaRecord:
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_type=saga_type,
+        state=SagaState.REJECTED,
+        data=data,
+        steps=(),
+        error=error,
+        created_at=now,
+        updated_at=now,
+        finished_at=now,
+    )
+
+
+def begin(saga: SagaRecord, now: datetime) -> Transition:
+    """Dispatch the first step of a saga just recorded as STARTED."""
+    if saga.state is not SagaState.STARTED:
+        raise ValueError(f"saga {saga.saga_id} is {saga.state.value}, not started")
+    history = HistoryEntry("saga_started", SagaState.STARTED, SagaState.PENDING)
+    pending = replace(saga, state=SagaState.PENDING)
+    return _dispatch_action(pending, 0, now, (history,), frozenset())
+
+
+def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored:
+    """Apply one step outcome. Returns Ignored for anything the saga is not waiting for."""
+    if saga.state.is_terminal:
+        return Ignored(f"saga is {saga.state.value}")
+    if not 0 <= event.position < len(saga.steps):
+        return Ignored(f"no step at position {event.position}")
+    step = saga.steps[event.position]
+    if event.phase is Phase.ACTION:
+        if step.status is not StepStatus.EXECUTING or saga.state is not SagaState.PENDING:
+            return Ignored(f"step {step.name!r} action is {step.status.value}, not executing")
+        if event.attempt != step.attempts:
+            return Ignored(f"step {step.name!r} attempt {event.attempt} is not the current one")
+        if isinstance(event, StepSucceeded):
+            return _action_succeeded(saga, step, event.result, now)
+        return _action_failed(saga, step, event.error, now)
+    if step.status is not StepStatus.COMPENSATING or saga.state is not SagaState.COMPENSATING:
+        return Ignored(f"step {step.name!r} is {step.status.value}, not compensating")
+    if event.attempt != step.compensation_attempts:
+        return Ignored(
+            f"step {step.name!r} compensation attempt {event.attempt} is not the current one"
+        )
+    if isinstance(event, StepSucceeded):
+        return _compensation_succeeded(saga, step, now)
+    return _compensation_failed(saga, step, event.error, now)
+
+
+def _with_step(saga: SagaRecord, step: StepRecord) -> SagaRecord:
+    steps = list(saga.steps)
+    steps[step.position] = step
+    return replace(saga, steps=tuple(steps))
+
+
+def _context(saga: SagaRecord, step: StepRecord, phase: Phase) -> dict[str, JSON]:
+    results = {
+        s.name: s.result
+        for s in saga.steps[: step.position]
+        if s.status in (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATED)
+    }
+    context: dict[str, JSON] = {
+        "saga_id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "step": step.name,
+        "data": saga.data,
+        "results": results,
+        "idempotency_key": idempotency_key(saga.saga_id, step.name, phase),
+    }
+    if phase is Phase.COMPENSATION:
+        context["result"] = step.result
+        context["error"] = step.error.to_json() if step.error else None
+    return context
+
+
+def _dispatch_action(
+    saga: SagaRecord,
+    position: int,
+    now: datetime,
+    history: tuple[HistoryEntry, ...],
+    changed: frozenset[int],
+) -> Transition:
+    step = saga.steps[position]
+    attempt = step.attempts + 1
+    task_id = task_id_for(saga.saga_id, position, Phase.ACTION, attempt)
+    step = replace(
+        step, status=StepStatus.EXECUTING, attempts=attempt, task_id=task_id, started_at=now
+    )
+    saga = replace(_with_step(saga, step), current_step=position, updated_at=now)
+    command = DispatchTask(
+        saga_id=saga.saga_id,
+        position=position,
+        phase=Phase.ACTION,
+        attempt=attempt,
+        task_name=step.action,
+        queue=step.queue,
+        task_id=task_id,
+        context=_context(saga, step, Phase.ACTION),
+    )
+    entry = HistoryEntry(
+        "step_dispatched",
+        saga.state,
+        saga.state,
+        step.name,
+        {"task": step.action, "queue": step.queue, "task_id": task_id, "attempt": attempt},
+    )
+    return Transition(saga, (command,), (*history, entry), changed | {position})
+
+
+def _action_succeeded(
+    saga: SagaRecord, step: StepRecord, result: JSON, now: datetime
+) -> Transition:
+    step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
+    saga = replace(_with_step(saga, step), updated_at=now)
+    entry = HistoryEntry("step_completed", saga.state, saga.state, step.name)
+    following = step.position + 1
+    if following < len(saga.steps):
+        return _dispatch_action(saga, following, now, (entry,), frozenset({step.position}))
+    done = replace(saga, state=SagaState.COMPLETED, current_step=None, finished_at=now)
+    finished = HistoryEntry("saga_completed", SagaState.PENDING, SagaState.COMPLETED)
+    publish = PublishEvent(event_name(saga.saga_type, "Completed"), _event_payload(done))
+    return Transition(done, (publish,), (entry, finished), frozenset({step.position}))
+
+
+def _action_failed(
+    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime
+) -> Transition:
+    step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
+    steps = list(saga.steps)
+    steps[step.position] = step
+    changed = {step.position}
+    for later in saga.steps[step.position + 1 :]:
+        steps[later.position] = replace(later, status=StepStatus.SKIPPED)
+        changed.add(later.position)
+    saga = replace(
+        saga, steps=tuple(steps), state=SagaState.COMPENSATING, error=error, updated_at=now
+    )
+    history = (
+        HistoryEntry(
+            "step_failed",
+            SagaState.PENDING,
+            SagaState.PENDING,
+            step.name,
+            {"error": error.to_json()},
+        ),
+        HistoryEntry("compensation_started", SagaState.PENDING, SagaState.COMPENSATING, step.name),
+    )
+    start = step.position if step.compensate_on_failure else step.position - 1
+    return _compensate_from(saga, start, now, history, frozenset(changed))
+
+
+def _needs_compensation(step: StepRecord) -> bool:
+    if step.compensation is None:
+        return False
+    if step.status is StepStatus.COMPLETED:
+        return True
+    return step.status is StepStatus.FAILED and step.compensate_on_failure
+
+
+def _compensate_from(
+    saga: SagaRecord,
+    position: int,
+    now: datetime,
+    history: tuple[HistoryEntry, ...],
+    changed: frozenset[int],
+) -> Transition:
+    """Dispatch the compensation of the nearest step at or before `position` that needs one."""
+    for candidate in reversed(saga.steps[: position + 1]):
+        if not _needs_compensation(candidate):
+            continue
+        attempt = candidate.compensation_attempts + 1
+        task_id = task_id_for(saga.saga_id, candidate.position, Phase.COMPENSATION, attempt)
+        step = replace(
+            candidate,
+            status=StepStatus.COMPENSATING,
+            compensation_attempts=attempt,
+            compensation_task_id=task_id,
+            compensation_started_at=now,
+        )
+        updated = replace(_with_step(saga, step), current_step=step.position, updated_at=now)
+        assert step.compensation is not None
+        command = DispatchTask(
+            saga_id=saga.saga_id,
+            position=step.position,
+            phase=Phase.COMPENSATION,
+            attempt=attempt,
+            task_name=step.compensation,
+            queue=step.compensation_queue,
+            task_id=task_id,
+            context=_context(updated, step, Phase.COMPENSATION),
+        )
+        entry = HistoryEntry(
+            "compensation_dispatched",
+            saga.state,
+            saga.state,
+            step.name,
+            {
+                "task": step.compensation,
+                "queue": step.compensation_queue,
+                "task_id": task_id,
+                "attempt": attempt,
+            },
+        )
+        return Transition(updated, (command,), (*history, entry), changed | {step.position})
+    failed = replace(
+        saga, state=SagaState.FAILED, current_step=None, updated_at=now, finished_at=now
+    )
+    entry = HistoryEntry("saga_failed", SagaState.COMPENSATING, SagaState.FAILED)
+    publish = PublishEvent(event_name(saga.saga_type, "Failed"), _event_payload(failed))
+    return Transition(failed, (publish,), (*history, entry), changed)
+
+
+def _compensation_succeeded(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition:
+    step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
+    saga = replace(_with_step(saga, step), updated_at=now)
+    entry = HistoryEntry("step_compensated", saga.state, saga.state, step.name)
+    return _compensate_from(saga, step.position - 1, now, (entry,), frozenset({step.position}))
+
+
+def _compensation_failed(
+    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime
+) -> Transition:
+    step = replace(step, status=StepStatus.COMPENSATION_FAILED, error=error)
+    saga = replace(
+        _with_step(saga, step),
+        state=SagaState.COMPENSATION_FAILED,
+        error=error,
+        updated_at=now,
+        finished_at=now,
+    )
+    entry = HistoryEntry(
+        "compensation_failed",
+        SagaState.COMPENSATING,
+        SagaState.COMPENSATION_FAILED,
+        step.name,
+        {"error": error.to_json()},
+    )
+    publish = PublishEvent(event_name(saga.saga_type, "CompensationFailed"), _event_payload(saga))
+    return Transition(saga, (publish,), (entry,), frozenset({step.position}))
+
+
+def _event_payload(saga: SagaRecord) -> dict[str, JSON]:
+    return {
+        "saga_id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "state": saga.state.value,
+        "error": saga.error.to_json() if saga.error else None,
+        "results": {s.name: s.result for s in saga.steps if s.status is StepStatus.COMPLETED},
+        "compensated": [s.name for s in saga.steps if s.status is StepStatus.COMPENSATED],
+    }

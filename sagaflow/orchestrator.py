@@ -1,0 +1,301 @@
+"""The orchestrator: Celery tasks on the sagaflow queue that drive sagas through the store.
+
+Each handler loads the saga, applies the pure state machine, stores the transition (optimistic
+version check), and only then sends what the transition asks for. A duplicate or late callback
+finds its step no longer waiting and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, signals
+
+from sagaflow.app import create_app
+from sagaflow.config import Settings
+from sagaflow.definitions import Phase, Registry, load_definitions
+from sagaflow.errors import (
+    ConcurrencyConflict,
+    InvalidSagaInput,
+    SagaflowError,
+    StoreUnavailable,
+    UnknownSagaType,
+)
+from sagaflow.events import EventPublisher, KombuEventPublisher
+from sagaflow.machine import (
+    Command,
+    DispatchTask,
+    ErrorInfo,
+    Event,
+    HistoryEntry,
+    Ignored,
+    PublishEvent,
+    StepFailed,
+    StepSucceeded,
+    apply,
+    begin,
+    new_saga,
+    rejected_saga,
+)
+from sagaflow.protocol import (
+    ERRBACK_TASK,
+    START_TASK,
+    STEP_FAILED_TASK,
+    STEP_SUCCEEDED_TASK,
+    outcome_kwargs,
+)
+from sagaflow.service import install_service_support
+from sagaflow.store import SagaStore, utcnow
+
+logger = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 20
+MAX_ID_LENGTH = 64
+MAX_TYPE_LENGTH = 200
+
+
+class Orchestrator:
+    """Applies saga events to the store and sends the resulting commands through Celery."""
+
+    def __init__(
+        self,
+        app: Celery,
+        store: SagaStore,
+        registry: Registry,
+        publisher: EventPublisher,
+        queue: str,
+        max_input_bytes: int = 1_000_000,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.registry = registry
+        self.publisher = publisher
+        self.queue = queue
+        self.max_input_bytes = max_input_bytes
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start(self, saga_id: object, saga_type: object, data: object) -> str:
+        """Record a new saga and dispatch its first step; record a rejection on bad input."""
+        now = utcnow()
+        problem: str | None = None
+        if not isinstance(saga_id, str) or not saga_id or len(saga_id) > MAX_ID_LENGTH:
+            problem = f"invalid saga id {saga_id!r}: a non-empty string of at most 64 characters"
+            saga_id = str(uuid.uuid4())
+        assert isinstance(saga_id, str)
+        existing = self.store.load(saga_id)
+        if existing is not None:
+            logger.info(
+                "saga %s already recorded (%s): duplicate start ignored",
+                saga_id,
+                existing.state.value,
+            )
+            return saga_id
+        type_name = saga_type if isinstance(saga_type, str) else repr(saga_type)
+        try:
+            if problem is not None:
+                raise InvalidSagaInput(problem)
+            if not isinstance(saga_type, str) or len(saga_type) > MAX_TYPE_LENGTH:
+                raise UnknownSagaType(f"unknown saga type {type_name[:MAX_TYPE_LENGTH]!r}")
+            size = len(json.dumps(data, separators=(",", ":")))
+            if size > self.max_input_bytes:
+                raise InvalidSagaInput(
+                    f"saga input is {size} bytes, over the limit of {self.max_input_bytes}"
+                )
+            steps = self.registry.plan(saga_type, data)
+        except (UnknownSagaType, InvalidSagaInput) as exc:
+            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+            stored_data = data if isinstance(data, dict) and problem is None else {"input": data}
+            if len(json.dumps(stored_data, default=repr)) > self.max_input_bytes:
+                stored_data = {"input": "<omitted: over the size limit>"}
+            saga = rejected_saga(saga_id, type_name[:MAX_TYPE_LENGTH], stored_data, error, now)
+            self.store.create(
+                saga,
+                [HistoryEntry("saga_rejected", None, saga.state, None, {"error": error.to_json()})],
+            )
+            logger.warning("saga %s rejected: %s", saga_id, error)
+            return saga_id
+        saga = new_saga(saga_id, saga_type, data, steps, now)
+        transition = begin(saga, now)
+        # One insert records the saga already running its first step.
+        recorded = HistoryEntry("saga_recorded", None, saga.state)
+        if not self.store.create(transition.saga, [recorded, *transition.history]):
+            logger.info("saga %s was recorded by another process", saga_id)
+            return saga_id
+        self._execute(transition.commands, [])
+        return saga_id
+
+    # -- step outcomes -------------------------------------------------------------------------
+
+    def handle(self, saga_id: str, event: Event) -> bool:
+        """Apply a step outcome. True if it moved the saga, False if it was ignored."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            saga = self.store.load(saga_id)
+            if saga is None:
+                logger.warning("outcome for unknown saga %r ignored: %r", saga_id, event)
+                return False
+            outcome = apply(saga, event, utcnow())
+            if isinstance(outcome, Ignored):
+                logger.info(
+                    "saga %s: %s ignored (%s)", saga_id, type(event).__name__, outcome.reason
+                )
+                return False
+            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
+            try:
+                event_ids = self.store.commit(
+                    saga, outcome.saga, outcome.changed_steps, outcome.history, publishes
+                )
+            except ConcurrencyConflict:
+                continue
+            self._execute(outcome.commands, event_ids)
+            return True
+        raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _execute(self, commands: Sequence[Command], event_ids: Sequence[int]) -> None:
+        published = False
+        for command in commands:
+            if isinstance(command, DispatchTask):
+                self.dispatch(command)
+            else:
+                self.publisher.publish(command.name, command.payload)
+                published = True
+        if published:
+            self.store.mark_published(event_ids)
+
+    def dispatch(self, command: DispatchTask) -> None:
+        outcome = outcome_kwargs(
+            command.saga_id,
+            command.position,
+            command.phase.value,
+            command.attempt,
+            str(command.context.get("step")),
+        )
+        on_success = self.app.signature(STEP_SUCCEEDED_TASK, kwargs=outcome, queue=self.queue)
+        on_failure = self.app.signature(ERRBACK_TASK, kwargs=outcome, queue=self.queue)
+        self.app.send_task(
+            command.task_name,
+            args=[command.context],
+            queue=command.queue,
+            task_id=command.task_id,
+            link=on_success,
+            link_error=on_failure,
+            retry=True,
+        )
+
+
+def _event_from(
+    kwargs: dict[str, Any], result: Any = None, error: Any = None
+) -> tuple[str, Event] | None:
+    try:
+        saga_id = str(kwargs["saga_id"])
+        position = int(kwargs["position"])
+        phase = Phase(kwargs["phase"])
+        attempt = int(kwargs["attempt"])
+    except (KeyError, TypeError, ValueError):
+        logger.warning("malformed step outcome ignored: %r", kwargs)
+        return None
+    if error is None:
+        return saga_id, StepSucceeded(position, phase, attempt, result)
+    return saga_id, StepFailed(position, phase, attempt, ErrorInfo.from_json(error))
+
+
+def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
+    """Register the orchestrator's tasks on `app`."""
+    # The store being down is retried forever with capped backoff: a transition is never
+    # dropped, and the message is acknowledged only once the transition is stored.
+    retrying: dict[str, Any] = {
+        "autoretry_for": (StoreUnavailable, ConcurrencyConflict),
+        "retry_backoff": 1,
+        "retry_backoff_max": 30,
+        "retry_jitter": True,
+        "max_retries": None,
+        "acks_late": True,
+        "ignore_result": True,
+    }
+
+    def start(saga_id: Any = None, saga_type: Any = None, data: Any = None) -> None:
+        orchestrator.start(saga_id, saga_type, data)
+
+    def step_succeeded(result: Any = None, **kwargs: Any) -> None:
+        parsed = _event_from(kwargs, result=result)
+        if parsed is not None:
+            orchestrator.handle(*parsed)
+
+    def step_failed(error: Any = None, **kwargs: Any) -> None:
+        parsed = _event_from(kwargs, error=error or {"type": "UnknownError", "message": ""})
+        if parsed is not None:
+            orchestrator.handle(*parsed)
+
+    app.task(name=START_TASK, **retrying)(start)
+    app.task(name=STEP_SUCCEEDED_TASK, **retrying)(step_succeeded)
+    app.task(name=STEP_FAILED_TASK, **retrying)(step_failed)
+    # The errback also lands here when the failing worker lacks sagaflow's service support.
+    install_service_support(app, orchestrator.queue)
+
+
+def create_orchestrator_app(
+    settings: Settings | None = None,
+    *,
+    registry: Registry | None = None,
+    store: SagaStore | None = None,
+    publisher: EventPublisher | None = None,
+) -> Celery:
+    """The orchestrator's Celery app: `celery -A sagaflow.worker worker -Q sagaflow`."""
+    settings = settings or Settings.from_env()
+    app = create_app("sagaflow", settings)
+    app.conf.task_default_queue = settings.queue
+    if registry is None:
+        registry = load_definitions(settings.definitions)
+    orchestrator = Orchestrator(
+        app=app,
+        store=store or SagaStore(settings.database_url),
+        registry=registry,
+        publisher=publisher or KombuEventPublisher(app, settings.events_exchange),
+        queue=settings.queue,
+        max_input_bytes=settings.max_input_bytes,
+    )
+    app.sagaflow_orchestrator = orchestrator
+    install_orchestrator_tasks(app, orchestrator)
+
+    def _check_store(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            _log_store_status(orchestrator)
+
+    signals.worker_ready.connect(_check_store, weak=False)
+
+    return app
+
+
+def _log_store_status(orchestrator: Orchestrator) -> None:
+    from sagaflow.migrate import current_revision, head_revision
+
+    store = orchestrator.store
+    try:
+        current = current_revision(store)
+    except SagaflowError as exc:
+        logger.error("saga store not reachable yet (%s); transitions will be retried", exc)
+        return
+    except Exception as exc:
+        logger.error("saga store %r not usable (%s); transitions will be retried", store, exc)
+        return
+    head = head_revision()
+    if current != head:
+        logger.error(
+            "saga store %r schema is at %s, not %s: run `sagaflow db upgrade`; transitions are "
+            "retried until then",
+            store,
+            current,
+            head,
+        )
+    else:
+        logger.info(
+            "sagaflow orchestrator ready: store %r, saga types %s",
+            store,
+            ", ".join(orchestrator.registry.saga_types) or "none",
+        )

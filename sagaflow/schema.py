@@ -1,0 +1,95 @@
+"""The tables sagaflow owns. Alembic migrations (sagaflow/migrations) build exactly this."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+
+sagas = sa.Table(
+    "sagaflow_sagas",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("saga_type", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("data", JSONType, nullable=True),
+    sa.Column("current_step", sa.Integer, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("error", JSONType, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    # `sagaflow list` filters by state and/or type, newest first.
+    sa.Index("ix_sagaflow_sagas_state_created", "state", "created_at"),
+    sa.Index("ix_sagaflow_sagas_type_created", "saga_type", "created_at"),
+    sa.Index("ix_sagaflow_sagas_created", "created_at"),
+)
+
+steps = sa.Table(
+    "sagaflow_steps",
+    metadata,
+    sa.Column(
+        "saga_id",
+        sa.String(64),
+        sa.ForeignKey("sagaflow_sagas.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(255), nullable=False),
+    sa.Column("compensation", sa.String(255), nullable=True),
+    sa.Column("queue", sa.String(200), nullable=True),
+    sa.Column("compensation_queue", sa.String(200), nullable=True),
+    sa.Column("compensate_on_failure", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("result", JSONType, nullable=True),
+    sa.Column("error", JSONType, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("compensation_attempts", sa.Integer, nullable=False),
+    sa.Column("task_id", sa.String(255), nullable=True),
+    sa.Column("compensation_task_id", sa.String(255), nullable=True),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("compensation_started_at", Timestamp, nullable=True),
+    sa.Column("compensated_at", Timestamp, nullable=True),
+)
+
+history = sa.Table(
+    "sagaflow_history",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("saga_id", sa.String(64), nullable=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("from_state", sa.String(32), nullable=True),
+    sa.Column("to_state", sa.String(32), nullable=False),
+    sa.Column("step", sa.String(200), nullable=True),
+    sa.Column("detail", JSONType, nullable=True),
+    sa.Index("ix_sagaflow_history_saga", "saga_id", "id"),
+)
+
+events = sa.Table(
+    "sagaflow_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("saga_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("published_at", Timestamp, nullable=True),
+    sa.Index("ix_sagaflow_events_saga", "saga_id"),
+)

@@ -1,0 +1,102 @@
+"""What a service worker needs from sagaflow: an app factory and the failure reporter.
+
+Service workers never touch the saga store. When a step task fails (after its own Celery
+retries), Celery calls sagaflow's errback inline in the failing worker; the errback sends the
+error's type and message to the orchestrator queue. A step whose task name this worker does not
+know is reported the same way, so a typo in a definition fails the saga instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from sagaflow.app import create_app
+from sagaflow.config import Settings
+from sagaflow.protocol import ERRBACK_TASK, STEP_FAILED_TASK, error_payload
+
+logger = logging.getLogger(__name__)
+
+_OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
+
+
+def create_service_app(service: str, settings: Settings | None = None) -> Celery:
+    """A Celery app for one service; its tasks go to the queue named after the service."""
+    settings = settings or Settings.from_env()
+    app = create_app(service, settings)
+    app.conf.task_default_queue = service
+    install_service_support(app, settings.queue)
+    return app
+
+
+def install_service_support(app: Celery, orchestrator_queue: str) -> None:
+    """Register sagaflow's errback and unknown-task reporter on an existing Celery app."""
+
+    def report(outcome: dict[str, Any], error: dict[str, Any]) -> None:
+        app.send_task(
+            STEP_FAILED_TASK,
+            kwargs={**outcome, "error": error},
+            queue=orchestrator_queue,
+            retry=True,
+        )
+
+    def errback(*args: Any, **kwargs: Any) -> None:
+        outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
+        if args and isinstance(args[0], str):
+            # Published form: the failing worker could not run us inline, so only the id is known.
+            error: dict[str, Any] = {
+                "type": "UnknownError",
+                "message": (
+                    f"task {args[0]} failed on a worker without sagaflow.service; its error is "
+                    "not known (install sagaflow's service support on that worker)"
+                ),
+                "task_id": args[0],
+            }
+        else:
+            request, exc, traceback = [*args, None, None, None][:3]
+            task_id = getattr(request, "id", None)
+            if isinstance(exc, BaseException):
+                error = error_payload(exc, traceback, task_id)
+            else:
+                error = {"type": "UnknownError", "message": repr(exc), "task_id": task_id}
+        report(outcome, error)
+
+    app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True)(errback)
+
+    def on_unknown_task(
+        sender: Any = None, message: Any = None, name: str = "", id: str = "", **_: Any
+    ) -> None:
+        if getattr(sender, "app", None) is not app or message is None:
+            return
+        outcome = _sagaflow_outcome(message)
+        if outcome is None:
+            return
+        queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
+        error: dict[str, Any] = {
+            "type": "NotRegistered",
+            "message": (
+                f"no task named {name!r} is registered on the worker"
+                + (f" consuming queue {queue!r}" if queue else "")
+            ),
+            "task_id": id,
+        }
+        report(outcome, error)
+
+    signals.task_unknown.connect(on_unknown_task, weak=False)
+
+
+def _sagaflow_outcome(message: Any) -> dict[str, Any] | None:
+    """The (saga, step, phase, attempt) a step message's sagaflow errback carries, if any."""
+    try:
+        body = message.decode()
+    except Exception:
+        return None
+    if not isinstance(body, (list, tuple)) or len(body) != 3 or not isinstance(body[2], dict):
+        return None
+    for errback in body[2].get("errbacks") or ():
+        if isinstance(errback, dict) and errback.get("task") == ERRBACK_TASK:
+            kwargs = errback.get("kwargs") or {}
+            return {key: kwargs.get(key) for key in _OUTCOME_KEYS}
+    return None

@@ -1,0 +1,432 @@
+"""The SQL saga store: every read and write of saga state. Knows nothing of Celery.
+
+Writes use optimistic versioning (`UPDATE ... WHERE version = :seen`), which behaves the same on
+SQLite and PostgreSQL: of two processes applying events to one saga, one wins and the other gets
+ConcurrencyConflict, reloads, and finds its event already applied. Driver errors that mean "the
+database is not reachable" become StoreUnavailable so callers can retry them at the boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+
+from sagaflow.definitions import SagaState, StepStatus
+from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
+from sagaflow.machine import ErrorInfo, HistoryEntry, PublishEvent, SagaRecord, StepRecord
+from sagaflow.schema import events, history, sagas, steps
+
+TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything sagaflow stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    id: int
+    saga_id: str
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str
+    step: str | None
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    saga_id: str
+    name: str
+    payload: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for anything printed or logged."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+class SagaStore:
+    """Reads and writes saga state in one SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self._echo = echo
+        self._engine: Engine | None = None
+        self._engine_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SagaStore({mask_url(self.url)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        # Engines are created lazily and re-created after fork: a pool inherited from a parent
+        # process (Celery's prefork pool) would share sockets between processes.
+        pid = os.getpid()
+        if self._engine is None or self._engine_pid != pid:
+            with self._lock:
+                if self._engine is None or self._engine_pid != pid:
+                    if self._engine is not None:
+                        self._engine.dispose(close=False)
+                    self._engine = _create_engine(self.url, self._echo)
+                    self._engine_pid = pid
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailable(
+                f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
+            ) from exc
+        except sa.exc.ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
+                raise StoreUnavailable(
+                    f"saga store {mask_url(self.url)} has no sagaflow tables: run "
+                    "`sagaflow db upgrade`"
+                ) from exc
+            raise
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(
+                    f"saga store {mask_url(self.url)} connection lost: {exc.orig}"
+                ) from exc
+            raise
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply sagaflow's Alembic migrations up to `revision`."""
+        from sagaflow.migrate import upgrade
+
+        upgrade(self, revision)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create(self, saga: SagaRecord, history_entries: Sequence[HistoryEntry] = ()) -> bool:
+        """Insert a new saga and its steps. False if a saga with this id already exists."""
+        now = saga.created_at or utcnow()
+        with self._connect() as conn:
+            try:
+                with conn.begin():
+                    conn.execute(sagas.insert().values(**_saga_row(saga)))
+                    if saga.steps:
+                        conn.execute(
+                            steps.insert(), [_step_row(saga.saga_id, s) for s in saga.steps]
+                        )
+                    _insert_history(conn, saga.saga_id, now, history_entries)
+            except sa.exc.IntegrityError:
+                return False
+        return True
+
+    def commit(
+        self,
+        before: SagaRecord,
+        after: SagaRecord,
+        changed_steps: Sequence[int] | frozenset[int],
+        history_entries: Sequence[HistoryEntry],
+        published: Sequence[PublishEvent] = (),
+    ) -> list[int]:
+        """Store a transition atomically if nobody else changed the saga since `before`.
+
+        Returns the ids of the event rows recorded. Raises ConcurrencyConflict if the saga's
+        version moved.
+        """
+        now = after.updated_at or utcnow()
+        with self._connect() as conn, conn.begin():
+            # The guarded UPDATE comes first so the write lock is taken before anything else.
+            updated = conn.execute(
+                sagas.update()
+                .where(sagas.c.id == before.saga_id, sagas.c.version == before.version)
+                .values(**{**_saga_row(after), "version": before.version + 1})
+            )
+            if updated.rowcount != 1:
+                raise ConcurrencyConflict(
+                    f"saga {before.saga_id} changed since version {before.version}"
+                )
+            for position in sorted(changed_steps):
+                row = _step_row(after.saga_id, after.steps[position])
+                conn.execute(
+                    steps.update()
+                    .where(steps.c.saga_id == after.saga_id, steps.c.position == position)
+                    .values(**row)
+                )
+            _insert_history(conn, after.saga_id, now, history_entries)
+            event_ids: list[int] = []
+            for event in published:
+                result = conn.execute(
+                    events.insert().values(
+                        saga_id=after.saga_id,
+                        name=event.name,
+                        payload=event.payload,
+                        created_at=now,
+                        published_at=None,
+                    )
+                )
+                pk = result.inserted_primary_key
+                if pk is not None:
+                    event_ids.append(int(pk[0]))
+        return event_ids
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        if not event_ids:
+            return
+        with self._connect() as conn, conn.begin():
+            conn.execute(
+                events.update()
+                .where(events.c.id.in_(list(event_ids)))
+                .values(published_at=utcnow())
+            )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def load(self, saga_id: str) -> SagaRecord | None:
+        with self._connect() as conn:
+            row = conn.execute(sa.select(sagas).where(sagas.c.id == saga_id)).mappings().first()
+            if row is None:
+                return None
+            step_rows = (
+                conn.execute(
+                    sa.select(steps).where(steps.c.saga_id == saga_id).order_by(steps.c.position)
+                )
+                .mappings()
+                .all()
+            )
+        return _saga_from_row(row, [_step_from_row(r) for r in step_rows])
+
+    def get(self, saga_id: str) -> SagaRecord:
+        saga = self.load(saga_id)
+        if saga is None:
+            raise SagaNotFound(f"no saga {saga_id!r} in the store")
+        return saga
+
+    def list_sagas(
+        self,
+        *,
+        state: SagaState | str | None = None,
+        saga_type: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[SagaRecord]:
+        """Sagas newest first, without their steps (load one to see them)."""
+        query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc())
+        if state is not None:
+            query = query.where(sagas.c.state == SagaState(state).value)
+        if saga_type is not None:
+            query = query.where(sagas.c.saga_type == saga_type)
+        query = query.limit(limit).offset(offset)
+        with self._connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_saga_from_row(r, []) for r in rows]
+
+    def count_by_state(self, saga_ids: Sequence[str] | None = None) -> dict[str, int]:
+        query = sa.select(sagas.c.state, sa.func.count()).group_by(sagas.c.state)
+        if saga_ids is not None:
+            query = query.where(sagas.c.id.in_(list(saga_ids)))
+        with self._connect() as conn:
+            return {state: int(n) for state, n in conn.execute(query).all()}
+
+    def history(self, saga_id: str) -> list[HistoryRow]:
+        with self._connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(history).where(history.c.saga_id == saga_id).order_by(history.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            HistoryRow(
+                id=r["id"],
+                saga_id=r["saga_id"],
+                at=_aware(r["at"]) or utcnow(),
+                event=r["event"],
+                from_state=r["from_state"],
+                to_state=r["to_state"],
+                step=r["step"],
+                detail=r["detail"],
+            )
+            for r in rows
+        ]
+
+    def events(self, saga_id: str) -> list[EventRow]:
+        with self._connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(events).where(events.c.saga_id == saga_id).order_by(events.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            EventRow(
+                id=r["id"],
+                saga_id=r["saga_id"],
+                name=r["name"],
+                payload=r["payload"],
+                created_at=_aware(r["created_at"]) or utcnow(),
+                published_at=_aware(r["published_at"]),
+            )
+            for r in rows
+        ]
+
+    def ping(self) -> None:
+        with self._connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+def _create_engine(url: str, echo: bool) -> Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            directory = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(directory):
+                raise StoreUnavailable(
+                    f"saga store {mask_url(url)} unavailable: directory {directory} does not exist"
+                )
+        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 30})
+
+        @sa_event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers (CLI, client.wait) run while the orchestrator writes.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _saga_row(saga: SagaRecord) -> dict[str, Any]:
+    return {
+        "id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "state": saga.state.value,
+        "data": saga.data,
+        "current_step": saga.current_step,
+        "version": saga.version,
+        "error": saga.error.to_json() if saga.error else None,
+        "created_at": saga.created_at or utcnow(),
+        "updated_at": saga.updated_at or utcnow(),
+        "finished_at": saga.finished_at,
+    }
+
+
+def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "position": step.position,
+        "name": step.name,
+        "action": step.action,
+        "compensation": step.compensation,
+        "queue": step.queue,
+        "compensation_queue": step.compensation_queue,
+        "compensate_on_failure": step.compensate_on_failure,
+        "status": step.status.value,
+        "result": step.result,
+        "error": step.error.to_json() if step.error else None,
+        "attempts": step.attempts,
+        "compensation_attempts": step.compensation_attempts,
+        "task_id": step.task_id,
+        "compensation_task_id": step.compensation_task_id,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "compensation_started_at": step.compensation_started_at,
+        "compensated_at": step.compensated_at,
+    }
+
+
+def _insert_history(
+    conn: Connection, saga_id: str, now: datetime, entries: Sequence[HistoryEntry]
+) -> None:
+    if not entries:
+        return
+    conn.execute(
+        history.insert(),
+        [
+            {
+                "saga_id": saga_id,
+                "at": now,
+                "event": e.event,
+                "from_state": e.from_state.value if e.from_state else None,
+                "to_state": e.to_state.value,
+                "step": e.step,
+                "detail": e.detail,
+            }
+            for e in entries
+        ],
+    )
+
+
+def _saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
+    return SagaRecord(
+        saga_id=row["id"],
+        saga_type=row["saga_type"],
+        state=SagaState(row["state"]),
+        data=row["data"],
+        steps=tuple(step_records),
+        version=row["version"],
+        current_step=row["current_step"],
+        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
+        created_at=_aware(row["created_at"]),
+        updated_at=_aware(row["updated_at"]),
+        finished_at=_aware(row["finished_at"]),
+    )
+
+
+def _step_from_row(row: Any) -> StepRecord:
+    return StepRecord(
+        position=row["position"],
+        name=row["name"],
+        action=row["action"],
+        compensation=row["compensation"],
+        queue=row["queue"],
+        compensation_queue=row["compensation_queue"],
+        compensate_on_failure=bool(row["compensate_on_failure"]),
+        status=StepStatus(row["status"]),
+        result=row["result"],
+        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
+        attempts=row["attempts"],
+        compensation_attempts=row["compensation_attempts"],
+        task_id=row["task_id"],
+        compensation_task_id=row["compensation_task_id"],
+        started_at=_aware(row["started_at"]),
+        finished_at=_aware(row["finished_at"]),
+        compensation_started_at=_aware(row["compensation_started_at"]),
+        compensated_at=_aware(row["compensated_at"]),
+    )

@@ -1,0 +1,150 @@
+"""The example services' own database (not sagaflow's store): balances, stock, shipments.
+
+Every service action and compensation runs in one transaction together with a row in
+`service_effects` keyed by the step's idempotency key: a redelivered step finds its key already
+there and does nothing, so each effect happens once, and the log shows the order they ran in.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "example_accounts",
+    metadata,
+    sa.Column("customer", sa.String(100), primary_key=True),
+    sa.Column("balance", sa.Integer, nullable=False),
+)
+stock = sa.Table(
+    "example_stock",
+    metadata,
+    sa.Column("sku", sa.String(100), primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+)
+shipments = sa.Table(
+    "example_shipments",
+    metadata,
+    sa.Column("order_id", sa.String(100), primary_key=True),
+    sa.Column("country", sa.String(10), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+)
+effects = sa.Table(
+    "example_effects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("saga_id", sa.String(64), nullable=False, index=True),
+    sa.Column("service", sa.String(50), nullable=False),
+    sa.Column("operation", sa.String(50), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def database_url() -> str:
+    """WORKERS_DATABASE_URL, else the saga store's database, else SQLite under SAGAFLOW_HOME."""
+    url = os.environ.get("WORKERS_DATABASE_URL") or os.environ.get("SAGAFLOW_DATABASE_URL")
+    if url:
+        return url
+    home = os.environ.get("SAGAFLOW_HOME", ".sagaflow")
+    os.makedirs(home, exist_ok=True)
+    return f"sqlite:///{os.path.join(home, 'services.db')}"
+
+
+def engine(url: str | None = None) -> Engine:
+    url = url or database_url()
+    key = (os.getpid(), url)  # one engine per process: never share a pool across fork
+    with _lock:
+        if key not in _engines:
+            if url.startswith("sqlite"):
+                created = sa.create_engine(url, connect_args={"timeout": 30})
+
+                @event.listens_for(created, "connect")
+                def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+                    dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+                _engines[key] = created
+            else:
+                _engines[key] = sa.create_engine(url, pool_pre_ping=True)
+        return _engines[key]
+
+
+def create_tables(url: str | None = None) -> None:
+    metadata.create_all(engine(url))
+
+
+def seed(
+    balances: Mapping[str, int], quantities: Mapping[str, int], url: str | None = None
+) -> None:
+    """Reset the example data: balances and stock as given, no shipments, no effects."""
+    create_tables(url)
+    with engine(url).begin() as conn:
+        for table in (effects, shipments, accounts, stock):
+            conn.execute(table.delete())
+        conn.execute(
+            accounts.insert(), [{"customer": c, "balance": b} for c, b in balances.items()]
+        )
+        conn.execute(stock.insert(), [{"sku": s, "quantity": q} for s, q in quantities.items()])
+
+
+def apply_once(
+    context: Mapping[str, Any],
+    service: str,
+    operation: str,
+    change: Callable[[Connection], dict[str, Any] | None],
+) -> dict[str, Any]:
+    """Run `change` and record the effect in one transaction, once per idempotency key."""
+    key = str(context["idempotency_key"])
+    with engine().begin() as conn:
+        done = conn.execute(
+            sa.select(effects.c.detail).where(effects.c.idempotency_key == key)
+        ).first()
+        if done is not None:
+            return dict(done.detail or {}, duplicate=True)
+        detail = change(conn) or {}
+        conn.execute(
+            effects.insert().values(
+                idempotency_key=key,
+                saga_id=str(context["saga_id"]),
+                service=service,
+                operation=operation,
+                detail=detail,
+                at=datetime.now(timezone.utc),
+            )
+        )
+    return detail
+
+
+def balances(url: str | None = None) -> dict[str, int]:
+    with engine(url).connect() as conn:
+        return {r.customer: r.balance for r in conn.execute(sa.select(accounts))}
+
+
+def quantities(url: str | None = None) -> dict[str, int]:
+    with engine(url).connect() as conn:
+        return {r.sku: r.quantity for r in conn.execute(sa.select(stock))}
+
+
+def effects_for(saga_id: str, url: str | None = None) -> list[tuple[str, str]]:
+    """(service, operation) in the order they happened, for one saga."""
+    with engine(url).connect() as conn:
+        rows = conn.execute(
+            sa.select(effects.c.service, effects.c.operation)
+            .where(effects.c.saga_id == saga_id)
+            .order_by(effects.c.id)
+        )
+        return [(r.service, r.operation) for r in rows]
