@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery
 
+from sagaflow import transport
 from sagaflow.config import Settings, celery_settings, ensure_home
 from sagaflow.errors import ConfigurationError
 
@@ -41,6 +42,7 @@ def _user_overrides() -> dict[str, Any]:
 
 def create_app(main: str, settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
+    transport.register()
     ensure_home(settings)
     conf = celery_settings(settings)
     overrides = _user_overrides()

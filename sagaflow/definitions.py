@@ -186,6 +186,10 @@ class Registry:
             raise DefinitionError(f"{definition!r} is neither a Saga nor a SagaOrchestrator")
         saga_type = _check_saga_type(getattr(definition, "saga_type", None))
         existing = self._definitions.get(saga_type)
+        if existing is not None and (
+            isinstance(existing, SagaOrchestrator) and type(existing) is type(definition)
+        ):
+            return existing  # the same orchestrator class, loaded again
         if existing is not None and existing is not definition:
             raise DefinitionError(f"saga type {saga_type!r} is registered twice")
         self._definitions[saga_type] = definition
@@ -222,8 +226,10 @@ class Registry:
         return sorted(self._definitions)
 
 
-def load_definitions(module_paths: Iterable[str]) -> Registry:
+def load_definitions(module_paths: str | Iterable[str]) -> Registry:
     """Import each module and register every Saga and SagaOrchestrator subclass it defines."""
+    if isinstance(module_paths, str):
+        module_paths = [module_paths]
     registry = Registry()
     for path in module_paths:
         try:

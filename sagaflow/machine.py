@@ -111,6 +111,7 @@ class StepSucceeded:
     phase: Phase
     attempt: int
     result: JSON = None
+    task_id: str | None = None  # the step task that reported, when the transport tells us
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,8 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
             return Ignored(f"step {step.name!r} action is {step.status.value}, not executing")
         if event.attempt != step.attempts:
             return Ignored(f"step {step.name!r} attempt {event.attempt} is not the current one")
+        if (forged := _wrong_reporter(event, step.task_id)) is not None:
+            return forged
         if isinstance(event, StepSucceeded):
             return _action_succeeded(saga, step, event.result, now)
         return _action_failed(saga, step, event.error, now)
@@ -250,9 +253,20 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
         return Ignored(
             f"step {step.name!r} compensation attempt {event.attempt} is not the current one"
         )
+    if (forged := _wrong_reporter(event, step.compensation_task_id)) is not None:
+        return forged
     if isinstance(event, StepSucceeded):
         return _compensation_succeeded(saga, step, now)
     return _compensation_failed(saga, step, event.error, now)
+
+
+def _wrong_reporter(event: Event, expected: str | None) -> Ignored | None:
+    # Only the task that was dispatched may report on it: a forged, misrouted or stray
+    # outcome (no task id, or another task's) changes nothing.
+    reported_by = event.task_id if isinstance(event, StepSucceeded) else event.error.task_id
+    if expected is not None and reported_by != expected:
+        return Ignored(f"outcome reported by task {reported_by}, not by {expected}")
+    return None
 
 
 def _with_step(saga: SagaRecord, step: StepRecord) -> SagaRecord:

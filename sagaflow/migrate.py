@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import exc as sa_exc
+
+from sagaflow.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from sagaflow.store import SagaStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "sagaflow_alembic_version"
 
 
 def alembic_config(url: str) -> Config:
     config = Config()
+    config.set_main_option("version_table", VERSION_TABLE)
     config.set_main_option("script_location", str(MIGRATIONS))
     # ConfigParser interpolation would choke on '%' in URL-encoded passwords.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -24,7 +31,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(store: SagaStore, revision: str = "head") -> None:
     config = alembic_config(store.url)
-    with store.engine.begin() as conn:
+    with _unavailable_as_error(store), store.engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 
@@ -32,11 +39,22 @@ def upgrade(store: SagaStore, revision: str = "head") -> None:
 def current_revision(store: SagaStore) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with store.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    with _unavailable_as_error(store), store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
 
 
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+@contextmanager
+def _unavailable_as_error(store: SagaStore) -> Iterator[None]:
+    from sagaflow.store import mask_url
+
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"saga store {mask_url(store.url)} unavailable: {exc.orig}") from exc

@@ -34,6 +34,7 @@ from sagaflow.machine import (
     HistoryEntry,
     Ignored,
     PublishEvent,
+    SagaRecord,
     StepFailed,
     StepSucceeded,
     apply,
@@ -140,9 +141,7 @@ class Orchestrator:
                 return False
             outcome = apply(saga, event, utcnow())
             if isinstance(outcome, Ignored):
-                logger.info(
-                    "saga %s: %s ignored (%s)", saga_id, type(event).__name__, outcome.reason
-                )
+                self._note_ignored(saga, event, outcome.reason)
                 return False
             publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
             try:
@@ -154,6 +153,21 @@ class Orchestrator:
             self._execute(outcome.commands, event_ids)
             return True
         raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
+
+    def _note_ignored(self, saga: SagaRecord, event: Event, reason: str) -> None:
+        step = saga.steps[event.position].name if 0 <= event.position < len(saga.steps) else None
+        outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
+        logger.info("saga %s: %s %s outcome ignored: %s", saga.saga_id, step, outcome, reason)
+        self.store.record_ignored(
+            saga.saga_id,
+            step,
+            {
+                "outcome": outcome,
+                "phase": event.phase.value,
+                "attempt": event.attempt,
+                "reason": reason,
+            },
+        )
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -190,7 +204,7 @@ class Orchestrator:
 
 
 def _event_from(
-    kwargs: dict[str, Any], result: Any = None, error: Any = None
+    kwargs: dict[str, Any], result: Any = None, error: Any = None, task_id: str | None = None
 ) -> tuple[str, Event] | None:
     try:
         saga_id = str(kwargs["saga_id"])
@@ -201,7 +215,7 @@ def _event_from(
         logger.warning("malformed step outcome ignored: %r", kwargs)
         return None
     if error is None:
-        return saga_id, StepSucceeded(position, phase, attempt, result)
+        return saga_id, StepSucceeded(position, phase, attempt, result, task_id)
     return saga_id, StepFailed(position, phase, attempt, ErrorInfo.from_json(error))
 
 
@@ -222,8 +236,10 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     def start(saga_id: Any = None, saga_type: Any = None, data: Any = None) -> None:
         orchestrator.start(saga_id, saga_type, data)
 
-    def step_succeeded(result: Any = None, **kwargs: Any) -> None:
-        parsed = _event_from(kwargs, result=result)
+    def step_succeeded(task: Any, result: Any = None, **kwargs: Any) -> None:
+        # A link callback's parent is the step task that succeeded: only that task's report
+        # counts, so a forged or misrouted callback cannot complete a step.
+        parsed = _event_from(kwargs, result=result, task_id=task.request.parent_id)
         if parsed is not None:
             orchestrator.handle(*parsed)
 
@@ -233,7 +249,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
             orchestrator.handle(*parsed)
 
     app.task(name=START_TASK, **retrying)(start)
-    app.task(name=STEP_SUCCEEDED_TASK, **retrying)(step_succeeded)
+    app.task(name=STEP_SUCCEEDED_TASK, bind=True, **retrying)(step_succeeded)
     app.task(name=STEP_FAILED_TASK, **retrying)(step_failed)
     # The errback also lands here when the failing worker lacks sagaflow's service support.
     install_service_support(app, orchestrator.queue)

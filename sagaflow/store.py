@@ -32,6 +32,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite keeps the wall-clock digits and drops the offset: store every instant as UTC.
+    if value is not None and value.tzinfo is not None:
+        return value.astimezone(timezone.utc)
+    return value
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything sagaflow stores is UTC.
     if value is not None and value.tzinfo is None:
@@ -107,6 +114,11 @@ class SagaStore:
             with self.engine.connect() as conn:
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            if "no such table" in str(exc.orig):
+                raise StoreUnavailable(
+                    f"saga store {mask_url(self.url)} has no sagaflow tables: run "
+                    "`sagaflow db upgrade`"
+                ) from exc
             raise StoreUnavailable(
                 f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
             ) from exc
@@ -190,7 +202,7 @@ class SagaStore:
                         saga_id=after.saga_id,
                         name=event.name,
                         payload=event.payload,
-                        created_at=now,
+                        created_at=_utc(now),
                         published_at=None,
                     )
                 )
@@ -198,6 +210,27 @@ class SagaStore:
                 if pk is not None:
                     event_ids.append(int(pk[0]))
         return event_ids
+
+    def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> None:
+        """Note an outcome that changed nothing (duplicate, late or forged) in the history."""
+        with self._connect() as conn, conn.begin():
+            state = conn.execute(
+                sa.select(sagas.c.state).where(sagas.c.id == saga_id)
+            ).scalar_one_or_none()
+            _insert_history(
+                conn,
+                saga_id,
+                utcnow(),
+                [
+                    HistoryEntry(
+                        "outcome_ignored",
+                        None,
+                        SagaState(state) if state else SagaState.REJECTED,
+                        step,
+                        detail,
+                    )
+                ],
+            )
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
         if not event_ids:
@@ -341,9 +374,9 @@ def _saga_row(saga: SagaRecord) -> dict[str, Any]:
         "current_step": saga.current_step,
         "version": saga.version,
         "error": saga.error.to_json() if saga.error else None,
-        "created_at": saga.created_at or utcnow(),
-        "updated_at": saga.updated_at or utcnow(),
-        "finished_at": saga.finished_at,
+        "created_at": _utc(saga.created_at) or utcnow(),
+        "updated_at": _utc(saga.updated_at) or utcnow(),
+        "finished_at": _utc(saga.finished_at),
     }
 
 
@@ -364,10 +397,10 @@ def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
         "compensation_attempts": step.compensation_attempts,
         "task_id": step.task_id,
         "compensation_task_id": step.compensation_task_id,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "compensation_started_at": step.compensation_started_at,
-        "compensated_at": step.compensated_at,
+        "started_at": _utc(step.started_at),
+        "finished_at": _utc(step.finished_at),
+        "compensation_started_at": _utc(step.compensation_started_at),
+        "compensated_at": _utc(step.compensated_at),
     }
 
 
@@ -381,7 +414,7 @@ def _insert_history(
         [
             {
                 "saga_id": saga_id,
-                "at": now,
+                "at": _utc(now),
                 "event": e.event,
                 "from_state": e.from_state.value if e.from_state else None,
                 "to_state": e.to_state.value,

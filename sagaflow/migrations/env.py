@@ -16,7 +16,7 @@ def _run(conn: Connection) -> None:
     context.configure(
         connection=conn,
         target_metadata=metadata,
-        version_table="sagaflow_alembic_version",
+        version_table=config.get_main_option("version_table") or "sagaflow_alembic_version",
         render_as_batch=True,
     )
     with context.begin_transaction():

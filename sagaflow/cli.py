@@ -1,0 +1,317 @@
+"""The `sagaflow` command: start sagas, inspect them, run workers and the demo.
+
+Built on SagaClient and the store's public API. Every option can also be set with its SAGAFLOW_*
+environment variable. Exit codes: 0 success; 1 error (or, with `start --wait`, the saga did not
+complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed out waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from sagaflow import render
+from sagaflow.client import BrokerUnavailable, SagaClient
+from sagaflow.config import Settings
+from sagaflow.definitions import SagaState
+from sagaflow.errors import (
+    InvalidSagaInput,
+    SagaflowError,
+    SagaNotFound,
+    SagaTimeout,
+    StoreUnavailable,
+)
+from sagaflow.store import SagaStore, mask_url
+
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+EXIT_TIMEOUT = 5
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def exit_code_for(exc: SagaflowError) -> int:
+    if isinstance(exc, SagaNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (StoreUnavailable, BrokerUnavailable)):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, SagaTimeout):
+        return EXIT_TIMEOUT
+    return EXIT_ERROR
+
+
+class SagaflowGroup(click.Group):
+    """Turns sagaflow's errors into one clear line and a meaningful exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SagaflowError as exc:
+            fail(str(exc), exit_code_for(exc))
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    assert settings is not None
+    return settings
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(cls=SagaflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--broker-url", envvar="SAGAFLOW_BROKER_URL", help="Celery broker URL.")
+@click.option("--database-url", envvar="SAGAFLOW_DATABASE_URL", help="Saga store URL.")
+@click.option("--queue", envvar="SAGAFLOW_QUEUE", help="Orchestrator queue (default sagaflow).")
+@click.option(
+    "--definitions", envvar="SAGAFLOW_DEFINITIONS", help="Saga definition modules, comma-separated."
+)
+@click.option(
+    "--home",
+    envvar="SAGAFLOW_HOME",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the embedded store and broker (default .sagaflow).",
+)
+@click.version_option(package_name="celery-sagaflow")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    broker_url: str | None,
+    database_url: str | None,
+    queue: str | None,
+    definitions: str | None,
+    home: Path | None,
+) -> None:
+    """sagaflow: saga orchestration on Celery, with saga state in SQL."""
+    overrides: dict[str, Any] = {
+        "broker_url": broker_url,
+        "database_url": database_url,
+        "queue": queue,
+        "home": home,
+    }
+    if definitions is not None:
+        overrides["definitions"] = tuple(d.strip() for d in definitions.split(",") if d.strip())
+    ctx.obj = Settings.from_env(**overrides)
+
+
+def client_of(ctx: click.Context) -> SagaClient:
+    return SagaClient(settings_of(ctx))
+
+
+@cli.command()
+@click.argument("saga_type")
+@click.option("--data", "data_text", default="{}", help="Saga input as a JSON object.")
+@click.option("--data-file", type=click.File("r"), help="Read the input JSON from a file ('-').")
+@click.option("--id", "saga_id", help="Saga id to use (default: a new UUID).")
+@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def start(
+    ctx: click.Context,
+    saga_type: str,
+    data_text: str,
+    data_file: Any,
+    saga_id: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Start a saga of SAGA_TYPE; prints its id."""
+    text = data_file.read() if data_file is not None else data_text
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidSagaInput(f"--data is not valid JSON: {exc}") from exc
+    client = client_of(ctx)
+    new_id = client.start(saga_type, data, saga_id=saga_id)
+    if not wait:
+        if as_json:
+            print_json({"saga_id": new_id})
+        else:
+            click.echo(new_id)
+        return
+    with err_console.status(f"saga {new_id} running…"):
+        saga = client.wait(new_id, timeout=timeout)
+    if as_json:
+        print_json(render.saga_json(saga))
+    else:
+        console.print(render.saga_steps_table(saga))
+        console.print("state:", render.state_text(saga.state))
+    if saga.state is not SagaState.COMPLETED:
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
+    """Where saga SAGA_ID is, step by step, and why."""
+    saga = client_of(ctx).get(saga_id)
+    if as_json:
+        print_json(render.saga_json(saga))
+        return
+    console.print(render.saga_steps_table(saga))
+    line = render.state_text(saga.state)
+    console.print("type:", saga.saga_type, " state:", line, " age:", render.age(saga.created_at))
+    if saga.error:
+        console.print(f"error: {saga.error}", highlight=False)
+    if not saga.state.is_terminal and saga.current_step is not None:
+        step = saga.steps[saga.current_step]
+        started = (
+            step.compensation_started_at
+            if saga.state.value == "compensating"
+            else (step.started_at)
+        )
+        console.print(
+            f"waiting on step {step.name!r} ({step.status.value}) for {render.age(started)}",
+            highlight=False,
+        )
+
+
+@cli.command(name="list")
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in SagaState]),
+    help="Only sagas in this state.",
+)
+@click.option("--type", "saga_type", help="Only sagas of this type.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_command(
+    ctx: click.Context,
+    state: str | None,
+    saga_type: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """Sagas, newest first."""
+    sagas = client_of(ctx).list_sagas(state=state, saga_type=saga_type, limit=limit, offset=offset)
+    if as_json:
+        print_json([render.saga_json(s, with_steps=False) for s in sagas])
+        return
+    console.print(render.saga_list_table(sagas))
+    if len(sagas) == limit:
+        console.print(f"(first {limit}; next page: --offset {offset + limit})", style="dim")
+
+
+@cli.command()
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
+    """The transition log of saga SAGA_ID."""
+    rows = client_of(ctx).history(saga_id)
+    if as_json:
+        print_json([render.history_json(r) for r in rows])
+        return
+    console.print(render.history_table(rows))
+
+
+@cli.group()
+def db() -> None:
+    """The saga store's schema."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Create or migrate sagaflow's tables (Alembic)."""
+    settings = settings_of(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = SagaStore(settings.database_url)
+    try:
+        store.upgrade(revision)
+    except SagaflowError:
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot migrate {mask_url(settings.database_url)}: {exc}") from exc
+    from sagaflow.migrate import current_revision
+
+    click.echo(f"{mask_url(settings.database_url)} at revision {current_revision(store)}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--pool", default="prefork", show_default=True, help="Celery pool.")
+@click.option("--concurrency", "-c", type=int, help="Worker processes/threads.")
+@click.option("--migrate/--no-migrate", default=False, help="Run `db upgrade` first.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    pool: str,
+    concurrency: int | None,
+    migrate: bool,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run the orchestrator: `celery -A sagaflow.worker worker -Q <queue>` plus CELERY_ARGS."""
+    settings = settings_of(ctx)
+    if migrate:
+        ctx.invoke(upgrade)
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "sagaflow.worker",
+        "worker",
+        "-Q",
+        settings.queue,
+        "-P",
+        pool,
+        "-n",
+        f"{settings.queue}@%h",
+    ]
+    if concurrency:
+        command += ["-c", str(concurrency)]
+    command += list(celery_args)
+    env = {**os.environ, **settings.to_env()}
+    os.execvpe(command[0], command, env)
+
+
+@cli.command()
+@click.option("--sagas", "count", default=24, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--home",
+    "demo_home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the demo's store, broker and logs (default: a new temporary folder).",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the sagas.")
+def demo(count: int, demo_home: Path | None, timeout: float) -> None:
+    """Run the order saga example end to end on the embedded store and broker."""
+    from sagaflow.demo import run_demo
+
+    ok = run_demo(count=count, home=demo_home, timeout=timeout, console=console)
+    if not ok:
+        sys.exit(EXIT_ERROR)
+
+
+def main() -> None:
+    cli(prog_name="sagaflow")
+
+
+if __name__ == "__main__":
+    main()

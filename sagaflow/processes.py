@@ -1,0 +1,173 @@
+"""Starting and stopping Celery worker processes (used by `sagaflow demo` and the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from celery import Celery
+
+from sagaflow.errors import SagaflowError
+
+
+class WorkerStartError(SagaflowError):
+    """A worker process did not come up; the message carries the end of its log."""
+
+
+@dataclass
+class WorkerSpec:
+    """One `celery -A APP worker -Q QUEUES` process."""
+
+    name: str
+    app: str
+    queues: Sequence[str]
+    pool: str = "solo"
+    concurrency: int | None = None
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def command(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            "-Q",
+            ",".join(self.queues),
+            "-n",
+            f"{self.name}@%h",
+            "-P",
+            self.pool,
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        if self.concurrency is not None:
+            args += ["-c", str(self.concurrency)]
+        return [*args, *self.extra_args]
+
+
+@dataclass
+class WorkerProcess:
+    spec: WorkerSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class WorkerGroup:
+    """Worker processes started together and stopped together, whatever happens."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, cwd: Path | None = None) -> None:
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.cwd = cwd
+        self.workers: list[WorkerProcess] = []
+
+    def start(self, spec: WorkerSpec) -> WorkerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{spec.name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(
+            spec.command(),
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, we stop them cleanly
+        )
+        worker = WorkerProcess(spec, process, log_path, log_file)
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, app: Celery, timeout: float = 60.0) -> None:
+        """Poll with `celery inspect ping` until every worker answers, or raise with its log."""
+        deadline = time.monotonic() + timeout
+        pending = {w.spec.name for w in self.workers}
+        while pending:
+            for worker in self.workers:
+                if worker.spec.name in pending and not worker.alive:
+                    raise WorkerStartError(
+                        f"worker {worker.spec.name!r} exited with code "
+                        f"{worker.process.returncode}; end of {worker.log_path}:\n"
+                        f"{worker.log_tail()}"
+                    )
+            replies = app.control.ping(timeout=0.5) or []
+            for reply in replies:
+                for hostname in reply:
+                    pending.discard(hostname.split("@", 1)[0])
+            if pending and time.monotonic() > deadline:
+                tails = "\n".join(
+                    f"--- {w.spec.name} ---\n{w.log_tail(15)}"
+                    for w in self.workers
+                    if w.spec.name in pending
+                )
+                raise WorkerStartError(
+                    f"workers not ready after {timeout:g}s: {', '.join(sorted(pending))}\n{tails}"
+                )
+
+    def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
+        if worker.alive:
+            os.killpg(worker.process.pid, sig)
+            worker.process.wait(timeout=30)
+
+    def stop_worker(self, worker: WorkerProcess, timeout: float = 15.0) -> None:
+        """Warm-shut one worker down (SIGKILL if it does not stop within `timeout`)."""
+        if worker.alive:
+            _signal_group(worker.process, signal.SIGTERM)
+            try:
+                worker.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(worker.process, signal.SIGKILL)
+                worker.process.wait(timeout=10)
+        worker.log_file.close()
+        self.workers.remove(worker)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (warm shutdown) to all, then SIGKILL whatever is still running."""
+        for worker in self.workers:
+            if worker.alive:
+                _signal_group(worker.process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                worker.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                _signal_group(worker.process, signal.SIGKILL)
+                worker.process.wait(timeout=10)
+            worker.log_file.close()
+        self.workers.clear()
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)

@@ -1,0 +1,233 @@
+"""Shared fixtures: real brokers, real databases, real Celery worker processes.
+
+A missing Redis or PostgreSQL fails the tests with a clear message; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from sagaflow.client import SagaClient
+from sagaflow.config import Settings, ensure_home
+from sagaflow.machine import SagaRecord
+from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.store import SagaStore, mask_url
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("SAGAFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SAGAFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ("redis-postgres", "embedded")
+
+
+def require_redis(url: str = REDIS_URL) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        pytest.fail(f"Redis at {url} is required for these tests and is not reachable: {exc}")
+
+
+def create_postgres_database(prefix: str = "sagaflow_test") -> str:
+    """A new empty database; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(
+            f"PostgreSQL at {mask_url(POSTGRES_ADMIN_URL)} is required for these tests: {exc}"
+        )
+    finally:
+        admin.dispose()
+    return sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+
+
+def drop_postgres_database(url: str) -> None:
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def poll(
+    check: Callable[[], Any], timeout: float, describe: Callable[[], str], interval: float = 0.05
+) -> Any:
+    """Call `check` until it returns something truthy; fail with `describe()` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"still pending after {timeout:g}s: {describe()}")
+        time.sleep(interval)
+
+
+@dataclass
+class Stack:
+    """An orchestrator and service workers running as processes against one broker and store."""
+
+    name: str
+    settings: Settings
+    env: dict[str, str]
+    group: WorkerGroup
+    client: SagaClient
+    store: SagaStore
+    effects_url: str
+    extra: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def redis(self) -> bool:
+        return self.settings.broker_url.startswith("redis")
+
+    def start(self, saga_type: str, data: dict[str, Any] | None = None) -> str:
+        return self.client.start(saga_type, data or {})
+
+    def wait(self, saga_ids: list[str], timeout: float = 60.0) -> list[SagaRecord]:
+        def finished() -> list[SagaRecord] | None:
+            sagas = [self.store.load(i) for i in saga_ids]
+            if all(s is not None and s.state.is_terminal for s in sagas):
+                return [s for s in sagas if s is not None]
+            return None
+
+        def pending() -> str:
+            out = []
+            for saga_id in saga_ids:
+                saga = self.store.load(saga_id)
+                if saga is None:
+                    out.append(f"{saga_id}: not recorded")
+                elif not saga.state.is_terminal:
+                    steps = ", ".join(f"{s.name}={s.status.value}" for s in saga.steps)
+                    out.append(f"{saga_id}: {saga.state.value} [{steps}]")
+            return "; ".join(out) + self.logs_hint()
+
+        result: list[SagaRecord] = poll(finished, timeout, pending)
+        return result
+
+    def wait_one(self, saga_id: str, timeout: float = 60.0) -> SagaRecord:
+        return self.wait([saga_id], timeout)[0]
+
+    def logs_hint(self) -> str:
+        return f" (worker logs in {self.group.log_dir})"
+
+    def executions(self, saga_id: str) -> list[tuple[str, str]]:
+        """(step, phase) of every task execution for the saga, in the order they ran."""
+        from tests.services import executions
+
+        engine = sa.create_engine(self.effects_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(executions.c.step, executions.c.phase)
+                    .where(executions.c.saga_id == saga_id)
+                    .order_by(executions.c.id)
+                ).all()
+        finally:
+            engine.dispose()
+        return [(r.step, r.phase) for r in rows]
+
+    def wait_ignored(self, saga_id: str, count: int, timeout: float = 30.0) -> list[Any]:
+        """Wait until the orchestrator has noted `count` ignored outcomes for the saga."""
+
+        def ignored() -> list[Any]:
+            return [h for h in self.store.history(saga_id) if h.event == "outcome_ignored"]
+
+        poll(
+            lambda: len(ignored()) >= count,
+            timeout,
+            lambda: (
+                f"{len(ignored())} of {count} ignored outcomes noted for {saga_id}"
+                + self.logs_hint()
+            ),
+        )
+        return ignored()
+
+    def start_worker(self, spec: WorkerSpec) -> WorkerProcess:
+        worker = self.group.start(spec)
+        self.group.wait_ready(self.client.app, timeout=60)
+        return worker
+
+
+def _service_pool(settings: Settings) -> str:
+    # prefork on Redis so a killed pool child is redelivered (acks_late + reject_on_worker_lost)
+    return "prefork" if settings.broker_url.startswith("redis") else "solo"
+
+
+def build_stack(name: str, home: Path) -> Iterator[Stack]:
+    pg_url = None
+    if name == "redis-postgres":
+        require_redis()
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        pg_url = create_postgres_database()
+        settings = Settings(
+            home=home, broker_url=REDIS_URL, database_url=pg_url, definitions=("tests.sagas",)
+        )
+        effects_url = pg_url
+    else:
+        settings = Settings(
+            home=home,
+            broker_url="filesystem://",
+            database_url=f"sqlite:///{home / 'sagaflow.db'}",
+            definitions=("tests.sagas",),
+        )
+        effects_url = f"sqlite:///{home / 'effects.db'}"
+    ensure_home(settings)
+    store = SagaStore(settings.database_url)
+    store.upgrade()
+    from tests.services import metadata
+
+    engine = sa.create_engine(effects_url)
+    metadata.create_all(engine)
+    engine.dispose()
+
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "TEST_EFFECTS_URL": effects_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    group = WorkerGroup(env, home / "logs", cwd=ROOT)
+    client = SagaClient(settings, store=store)
+    stack = Stack(name, settings, env, group, client, store, effects_url)
+    try:
+        group.start(
+            WorkerSpec(
+                "orchestrator", "sagaflow.worker", [settings.queue], pool="threads", concurrency=4
+            )
+        )
+        pool = _service_pool(settings)
+        group.start(WorkerSpec("svc_a", "tests.services", ["svc_a"], pool=pool, concurrency=2))
+        group.start(WorkerSpec("svc_b", "tests.services", ["svc_b"], pool=pool, concurrency=2))
+        group.start(WorkerSpec("plain", "tests.plain_service", ["plain"]))
+        group.wait_ready(client.app, timeout=60)
+        yield stack
+    finally:
+        group.stop()
+        client.close()
+        store.dispose()
+        if pg_url:
+            drop_postgres_database(pg_url)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp(f"stack-{request.param}")
+    yield from build_stack(request.param, home)

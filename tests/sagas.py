@@ -1,0 +1,56 @@
+"""Saga definitions used by the integration tests (loaded by the orchestrator by module path)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sagaflow import Saga, SagaOrchestrator, Step
+
+
+def _step(name: str, queue: str, compensate: bool = True) -> Step:
+    return Step(name, "svc.act", "svc.undo" if compensate else None, queue=queue)
+
+
+trip = Saga(
+    "trip",
+    steps=[_step("a1", "svc_a"), _step("b2", "svc_b"), _step("a3", "svc_a"), _step("b4", "svc_b")],
+)
+
+# The middle step has no compensation: it is passed over when compensating.
+partial = Saga(
+    "partial", steps=[_step("a1", "svc_a"), _step("b2", "svc_b", False), _step("a3", "svc_a")]
+)
+
+# The second step names a task no worker has.
+typo = Saga(
+    "typo",
+    steps=[_step("a1", "svc_a"), Step("missing", "svc.no_such_task", "svc.undo", queue="svc_b")],
+)
+
+# The second step runs on a worker without sagaflow's service support.
+plain = Saga("plain", steps=[_step("a1", "svc_a"), Step("p2", "plain.fail", queue="plain")])
+
+# Nobody consumes this queue.
+orphan = Saga("orphan", steps=[_step("a1", "svc_a"), Step("lost", "svc.act", queue="nobody")])
+
+undo_failure_too = Saga(
+    "undo_failure_too",
+    steps=[
+        _step("a1", "svc_a"),
+        Step("b2", "svc.act", "svc.undo", queue="svc_b", compensate_on_failure=True),
+    ],
+)
+
+
+class Dynamic(SagaOrchestrator):
+    """As many steps as the input asks for, alternating between the two services."""
+
+    saga_type = "dynamic"
+
+    def validate_input(self, data: Mapping[str, Any]) -> None:
+        if not isinstance(data.get("n"), int) or not 1 <= data["n"] <= 20:
+            raise ValueError("n must be an integer from 1 to 20")
+
+    def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
+        return [_step(f"s{i}", "svc_a" if i % 2 else "svc_b") for i in range(1, data["n"] + 1)]

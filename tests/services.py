@@ -1,0 +1,96 @@
+"""Test services: one Celery app whose tasks do what the saga input tells them.
+
+Every execution is recorded raw (no idempotency) in `test_executions`, so a step or a
+compensation that ran twice, or in the wrong order, shows up in the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from sagaflow import create_service_app
+
+app = create_service_app("svc")
+
+metadata = sa.MetaData()
+executions = sa.Table(
+    "test_executions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("saga_id", sa.String(64), nullable=False, index=True),
+    sa.Column("step", sa.String(100), nullable=False),
+    sa.Column("phase", sa.String(20), nullable=False),
+    sa.Column("task_id", sa.String(255), nullable=True),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_engines: dict[int, sa.engine.Engine] = {}
+
+
+def effects_engine() -> sa.engine.Engine:
+    pid = os.getpid()
+    if pid not in _engines:
+        url = os.environ["TEST_EFFECTS_URL"]
+        kwargs: dict[str, Any] = (
+            {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+        )
+        _engines[pid] = sa.create_engine(url, **kwargs)
+    return _engines[pid]
+
+
+class StepRefused(Exception):
+    """Raised by a test step asked to fail."""
+
+
+class CompensationRefused(Exception):
+    """Raised by a test compensation asked to fail."""
+
+
+def _record(context: dict[str, Any], phase: str, task_id: str | None) -> int:
+    with effects_engine().begin() as conn:
+        conn.execute(
+            executions.insert().values(
+                saga_id=context["saga_id"],
+                step=context["step"],
+                phase=phase,
+                task_id=task_id,
+                context=context,
+                at=datetime.now(timezone.utc),
+            )
+        )
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(executions)
+                .where(
+                    executions.c.saga_id == context["saga_id"],
+                    executions.c.step == context["step"],
+                    executions.c.phase == phase,
+                )
+            ).scalar_one()
+        )
+
+
+@app.task(name="svc.act", bind=True)
+def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
+    data = context["data"]
+    runs = _record(context, "action", self.request.id)
+    if data.get("crash_once") == context["step"] and runs == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
+    if context["step"] in data.get("fail_at", ()):
+        raise StepRefused(f"step {context['step']} refused as asked")
+    return {"step": context["step"], "saw": sorted(context["results"])}
+
+
+@app.task(name="svc.undo", bind=True)
+def undo(self: Any, context: dict[str, Any]) -> dict[str, Any]:
+    _record(context, "compensation", self.request.id)
+    if context["step"] in context["data"].get("fail_compensation_at", ()):
+        raise CompensationRefused(f"compensation of {context['step']} refused as asked")
+    return {"undone": context["step"], "result_was": context["result"]}

@@ -1,0 +1,685 @@
+"""The saga store contract, run against SQLite and PostgreSQL alike.
+
+PostgreSQL is required: each run of this module creates a fresh, uniquely named database on the
+server named by SAGAFLOW_TEST_POSTGRES_URL (default: a local `postgres` superuser without a
+password) and drops it afterwards. If that server cannot be reached the PostgreSQL tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from sagaflow.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
+from sagaflow.machine import (
+    ErrorInfo,
+    HistoryEntry,
+    Ignored,
+    PublishEvent,
+    SagaRecord,
+    StepFailed,
+    StepSucceeded,
+    Transition,
+    apply,
+    begin,
+    new_saga,
+)
+from sagaflow.migrate import VERSION_TABLE, current_revision, head_revision
+from sagaflow.schema import metadata
+from sagaflow.store import SagaStore
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+NOW = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=timezone.utc)
+LATER = NOW + timedelta(seconds=7, microseconds=250)
+DATA = {
+    "order_id": "o-1",
+    "customer": "Zoë Ñandú",
+    "quantity": 2,
+    "amount": 19.99,
+    "tags": ["gift", "express"],
+    "address": {"city": "Zürich", "lines": ["Bahnhofstrasse 1", None]},
+    "paid": False,
+}
+STEPS = [
+    Step("reserve_stock", "inventory.reserve", "inventory.release", queue="inventory"),
+    Step("charge_payment", "payments.charge", "payments.refund", queue="payments"),
+    Step(
+        "schedule_shipping",
+        "shipping.schedule",
+        "shipping.cancel",
+        queue="shipping",
+        compensation_queue="shipping-undo",
+        compensate_on_failure=True,
+    ),
+]
+DECLINED = ErrorInfo("CardDeclined", "insufficient funds", "Traceback (most recent...)")
+SAGA_TABLES = {"sagaflow_sagas", "sagaflow_steps", "sagaflow_history", "sagaflow_events"}
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+
+def postgres_url() -> sa.URL:
+    return sa.make_url(os.environ.get("SAGAFLOW_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; its URL is yielded and it is dropped afterwards."""
+    server = postgres_url()
+    name = f"sagaflow_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except sa.exc.OperationalError as exc:
+            pytest.fail(
+                f"PostgreSQL at {server.render_as_string(hide_password=True)} is unreachable "
+                f"({exc.orig}). The store tests need it: start PostgreSQL or point "
+                "SAGAFLOW_TEST_POSTGRES_URL at a server where this user may CREATE DATABASE.",
+                pytrace=False,
+            )
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    store: SagaStore
+    scratch: Path
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    """A migrated saga store on each database; one database per module and backend."""
+    scratch = tmp_path_factory.mktemp(f"store-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{scratch / 'sagaflow.db'}"
+        store = SagaStore(url)
+        store.upgrade()
+        yield Backend("sqlite", url, store, scratch)
+        store.dispose()
+        return
+    with postgres_database() as url:
+        store = SagaStore(url)
+        try:
+            store.upgrade()
+            yield Backend("postgresql", url, store, scratch)
+        finally:
+            store.dispose()
+
+
+@pytest.fixture
+def store(backend: Backend) -> SagaStore:
+    return backend.store
+
+
+@pytest.fixture
+def blank_store(backend: Backend) -> Iterator[SagaStore]:
+    """A store on an empty database of the same kind: no `upgrade()` was run on it."""
+    if backend.name == "sqlite":
+        blank = SagaStore(f"sqlite:///{backend.scratch / f'blank-{uuid.uuid4().hex}.db'}")
+        yield blank
+        blank.dispose()
+        return
+    with postgres_database() as url:
+        blank = SagaStore(url)
+        try:
+            yield blank
+        finally:
+            blank.dispose()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def new_id(prefix: str = "saga") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def started(saga_id: str, saga_type: str = "order", now: datetime = NOW) -> Transition:
+    return begin(new_saga(saga_id, saga_type, DATA, STEPS, now), now)
+
+
+def create_running(store: SagaStore, saga_type: str = "order", now: datetime = NOW) -> str:
+    saga_id = new_id()
+    t = started(saga_id, saga_type, now)
+    recorded = HistoryEntry("saga_recorded", None, SagaState.STARTED)
+    assert store.create(t.saga, [recorded, *t.history])
+    return saga_id
+
+
+def step_outcome(saga: SagaRecord, event: StepSucceeded | StepFailed) -> Transition:
+    outcome = apply(saga, event, LATER)
+    assert not isinstance(outcome, Ignored), outcome
+    return outcome
+
+
+def succeed(saga: SagaRecord, position: int, result: Any) -> Transition:
+    step = saga.steps[position]
+    return step_outcome(
+        saga, StepSucceeded(position, Phase.ACTION, step.attempts, result, step.task_id)
+    )
+
+
+def fail(saga: SagaRecord, position: int) -> Transition:
+    step = saga.steps[position]
+    error = replace(DECLINED, task_id=step.task_id)
+    return step_outcome(saga, StepFailed(position, Phase.ACTION, step.attempts, error))
+
+
+def commit(store: SagaStore, before: SagaRecord, t: Transition) -> list[int]:
+    publishes = [c for c in t.commands if isinstance(c, PublishEvent)]
+    return store.commit(before, t.saga, t.changed_steps, t.history, publishes)
+
+
+def datetimes(saga: SagaRecord) -> list[datetime]:
+    values = [saga.created_at, saga.updated_at, saga.finished_at]
+    for step in saga.steps:
+        values += [getattr(step, f.name) for f in fields(step) if f.name.endswith("_at")]
+    return [v for v in values if v is not None]
+
+
+# -- create and load ------------------------------------------------------------------------------
+
+
+def test_create_and_load_round_trip(store: SagaStore) -> None:
+    saga_id = new_id()
+    t = started(saga_id)
+
+    assert store.create(t.saga, t.history) is True
+    loaded = store.load(saga_id)
+
+    assert loaded == t.saga
+    assert loaded is not None
+    assert loaded.state is SagaState.PENDING
+    assert loaded.data == DATA
+    assert [s.name for s in loaded.steps] == [
+        "reserve_stock",
+        "charge_payment",
+        "schedule_shipping",
+    ]
+    assert loaded.steps[0].status is StepStatus.EXECUTING
+    assert loaded.steps[0].task_id == f"{saga_id}.0.action.1"
+    assert loaded.steps[2].compensation_queue == "shipping-undo"
+    assert loaded.steps[2].compensate_on_failure is True
+    assert store.get(saga_id) == loaded
+
+
+def test_round_trip_keeps_results_errors_and_every_field(store: SagaStore) -> None:
+    saga = started(new_id()).saga
+    saga = succeed(saga, 0, {"reservation": "r-1", "lines": [1, 2.5, None, "ä"]}).saga
+    saga = succeed(saga, 1, None).saga
+    saga = fail(saga, 2).saga  # compensate_on_failure: the failed step is compensating
+    assert saga.state is SagaState.COMPENSATING
+    assert saga.steps[2].status is StepStatus.COMPENSATING
+    saga = replace(saga, version=4)
+
+    assert store.create(saga)
+    loaded = store.get(saga.saga_id)
+
+    assert loaded == saga
+    assert loaded.error == replace(DECLINED, task_id=f"{saga.saga_id}.2.action.1")
+    assert loaded.steps[0].result == {"reservation": "r-1", "lines": [1, 2.5, None, "ä"]}
+    assert loaded.steps[1].result is None
+    assert loaded.version == 4
+
+
+def test_create_of_an_existing_id_returns_false_and_changes_nothing(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    original = store.get(saga_id)
+    history = store.history(saga_id)
+
+    other = begin(new_saga(saga_id, "refund", {"x": 1}, STEPS[:1], LATER), LATER)
+    assert store.create(other.saga, other.history) is False
+
+    assert store.get(saga_id) == original
+    assert store.history(saga_id) == history
+
+
+def test_load_and_get_of_an_unknown_id(store: SagaStore) -> None:
+    assert store.load("no-such-saga") is None
+    with pytest.raises(SagaNotFound, match="no saga 'no-such-saga' in the store"):
+        store.get("no-such-saga")
+
+
+# -- commit ---------------------------------------------------------------------------------------
+
+
+def test_commit_with_the_right_version_stores_and_bumps_it(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    before = store.get(saga_id)
+    assert before.version == 0
+
+    t = succeed(before, 0, {"reservation": "r-1"})
+    assert commit(store, before, t) == []
+
+    after = store.get(saga_id)
+    assert after.version == 1
+    assert after == replace(t.saga, version=1)
+    assert after.steps[0].status is StepStatus.COMPLETED
+    assert after.steps[0].result == {"reservation": "r-1"}
+    assert after.steps[1].status is StepStatus.EXECUTING
+    assert after.current_step == 1
+    assert after.updated_at == LATER
+
+    t2 = succeed(after, 1, {"charge": "c-1"})
+    commit(store, after, t2)
+    assert store.get(saga_id).version == 2
+
+
+def test_commit_with_a_stale_version_conflicts_and_changes_nothing(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    stale = store.get(saga_id)
+    commit(store, stale, succeed(stale, 0, {"reservation": "r-1"}))
+    current = store.get(saga_id)
+    history = store.history(saga_id)
+    events = store.events(saga_id)
+
+    losing = fail(stale, 0)
+    with pytest.raises(ConcurrencyConflict, match=f"saga {saga_id} changed since version 0"):
+        commit(store, stale, losing)
+
+    assert store.get(saga_id) == current
+    assert store.history(saga_id) == history
+    assert store.events(saga_id) == events
+
+
+def test_commit_of_an_unknown_saga_conflicts(store: SagaStore) -> None:
+    t = started(new_id())
+    ghost = t.saga
+    with pytest.raises(ConcurrencyConflict):
+        commit(store, ghost, succeed(ghost, 0, None))
+    assert store.load(ghost.saga_id) is None
+    assert store.history(ghost.saga_id) == []
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_concurrent_commits_exactly_one_wins(store: SagaStore, round_: int) -> None:
+    saga_id = create_running(store)
+    loaded_both = threading.Barrier(2, timeout=30)
+    outcomes: dict[str, object] = {}
+
+    def contender(label: str, make: Any) -> None:
+        try:
+            seen = store.get(saga_id)
+            t = make(seen)
+            loaded_both.wait()
+            commit(store, seen, t)
+            outcomes[label] = t
+        except BaseException as exc:
+            loaded_both.abort()  # never leave the other thread waiting
+            outcomes[label] = exc
+
+    threads = [
+        threading.Thread(target=contender, args=("success", lambda s: succeed(s, 0, {"ok": 1}))),
+        threading.Thread(target=contender, args=("failure", lambda s: fail(s, 0))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+    winners = {k: v for k, v in outcomes.items() if isinstance(v, Transition)}
+    losers = {k: v for k, v in outcomes.items() if not isinstance(v, Transition)}
+    assert len(winners) == 1, outcomes
+    assert len(losers) == 1, outcomes
+    assert isinstance(next(iter(losers.values())), ConcurrencyConflict), outcomes
+
+    (winner,) = winners.values()
+    stored = store.get(saga_id)
+    assert stored == replace(winner.saga, version=1)
+    recorded = [h.event for h in store.history(saga_id)]
+    assert recorded[3:] == [h.event for h in winner.history]
+    if "success" in winners:
+        assert "step_failed" not in recorded
+    else:
+        assert "step_completed" not in recorded
+
+
+# -- history and events ---------------------------------------------------------------------------
+
+
+def test_history_rows_are_appended_in_order(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    other_id = create_running(store)
+    saga = store.get(saga_id)
+    t1 = succeed(saga, 0, {"reservation": "r-1"})
+    commit(store, saga, t1)
+    saga = store.get(saga_id)
+    commit(store, saga, fail(saga, 1))
+
+    rows = store.history(saga_id)
+
+    assert [r.event for r in rows] == [
+        "saga_recorded",
+        "saga_started",
+        "step_dispatched",
+        "step_completed",
+        "step_dispatched",
+        "step_failed",
+        "compensation_started",
+        "compensation_dispatched",
+    ]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    assert len({r.id for r in rows}) == len(rows)
+    assert {r.saga_id for r in rows} == {saga_id}
+    assert [r.at for r in rows] == [NOW] * 3 + [LATER] * 5
+    assert (rows[0].from_state, rows[0].to_state) == (None, "started")
+    assert (rows[1].from_state, rows[1].to_state) == ("started", "pending")
+    assert (rows[6].from_state, rows[6].to_state) == ("pending", "compensating")
+    assert rows[4].step == "charge_payment"
+    assert rows[4].detail == {
+        "task": "payments.charge",
+        "queue": "payments",
+        "task_id": f"{saga_id}.1.action.1",
+        "attempt": 1,
+    }
+    declined = replace(DECLINED, task_id=f"{saga_id}.1.action.1")
+    assert rows[5].detail == {"error": declined.to_json()}
+    assert rows[0].step is None and rows[0].detail is None
+    assert [r.event for r in store.history(other_id)] == [
+        "saga_recorded",
+        "saga_started",
+        "step_dispatched",
+    ]
+    assert store.history("no-such-saga") == []
+
+
+def drive_to_completion(store: SagaStore, saga_id: str) -> list[int]:
+    event_ids: list[int] = []
+    for position in range(len(STEPS)):
+        saga = store.get(saga_id)
+        event_ids += commit(store, saga, succeed(saga, position, {"n": position}))
+    return event_ids
+
+
+def test_events_are_recorded_and_marked_published(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    event_ids = drive_to_completion(store, saga_id)
+    assert store.get(saga_id).state is SagaState.COMPLETED
+    assert len(event_ids) == 1
+
+    (row,) = store.events(saga_id)
+    assert row.id == event_ids[0]
+    assert row.saga_id == saga_id
+    assert row.name == "OrderCompleted"
+    assert row.payload == {
+        "saga_id": saga_id,
+        "saga_type": "order",
+        "state": "completed",
+        "error": None,
+        "results": {
+            "reserve_stock": {"n": 0},
+            "charge_payment": {"n": 1},
+            "schedule_shipping": {"n": 2},
+        },
+        "compensated": [],
+    }
+    assert row.created_at == LATER
+    assert row.published_at is None
+
+    store.mark_published([])  # nothing to do, and no error
+    assert store.events(saga_id)[0].published_at is None
+
+    low = datetime.now(timezone.utc) - timedelta(seconds=5)
+    store.mark_published(event_ids)
+    high = datetime.now(timezone.utc) + timedelta(seconds=5)
+    (marked,) = store.events(saga_id)
+    assert marked.published_at is not None
+    assert marked.published_at.tzinfo is not None
+    assert low <= marked.published_at <= high
+    assert marked.created_at == LATER
+
+
+def test_mark_published_touches_only_the_given_events(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    saga = store.get(saga_id)
+    t = succeed(saga, 0, None)
+    first = PublishEvent("First", {"n": 1})
+    second = PublishEvent("Second", {"n": 2, "nested": {"x": [1, 2]}})
+    ids = store.commit(saga, t.saga, t.changed_steps, t.history, [first, second])
+    assert len(ids) == 2
+    assert ids[0] < ids[1]
+
+    store.mark_published(ids[:1])
+
+    rows = store.events(saga_id)
+    assert [(r.id, r.name, r.payload) for r in rows] == [
+        (ids[0], "First", {"n": 1}),
+        (ids[1], "Second", {"n": 2, "nested": {"x": [1, 2]}}),
+    ]
+    assert rows[0].published_at is not None
+    assert rows[1].published_at is None
+
+
+# -- listing and counting -------------------------------------------------------------------------
+
+
+def test_list_sagas_filters_orders_and_pages(store: SagaStore) -> None:
+    saga_type = f"list-{uuid.uuid4().hex[:8]}"
+    base = datetime(2090, 1, 1, tzinfo=timezone.utc)  # newer than anything else in this database
+    created: list[tuple[str, SagaState]] = []
+    for i in range(6):
+        saga_id = f"{saga_type}-{i}"
+        saga = new_saga(saga_id, saga_type, {"i": i}, STEPS, base + timedelta(minutes=i))
+        if i % 2 == 0:
+            saga = begin(saga, base + timedelta(minutes=i)).saga
+        assert store.create(saga)
+        created.append((saga_id, saga.state))
+    newest_first = [saga_id for saga_id, _ in reversed(created)]
+    pending = [saga_id for saga_id, state in reversed(created) if state is SagaState.PENDING]
+    assert len(pending) == 3
+    other_type = create_running(store, saga_type=f"{saga_type}-x", now=base - timedelta(hours=1))
+
+    listed = store.list_sagas(saga_type=saga_type)
+    assert [s.saga_id for s in listed] == newest_first
+    assert all(s.steps == () for s in listed)
+    assert listed[0].data == {"i": 5}
+    assert listed[-1].created_at == base
+
+    assert [s.saga_id for s in store.list_sagas(saga_type=saga_type, state="pending")] == pending
+    by_enum = store.list_sagas(saga_type=saga_type, state=SagaState.PENDING)
+    assert [s.saga_id for s in by_enum] == pending
+    assert store.list_sagas(saga_type=saga_type, state=SagaState.COMPLETED) == []
+
+    page = store.list_sagas(saga_type=saga_type, limit=2, offset=1)
+    assert [s.saga_id for s in page] == newest_first[1:3]
+    assert store.list_sagas(saga_type=saga_type, limit=10, offset=6) == []
+
+    # Without a type filter: our pending sagas are the newest in the whole store.
+    newest_pending = store.list_sagas(state=SagaState.PENDING, limit=3)
+    assert [s.saga_id for s in newest_pending] == pending
+    started = store.list_sagas(state=SagaState.STARTED)
+    assert {s.state for s in started} == {SagaState.STARTED}
+    assert other_type not in {s.saga_id for s in store.list_sagas(saga_type=saga_type, limit=100)}
+
+
+def test_list_sagas_breaks_ties_by_id_descending(store: SagaStore) -> None:
+    saga_type = f"tie-{uuid.uuid4().hex[:8]}"
+    ids = [f"{saga_type}-{suffix}" for suffix in ("b", "c", "a")]
+    for saga_id in ids:
+        assert store.create(new_saga(saga_id, saga_type, {}, STEPS, NOW))
+    assert [s.saga_id for s in store.list_sagas(saga_type=saga_type)] == sorted(ids, reverse=True)
+
+
+def test_list_sagas_rejects_an_unknown_state(store: SagaStore) -> None:
+    with pytest.raises(ValueError):
+        store.list_sagas(state="sleeping")
+
+
+def test_count_by_state(store: SagaStore) -> None:
+    running = [create_running(store) for _ in range(3)]
+    fresh = new_id()
+    assert store.create(new_saga(fresh, "order", DATA, STEPS, NOW))
+    done = create_running(store)
+    drive_to_completion(store, done)
+    ours = [*running, fresh, done]
+
+    assert store.count_by_state(ours) == {"pending": 3, "started": 1, "completed": 1}
+    assert store.count_by_state(running[:1]) == {"pending": 1}
+    assert store.count_by_state([]) == {}
+    assert store.count_by_state(["no-such-saga"]) == {}
+    everything = store.count_by_state()
+    assert everything["pending"] >= 3
+    assert everything["started"] >= 1
+    assert everything["completed"] >= 1
+    assert all(isinstance(n, int) for n in everything.values())
+
+
+# -- timestamps -----------------------------------------------------------------------------------
+
+
+def test_timestamps_come_back_timezone_aware(store: SagaStore) -> None:
+    saga_id = create_running(store)
+    drive_to_completion(store, saga_id)
+    saga = store.get(saga_id)
+    listed = store.list_sagas(saga_type="order", limit=1000)
+
+    values = datetimes(saga)
+    values += [r.at for r in store.history(saga_id)]
+    values += [r.created_at for r in store.events(saga_id)]
+    values += [s.created_at for s in listed if s.created_at is not None]
+    assert len(values) > 10
+    for value in values:
+        assert value.tzinfo is not None
+        assert value.utcoffset() is not None
+    assert saga.created_at == NOW
+    assert saga.finished_at == LATER
+    assert saga.steps[2].finished_at == LATER
+
+
+def test_non_utc_timestamps_keep_their_instant(
+    store: SagaStore, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    at = datetime(2024, 5, 17, 14, 30, 45, 123456, tzinfo=plus_two)
+    saga_id = new_id()
+    assert store.create(new_saga(saga_id, "order", DATA, STEPS, at))
+    assert store.get(saga_id).created_at == at  # == compares instants: 12:30:45 UTC
+
+
+# -- failures -------------------------------------------------------------------------------------
+
+
+def test_unreachable_postgres_raises_store_unavailable() -> None:
+    url = postgres_url().set(host="127.0.0.1", port=1, password="s3cret-pw")
+    store = SagaStore(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StoreUnavailable, match="unavailable") as info:
+            store.ping()
+        assert "s3cret-pw" not in str(info.value)
+        assert "127.0.0.1:1" in str(info.value)
+        with pytest.raises(StoreUnavailable):
+            store.load("any")
+        with pytest.raises(StoreUnavailable):
+            store.create(started(new_id()).saga)
+        with pytest.raises(StoreUnavailable):
+            store.list_sagas()
+        with pytest.raises(StoreUnavailable):
+            store.count_by_state()
+    finally:
+        store.dispose()
+
+
+def test_sqlite_in_a_missing_directory_raises_store_unavailable(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    store = SagaStore(f"sqlite:///{missing / 'sagaflow.db'}")
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.load("any")
+    with pytest.raises(StoreUnavailable):
+        store.upgrade()
+    assert not missing.exists()
+
+
+def test_upgrade_of_unreachable_postgres_raises_store_unavailable() -> None:
+    store = SagaStore(postgres_url().set(port=1).render_as_string(hide_password=False))
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.upgrade()
+    finally:
+        store.dispose()
+
+
+def test_missing_schema_raises_store_unavailable(
+    blank_store: SagaStore, backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    blank_store.ping()  # the database itself is reachable
+    assert current_revision(blank_store) is None
+    with pytest.raises(StoreUnavailable) as info:
+        blank_store.load("any")
+    assert "`sagaflow db upgrade`" in str(info.value)
+    for operation in (
+        lambda: blank_store.create(started(new_id()).saga),
+        lambda: blank_store.list_sagas(),
+        lambda: blank_store.count_by_state(),
+        lambda: blank_store.history("any"),
+        lambda: blank_store.events("any"),
+    ):
+        with pytest.raises(StoreUnavailable, match="`sagaflow db upgrade`"):
+            operation()
+
+
+def test_upgrade_makes_a_blank_database_usable(blank_store: SagaStore) -> None:
+    blank_store.upgrade()
+    assert current_revision(blank_store) == head_revision()
+    saga_id = create_running(blank_store)
+    assert blank_store.get(saga_id).state is SagaState.PENDING
+
+
+# -- migrations -----------------------------------------------------------------------------------
+
+
+def test_migrations_build_exactly_the_schema(store: SagaStore) -> None:
+    with store.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+        tables = set(sa.inspect(conn).get_table_names())
+
+    def is_version_table(diff: Any) -> bool:
+        return (
+            isinstance(diff, tuple)
+            and diff[0] == "remove_table"
+            and getattr(diff[1], "name", None) == VERSION_TABLE
+        )
+
+    assert [d for d in diffs if not is_version_table(d)] == []
+    assert tables == {*SAGA_TABLES, VERSION_TABLE}
+    assert "alembic_version" not in tables  # an application's own Alembic table is left alone
+
+
+def test_store_is_at_the_head_revision(store: SagaStore) -> None:
+    head = head_revision()
+    assert head is not None
+    assert current_revision(store) == head
+    store.upgrade()  # idempotent
+    assert current_revision(store) == head
+    with store.engine.connect() as conn:
+        versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    assert [v for (v,) in versions] == [head]
