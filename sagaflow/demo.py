@@ -145,7 +145,14 @@ def run_demo(count: int, home: Path | None, timeout: float, console: Console | N
         ids = [client.start(order.saga_type, order.data) for order in orders]
         sagas = _wait_with_progress(client, store, ids, timeout, console)
         console.print(_result_table(orders, sagas))
-        return _report(sagas, db.balances(), db.quantities(), started, console)
+        ok = _report(sagas, db.balances(), db.quantities(), started, console)
+        failed = next((s for s in sagas if s.state is SagaState.FAILED), sagas[0])
+        console.print(
+            f"look closer: [bold]sagaflow --home {home} status {failed.saga_id}[/] "
+            f"(or history, list)",
+            highlight=False,
+        )
+        return ok
     finally:
         with console.status("stopping workers…"):
             stopping = time.monotonic()
@@ -194,7 +201,7 @@ def _result_table(orders: list[DemoOrder], sagas: list[SagaRecord]) -> Table:
     table.add_column("state", no_wrap=True)
     for name in step_names:
         table.add_column(name.replace("_", " "), justify="center")
-    table.add_column("error")
+    table.add_column("error", no_wrap=True, min_width=19)
     for order, saga in zip(orders, sagas, strict=True):
         marks: list[Text | str] = []
         for name in step_names:

@@ -16,9 +16,11 @@ class EventPublisher(Protocol):
 
 
 class KombuEventPublisher:
-    """Publishes each event to a topic exchange with the event name as routing key.
+    """Publishes each event to a topic exchange.
 
-    Other apps bind a queue to the exchange (`OrderCompleted`, `Order*`, `#`) to receive them.
+    The routing key is `<saga_type>.<state>` (`order.completed`, `order.failed`,
+    `order.compensation_failed`), so other apps bind with `order.*`, `*.failed` or `#`; the
+    event's name (`OrderCompleted`) travels in the body as `event` and in a header.
     """
 
     def __init__(self, app: Celery, exchange: str) -> None:
@@ -26,11 +28,12 @@ class KombuEventPublisher:
         self.exchange = Exchange(exchange, type="topic", durable=True)  # type: ignore[no-untyped-call]
 
     def publish(self, name: str, payload: dict[str, Any]) -> None:
+        routing_key = f"{payload.get('saga_type')}.{payload.get('state')}"
         with self.app.producer_or_acquire() as producer:
             producer.publish(
-                payload,
+                {"event": name, **payload},
                 exchange=self.exchange,
-                routing_key=name,
+                routing_key=routing_key,
                 serializer="json",
                 declare=[self.exchange],
                 retry=True,

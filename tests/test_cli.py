@@ -1,0 +1,447 @@
+"""The `sagaflow` command, run for real in subprocesses against real stacks (and the demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from sagaflow import SagaState, StepStatus
+from sagaflow.cli import cli
+from sagaflow.migrate import head_revision
+from sagaflow.store import SagaStore
+from tests.conftest import ROOT, Stack, poll
+
+TRIP = ["a1", "b2", "a3", "b4"]
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UNREACHABLE_PG = "postgresql+psycopg://u:secretpw@127.0.0.1:1/x"
+
+
+def cli_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with plain, wide output: no colours, no wrapping of table titles or messages."""
+    out = {k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    out.update(COLUMNS="200", NO_COLOR="1")
+    return out
+
+
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment with no SAGAFLOW_* settings from outside, its home under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")}
+    env["SAGAFLOW_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def sagaflow(
+    *args: str, env: Mapping[str, str], timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sagaflow.cli", *args],
+        env=cli_env(env),
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def json_of(result: subprocess.CompletedProcess[str]) -> Any:
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(f"stdout is not JSON: {describe(result)}")
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, describe(result)
+    assert "Traceback" not in result.stderr + result.stdout, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), describe(result)
+    return lines[0]
+
+
+# -- start ------------------------------------------------------------------------------------
+
+
+def test_start_wait_json_prints_the_completed_saga(stack: Stack) -> None:
+    result = sagaflow(
+        "start", "trip", "--data", '{"order": 7}', "--wait", "--json", env=stack.env
+    )
+    assert result.returncode == 0, describe(result)
+    saga = json_of(result)
+    assert saga["state"] == "completed"
+    assert saga["saga_type"] == "trip"
+    assert saga["data"] == {"order": 7}
+    assert [s["name"] for s in saga["steps"]] == TRIP
+    assert [s["status"] for s in saga["steps"]] == ["completed"] * 4
+    assert saga["finished_at"] is not None and saga["error"] is None
+    assert stack.store.get(saga["saga_id"]).state is SagaState.COMPLETED
+
+
+def test_start_reads_the_input_from_stdin(stack: Stack) -> None:
+    result = sagaflow(
+        "start", "trip", "--data-file", "-", "--wait", "--json", env=stack.env, stdin='{"x": [1]}'
+    )
+    assert result.returncode == 0, describe(result)
+    assert json_of(result)["data"] == {"x": [1]}
+
+
+def test_start_wait_on_a_failing_saga_exits_1_and_shows_the_steps(stack: Stack) -> None:
+    result = sagaflow("start", "trip", "--data", '{"fail_at":["b2"]}', "--wait", env=stack.env)
+    assert result.returncode == 1, describe(result)
+    match = re.search(rf"saga ({UUID_RE.pattern})", result.stdout)
+    assert match, describe(result)
+    for name in TRIP:
+        assert re.search(rf"\b{name}\b", result.stdout), describe(result)
+    assert "compensated" in result.stdout and "skipped" in result.stdout
+    assert re.search(r"state:\s+failed", result.stdout), describe(result)
+    saga = stack.store.get(match.group(1))
+    assert saga.state is SagaState.FAILED
+    assert saga.steps[1].status is StepStatus.FAILED
+
+
+def test_start_without_wait_prints_just_the_id(stack: Stack) -> None:
+    result = sagaflow("start", "trip", "--data", "{}", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert UUID_RE.fullmatch(result.stdout.strip()), describe(result)
+    assert result.stdout.count("\n") == 1
+    assert stack.wait_one(result.stdout.strip()).state is SagaState.COMPLETED
+
+
+def test_start_with_an_explicit_id_uses_it(stack: Stack) -> None:
+    saga_id = f"cli-{uuid.uuid4().hex[:12]}"
+    result = sagaflow("start", "trip", "--id", saga_id, "--json", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert json_of(result) == {"saga_id": saga_id}
+    assert stack.wait_one(saga_id).state is SagaState.COMPLETED
+
+
+def test_start_wait_timeout_exits_5_and_says_where_the_saga_is(stack: Stack) -> None:
+    # The orphan saga's second step waits on a queue nobody consumes.
+    result = sagaflow("start", "orphan", "--wait", "--timeout", "3", env=stack.env)
+    line = assert_one_line_error(result, 5)
+    assert "not finished after 3s" in line
+
+
+def test_start_with_input_that_is_not_json_exits_1(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path / "home", SAGAFLOW_BROKER_URL="redis://127.0.0.1:1/0")
+    line = assert_one_line_error(sagaflow("start", "trip", "--data", "not json", env=env), 1)
+    assert "--data is not valid JSON" in line
+
+
+@pytest.mark.parametrize("data", ["[1,2]", '"text"', "3", "null"])
+def test_start_with_input_that_is_not_an_object_exits_1(tmp_path: Path, data: str) -> None:
+    # An unreachable broker: had anything been sent, the exit code would be 4.
+    env = isolated_env(tmp_path / "home", SAGAFLOW_BROKER_URL="redis://127.0.0.1:1/0")
+    line = assert_one_line_error(sagaflow("start", "trip", "--data", data, env=env), 1)
+    assert "must be a JSON object" in line
+
+
+def test_start_with_an_unreachable_broker_exits_4(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path / "home")
+    result = sagaflow("--broker-url", "redis://127.0.0.1:1/0", "start", "trip", env=env)
+    line = assert_one_line_error(result, 4)
+    assert "could not enqueue saga" in line
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def test_status_json_has_the_saga_and_its_steps(stack: Stack) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"]})
+    stack.wait_one(saga_id)
+    result = sagaflow("status", saga_id, "--json", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    saga = json_of(result)
+    assert saga["saga_id"] == saga_id
+    assert saga["saga_type"] == "trip"
+    assert saga["state"] == "failed"
+    assert saga["error"]["type"] == "StepRefused"
+    assert [(s["position"], s["name"]) for s in saga["steps"]] == list(enumerate(TRIP))
+    assert [s["status"] for s in saga["steps"]] == ["compensated", "compensated", "failed", "skipped"]
+    assert [s["queue"] for s in saga["steps"]] == ["svc_a", "svc_b", "svc_a", "svc_b"]
+    assert saga["steps"][0]["compensated_at"] is not None
+
+
+def test_status_shows_steps_state_and_error(stack: Stack) -> None:
+    completed = stack.wait_one(stack.start("trip", {}))
+    result = sagaflow("status", completed.saga_id, env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert f"saga {completed.saga_id}" in result.stdout
+    for name in TRIP:
+        assert re.search(rf"\b{name}\b", result.stdout), describe(result)
+    assert re.search(r"type:\s+trip\s+state:\s+completed", result.stdout), describe(result)
+    assert "error:" not in result.stdout
+
+    failed = stack.wait_one(stack.start("trip", {"fail_at": ["a1"]}))
+    result = sagaflow("status", failed.saga_id, env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert re.search(r"state:\s+failed", result.stdout), describe(result)
+    assert "error: " in result.stdout and "step a1 refused" in result.stdout
+
+
+def test_status_of_a_running_saga_says_which_step_it_waits_on(stack: Stack) -> None:
+    saga_id = stack.start("orphan", {})
+    poll(
+        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
+        30,
+        lambda: f"saga {saga_id} never dispatched its second step{stack.logs_hint()}",
+    )
+    result = sagaflow("status", saga_id, env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert re.search(r"state:\s+pending", result.stdout), describe(result)
+    assert "waiting on step 'lost' (executing) for" in result.stdout, describe(result)
+
+
+@pytest.mark.parametrize("command", ["status", "history"])
+def test_unknown_saga_exits_3_with_one_line(stack: Stack, command: str) -> None:
+    result = sagaflow(command, "no-such-saga-id", env=stack.env)
+    line = assert_one_line_error(result, 3)
+    assert "no-such-saga-id" in line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command", [["status", "some-id"], ["history", "some-id"], ["list"], ["db", "upgrade"]]
+)
+def test_unreachable_store_exits_4_with_the_password_masked(
+    tmp_path: Path, command: list[str]
+) -> None:
+    env = isolated_env(tmp_path / "home")
+    result = sagaflow("--database-url", UNREACHABLE_PG, *command, env=env, timeout=60)
+    assert result.returncode == 4, describe(result)
+    assert "secretpw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("error: ")
+    assert "u:***@127.0.0.1:1/x" in result.stderr
+
+
+def test_store_without_tables_says_to_run_db_upgrade(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    line = assert_one_line_error(sagaflow("status", "some-id", env=env), 4)
+    assert "sagaflow db upgrade" in line
+
+
+# -- list -------------------------------------------------------------------------------------
+
+
+def list_json(stack: Stack, *args: str) -> list[dict[str, Any]]:
+    result = sagaflow("list", "--json", *args, env=stack.env)
+    assert result.returncode == 0, describe(result)
+    rows: list[dict[str, Any]] = json_of(result)
+    return rows
+
+
+def test_list_json_contains_a_saga_just_finished(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("trip", {"listed": True}))
+    rows = list_json(stack)
+    by_id = {r["saga_id"]: r for r in rows}
+    assert saga.saga_id in by_id
+    row = by_id[saga.saga_id]
+    assert row["state"] == "completed" and row["saga_type"] == "trip"
+    assert row["data"] == {"listed": True}
+    assert "steps" not in row
+
+
+def test_list_filters_by_state(stack: Stack) -> None:
+    failed = stack.wait_one(stack.start("trip", {"fail_at": ["b4"]}))
+    completed = stack.wait_one(stack.start("trip", {}))
+    rows = list_json(stack, "--state", "failed", "--limit", "10000")
+    assert rows and {r["state"] for r in rows} == {"failed"}
+    ids = {r["saga_id"] for r in rows}
+    assert failed.saga_id in ids and completed.saga_id not in ids
+
+
+def test_list_filters_by_type(stack: Stack) -> None:
+    dynamic = stack.wait_one(stack.start("dynamic", {"n": 1}))
+    trip = stack.wait_one(stack.start("trip", {}))
+    rows = list_json(stack, "--type", "dynamic", "--limit", "10000")
+    assert rows and {r["saga_type"] for r in rows} == {"dynamic"}
+    ids = {r["saga_id"] for r in rows}
+    assert dynamic.saga_id in ids and trip.saga_id not in ids
+
+
+def test_list_pages_with_limit_and_offset(stack: Stack) -> None:
+    new = [s.saga_id for s in stack.wait([stack.start("dynamic", {"n": 1}) for _ in range(3)])]
+    first_four = [r["saga_id"] for r in list_json(stack, "--limit", "4")]
+    assert len(first_four) == 4
+    # Newest first: the three just recorded lead the list.
+    assert set(first_four[:3]) == set(new)
+    assert [r["saga_id"] for r in list_json(stack, "--limit", "2")] == first_four[:2]
+    assert [r["saga_id"] for r in list_json(stack, "--limit", "2", "--offset", "2")] == (
+        first_four[2:]
+    )
+
+    result = sagaflow("list", "--limit", "2", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert first_four[0] in result.stdout and first_four[1] in result.stdout
+    assert first_four[2] not in result.stdout
+    assert "next page: --offset 2" in result.stdout
+
+
+def test_list_rejects_a_bad_limit(stack: Stack) -> None:
+    result = sagaflow("list", "--limit", "0", env=stack.env)
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def test_history_json_lists_transitions_in_order(stack: Stack) -> None:
+    saga_id = stack.wait_one(stack.start("trip", {})).saga_id
+    result = sagaflow("history", saga_id, "--json", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    rows = json_of(result)
+    events = [r["event"] for r in rows]
+    assert events[0] == "saga_recorded"
+    assert events[-1] == "saga_completed"
+    assert rows[-1]["to_state"] == "completed"
+    assert [r["step"] for r in rows if r["event"] == "step_completed"] == TRIP
+    times = [r["at"] for r in rows]
+    assert times == sorted(times)
+
+    table = sagaflow("history", saga_id, env=stack.env)
+    assert table.returncode == 0, describe(table)
+    assert "saga_recorded" in table.stdout and "saga_completed" in table.stdout
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+def test_db_upgrade_creates_the_schema_and_can_run_again(tmp_path: Path) -> None:
+    home = tmp_path / "new-home"
+    env = isolated_env(home)
+    url = f"sqlite:///{home / 'sagaflow.db'}"
+    first = sagaflow("db", "upgrade", env=env)
+    assert first.returncode == 0, describe(first)
+    assert first.stdout.strip() == f"{url} at revision {head_revision()}"
+    store = SagaStore(url)
+    try:
+        assert store.list_sagas() == []
+    finally:
+        store.dispose()
+    second = sagaflow("db", "upgrade", env=env)
+    assert second.returncode == 0, describe(second)
+    assert second.stdout == first.stdout
+
+
+# -- help and version -------------------------------------------------------------------------
+
+
+def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+def test_every_command_is_covered_by_the_help_test() -> None:
+    names = {" ".join(p) for p in command_paths()}
+    assert {"", "start", "status", "list", "history", "db", "db upgrade", "worker", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "sagaflow")
+def test_help_of_every_command(tmp_path: Path, path: tuple[str, ...]) -> None:
+    result = sagaflow(*path, "--help", env=isolated_env(tmp_path / "home"))
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.startswith(f"Usage: {' '.join(('sagaflow', *path))} ")
+    assert "Traceback" not in result.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    result = sagaflow("--version", env=isolated_env(tmp_path / "home"))
+    assert result.returncode == 0, describe(result)
+    assert re.search(r"\d+\.\d+\.\d+", result.stdout), describe(result)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def processes_with_env(name: str, value: str) -> set[int]:
+    """Pids of live processes whose environment has name=value (what the demo gives its workers)."""
+    wanted = f"{name}={value}".encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours
+        if wanted in environ:
+            found.add(int(entry))
+    return found
+
+
+def test_demo_runs_end_to_end_and_leaves_no_workers(tmp_path: Path) -> None:
+    home = (tmp_path / "demo").resolve()
+    env = cli_env({k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")})
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "sagaflow.cli", "demo", "--sagas", "8", "--home", str(home)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        seen: set[int] = set()
+        deadline = time.monotonic() + 180
+        try:
+            # The demo's workers carry its home in their environment: note them while it runs.
+            while demo.poll() is None:
+                seen |= processes_with_env("SAGAFLOW_HOME", str(home)) - {demo.pid}
+                if time.monotonic() > deadline:
+                    pytest.fail(f"demo still running after 180s:\n{out_path.read_text()}")
+                time.sleep(0.05)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait(timeout=30)
+    output = out_path.read_text()
+    assert demo.returncode == 0, output
+    text = " ".join(output.split())  # rich wraps long lines
+    assert "completed" in text and "failed" in text
+    assert "every failed order was compensated" in text
+    assert "8 sagas: 5 completed, 3 failed" in text
+
+    store = SagaStore(f"sqlite:///{home / 'sagaflow.db'}")
+    try:
+        assert store.count_by_state() == {"completed": 5, "failed": 3}
+    finally:
+        store.dispose()
+
+    assert len(seen) >= 4, f"the orchestrator and 3 services were never seen running: {seen}"
+    still_running = processes_with_env("SAGAFLOW_HOME", str(home))
+    assert not still_running, f"demo left worker processes running: {still_running}"
+    assert not [pid for pid in seen if os.path.exists(f"/proc/{pid}/environ") and _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
