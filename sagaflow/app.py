@@ -49,8 +49,28 @@ def create_app(main: str, settings: Settings | None = None) -> Celery:
     for key in CONNECTION_KEYS:
         overrides.pop(key, None)
     conf.update(overrides)
-    if "pickle" in conf.get("accept_content", ()):
-        raise ConfigurationError("sagaflow accepts JSON only: remove 'pickle' from accept_content")
+    _require_json_only(conf)
     app = Celery(main, set_as_current=False)
     app.conf.update(conf)
     return app
+
+
+def _require_json_only(conf: dict[str, Any]) -> None:
+    """Refuse any setting that would let pickle (or another non-JSON format) in."""
+    from kombu.serialization import prepare_accept_content
+
+    for key in ("accept_content", "result_accept_content"):
+        value = conf.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        accepted: set[str] = prepare_accept_content(list(value))  # type: ignore[no-untyped-call]
+        if accepted - {"application/json"}:
+            raise ConfigurationError(
+                f"sagaflow accepts JSON only: {key} = {list(value)!r} lets in "
+                f"{sorted(accepted - {'application/json'})}"
+            )
+    for key in ("task_serializer", "result_serializer", "event_serializer"):
+        if conf.get(key) not in (None, "json"):
+            raise ConfigurationError(f"sagaflow accepts JSON only: {key} = {conf[key]!r}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from sagaflow import render
 from sagaflow.client import BrokerUnavailable, SagaClient
@@ -35,13 +35,13 @@ EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
 EXIT_TIMEOUT = 5
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    message = " ".join(message.split())  # driver messages carry newlines: keep it one line
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
@@ -240,7 +240,9 @@ def db() -> None:
 def upgrade(ctx: click.Context, revision: str) -> None:
     """Create or migrate sagaflow's tables (Alembic)."""
     settings = settings_of(ctx)
-    settings.home.mkdir(parents=True, exist_ok=True)
+    sqlite_path = make_url(settings.database_url).database
+    if settings.database_url.startswith("sqlite") and sqlite_path and sqlite_path != ":memory:":
+        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
     store = SagaStore(settings.database_url)
     try:
         store.upgrade(revision)

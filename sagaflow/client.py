@@ -21,6 +21,8 @@ from sagaflow.machine import SagaRecord
 from sagaflow.protocol import START_TASK
 from sagaflow.store import HistoryRow, SagaStore
 
+MAX_SAGA_ID_LENGTH = 64
+
 
 class BrokerUnavailable(SagaflowError):
     """The broker could not be reached: the saga was not started."""
@@ -60,6 +62,12 @@ class SagaClient:
         if not isinstance(saga_type, str) or not saga_type:
             raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
         payload = validate_input(data, self.settings.max_input_bytes)
+        if saga_id is not None and (
+            not isinstance(saga_id, str) or not saga_id or len(saga_id) > MAX_SAGA_ID_LENGTH
+        ):
+            raise InvalidSagaInput(
+                f"saga id must be a non-empty string of at most {MAX_SAGA_ID_LENGTH} characters"
+            )
         saga_id = saga_id or str(uuid.uuid4())
         try:
             self.app.send_task(
@@ -112,15 +120,14 @@ def validate_input(data: object, max_bytes: int) -> dict[str, Any]:
             f"saga input must be a JSON object (a dict), got {type(data).__name__}"
         )
     try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidSagaInput(f"saga input is not JSON-serialisable: {exc}") from exc
     except RecursionError:
         raise InvalidSagaInput("saga input is nested too deeply") from None
-    if len(text.encode()) > max_bytes:
-        raise InvalidSagaInput(
-            f"saga input is {len(text.encode())} bytes, over the limit of {max_bytes}"
-        )
+    size = len(text.encode())
+    if size > max_bytes:
+        raise InvalidSagaInput(f"saga input is {size} bytes of JSON, over the limit of {max_bytes}")
     result: dict[str, Any] = json.loads(text)
     return result
 

@@ -55,7 +55,7 @@ from sagaflow.store import SagaStore, utcnow
 logger = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = 64  # the same limit as the client's MAX_SAGA_ID_LENGTH
 MAX_TYPE_LENGTH = 200
 
 
@@ -102,10 +102,10 @@ class Orchestrator:
                 raise InvalidSagaInput(problem)
             if not isinstance(saga_type, str) or len(saga_type) > MAX_TYPE_LENGTH:
                 raise UnknownSagaType(f"unknown saga type {type_name[:MAX_TYPE_LENGTH]!r}")
-            size = len(json.dumps(data, separators=(",", ":")))
+            size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
             if size > self.max_input_bytes:
                 raise InvalidSagaInput(
-                    f"saga input is {size} bytes, over the limit of {self.max_input_bytes}"
+                    f"saga input is {size} bytes of JSON, over the limit of {self.max_input_bytes}"
                 )
             steps = self.registry.plan(saga_type, data)
         except (UnknownSagaType, InvalidSagaInput) as exc:

@@ -2,9 +2,11 @@
 
 The stock transport writes a message file in place and readers move it to the temp folder, so a
 reader can take a file the writer has not finished (the worker then dies on a JSON error), and
-two readers can both copy a file when the temp folder is on another filesystem. Here writers
-publish by atomic rename and readers claim a file by atomic rename inside the same folder, then
-read it under the writer's lock. `filesystem://` URLs use this class in every sagaflow process.
+two readers can both copy a file when the temp folder is on another filesystem. Exchange tables
+(queue bindings, written when workers start) have the same window: a file created empty before
+it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
+inside the same folder; bindings are updated under a lock file and replaced atomically.
+`filesystem://` URLs use this class in every sagaflow process.
 """
 
 from __future__ import annotations
@@ -44,6 +46,49 @@ class Channel(filesystem.Channel):
                 continue  # another consumer claimed it first
             return _read_complete(claimed)
         raise Empty()
+
+    def queue_bind(
+        self,
+        queue: Any,
+        exchange: Any = None,
+        routing_key: Any = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)  # type: ignore[no-untyped-call]
+        # kombu skips the write when its in-process binding cache (shared by every connection
+        # of the process) already has the binding, though the thread that cached it may not
+        # have written it yet; publishing then finds no route and drops the message.
+        # Writing is idempotent here, so always make sure the binding is on disk.
+        exchange = exchange or "amq.direct"
+        exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
+        meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
+        self._queue_bind(exchange, *meta)
+
+    def get_table(self, exchange: Any) -> Any:
+        path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [filesystem.exchange_queue_t(*q) for q in json.loads(content)]
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        self.control_folder.mkdir(exist_ok=True)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                table = self.get_table(exchange)
+                if binding in table:
+                    return
+                table.insert(0, binding)
+                partial = path.with_name(f".writing-{uuid.uuid4()}-{path.name}")
+                partial.write_bytes(json.dumps([list(b) for b in table]).encode())
+                os.replace(partial, path)
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 def _read_complete(path: str) -> Any:

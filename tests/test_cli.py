@@ -79,9 +79,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -
 
 
 def test_start_wait_json_prints_the_completed_saga(stack: Stack) -> None:
-    result = sagaflow(
-        "start", "trip", "--data", '{"order": 7}', "--wait", "--json", env=stack.env
-    )
+    result = sagaflow("start", "trip", "--data", '{"order": 7}', "--wait", "--json", env=stack.env)
     assert result.returncode == 0, describe(result)
     saga = json_of(result)
     assert saga["state"] == "completed"
@@ -173,7 +171,12 @@ def test_status_json_has_the_saga_and_its_steps(stack: Stack) -> None:
     assert saga["state"] == "failed"
     assert saga["error"]["type"] == "StepRefused"
     assert [(s["position"], s["name"]) for s in saga["steps"]] == list(enumerate(TRIP))
-    assert [s["status"] for s in saga["steps"]] == ["compensated", "compensated", "failed", "skipped"]
+    assert [s["status"] for s in saga["steps"]] == [
+        "compensated",
+        "compensated",
+        "failed",
+        "skipped",
+    ]
     assert [s["queue"] for s in saga["steps"]] == ["svc_a", "svc_b", "svc_a", "svc_b"]
     assert saga["steps"][0]["compensated_at"] is not None
 

@@ -81,11 +81,13 @@ def test_start_refuses_a_missing_saga_type(offline_client: SagaClient, saga_type
         offline_client.start(saga_type, {})
 
 
-def test_input_size_limit_counts_utf8_bytes() -> None:
-    # 3000 three-byte characters: 3000 characters but 9000+ bytes.
-    with pytest.raises(InvalidSagaInput, match="over the limit of 5000"):
-        validate_input({"s": "€" * 3000}, 5000)
-    assert validate_input({"s": "€" * 1000}, 5000) == {"s": "€" * 1000}
+def test_input_size_limit_is_measured_on_compact_json() -> None:
+    # {"s":"..."} is 8 characters plus the string: 92 fit in 100, 93 do not.
+    assert validate_input({"s": "x" * 92}, 100) == {"s": "x" * 92}
+    with pytest.raises(
+        InvalidSagaInput, match="saga input is 101 bytes of JSON, over the limit of 100"
+    ):
+        validate_input({"s": "x" * 93}, 100)
 
 
 def test_validated_input_is_a_json_clean_copy() -> None:
@@ -115,7 +117,9 @@ def test_wait_for_a_saga_never_recorded_times_out_saying_so(tmp_path: Path) -> N
     client.store.upgrade()
     try:
         began = time.monotonic()
-        with pytest.raises(SagaTimeout, match="saga ghost not finished after 0.3s: not recorded yet"):
+        with pytest.raises(
+            SagaTimeout, match=r"saga ghost not finished after 0\.3s: not recorded yet"
+        ):
             client.wait("ghost", timeout=0.3, poll_interval=0.02)
         assert 0.3 <= time.monotonic() - began < 10
         with pytest.raises(SagaNotFound, match="ghost"):
@@ -161,3 +165,22 @@ def test_get_of_a_finished_saga_returns_its_steps(stack_client: SagaClient) -> N
     assert events[0] == "saga_recorded" and events[-1] == "saga_completed"
     listed = stack_client.list_sagas(saga_type="trip", state="completed", limit=10_000)
     assert saga_id in [s.saga_id for s in listed]
+
+
+def test_size_limit_counts_utf8_bytes_not_escapes() -> None:
+    # 1000 euro signs are 3000 UTF-8 bytes, not 6000 characters of \u20ac escapes.
+    assert validate_input({"s": "€" * 1000}, 3010) == {"s": "€" * 1000}
+    with pytest.raises(InvalidSagaInput, match="3008 bytes of JSON"):
+        validate_input({"s": "€" * 1000}, 3000)
+
+
+def test_saga_id_over_the_limit_is_refused_before_sending(tmp_path: Path) -> None:
+    client = SagaClient(
+        Settings(
+            home=tmp_path,
+            broker_url="redis://127.0.0.1:1/0",
+            database_url=f"sqlite:///{tmp_path / 's.db'}",
+        )
+    )
+    with pytest.raises(InvalidSagaInput, match="at most 64 characters"):
+        client.start("trip", {}, saga_id="y" * 65)

@@ -172,12 +172,15 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
     done = threading.Event()
 
     def produce(start: int) -> None:
-        with Connection("filesystem://", transport_options=options) as conn:
-            producer = conn.Producer(serializer="json")
-            for n in range(start, total, producers):
-                producer.publish(
-                    {"n": n}, exchange=queue.exchange, routing_key="race", declare=[queue]
-                )
+        try:
+            with Connection("filesystem://", transport_options=options) as conn:
+                producer = conn.Producer(serializer="json")
+                for n in range(start, total, producers):
+                    producer.publish(
+                        {"n": n}, exchange=queue.exchange, routing_key="race", declare=[queue]
+                    )
+        except BaseException as exc:
+            errors.append(exc)
 
     def consume() -> None:
         try:
@@ -210,3 +213,44 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
             thread.join(timeout=30)
     assert errors == []
     assert sorted(received) == list(range(total))
+
+
+def test_filesystem_broker_keeps_every_binding_when_workers_start_together(
+    tmp_path: Path,
+) -> None:
+    """Workers starting at once bind queues to shared exchanges (pidbox, events): no binding may
+    be lost and nobody may read a half-written exchange table."""
+    from kombu import Connection, Exchange, Queue
+
+    from sagaflow import transport
+
+    transport.register()
+    settings = Settings(home=tmp_path, broker_url="filesystem://")
+    ensure_home(settings)
+    options = celery_settings(settings)["broker_transport_options"]
+    exchange = Exchange("shared-fanout", type="fanout")
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def bind(worker: int) -> None:
+        try:
+            with Connection("filesystem://", transport_options=options) as conn:
+                channel = conn.default_channel
+                start.wait()
+                for n in range(10):
+                    Queue(f"q-{worker}-{n}", exchange)(channel).declare()
+                    channel.get_table("shared-fanout")  # a reader racing the writers
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bind, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with Connection("filesystem://", transport_options=options) as conn:
+        table = conn.default_channel.get_table("shared-fanout")
+    assert sorted(q.queue for q in table) == sorted(
+        f"q-{w}-{n}" for w in range(8) for n in range(10)
+    )
