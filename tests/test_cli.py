@@ -448,3 +448,62 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> None:
+    """`sagaflow worker --migrate` alone brings an empty embedded setup to running sagas."""
+    import signal
+
+    import sqlalchemy as sa
+
+    from sagaflow import SagaClient, SagaState
+    from sagaflow.config import Settings
+    from sagaflow.processes import WorkerGroup, WorkerSpec
+    from tests.conftest import ROOT
+
+    home = tmp_path / "home"
+    settings = Settings(home=home, definitions=("tests.sagas",))
+    effects_url = f"sqlite:///{tmp_path / 'effects.db'}"
+    from tests.services import metadata
+
+    engine = sa.create_engine(effects_url)
+    metadata.create_all(engine)
+    engine.dispose()
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "TEST_EFFECTS_URL": effects_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    orchestrator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sagaflow.cli",
+            "--home",
+            str(home),
+            "--definitions",
+            "tests.sagas",
+            "worker",
+            "--pool",
+            "solo",
+            "--migrate",
+        ],
+        env={k: v for k, v in env.items() if not k.startswith("SAGAFLOW_")}
+        | {"PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        with WorkerGroup(env, tmp_path / "logs", cwd=ROOT) as group:
+            group.start(WorkerSpec("svc", "tests.services", ["svc_a", "svc_b"]))
+            client = SagaClient(settings)
+            group.wait_ready(client.app)
+            saga = client.wait(client.start("dynamic", {"n": 2}), timeout=60)
+            assert saga.state is SagaState.COMPLETED
+            client.close()
+    finally:
+        os.killpg(orchestrator.pid, signal.SIGTERM)
+        orchestrator.wait(timeout=30)
