@@ -302,11 +302,24 @@ def worker(
     help="Folder for the demo's store, broker and logs (default: a new temporary folder).",
 )
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the sagas.")
-def demo(count: int, demo_home: Path | None, timeout: float) -> None:
-    """Run the order saga example end to end on the embedded store and broker."""
+@click.pass_context
+def demo(ctx: click.Context, count: int, demo_home: Path | None, timeout: float) -> None:
+    """Run the order saga example end to end.
+
+    Embedded (SQLite, filesystem broker) by default; set SAGAFLOW_BROKER_URL and
+    SAGAFLOW_DATABASE_URL (or --broker-url, --database-url) to run it on Redis and PostgreSQL.
+    """
     from sagaflow.demo import run_demo
 
-    ok = run_demo(count=count, home=demo_home, timeout=timeout, console=console)
+    given = ctx.parent.params if ctx.parent is not None else {}
+    ok = run_demo(
+        count=count,
+        home=demo_home,
+        timeout=timeout,
+        console=console,
+        broker_url=given.get("broker_url"),
+        database_url=given.get("database_url"),
+    )
     if not ok:
         sys.exit(EXIT_ERROR)
 

@@ -29,7 +29,7 @@ from sagaflow.definitions import SagaState
 from sagaflow.errors import ConfigurationError
 from sagaflow.machine import SagaRecord
 from sagaflow.processes import WorkerGroup, WorkerSpec
-from sagaflow.store import SagaStore
+from sagaflow.store import SagaStore, mask_url
 
 SERVICES = ("inventory", "payments", "shipping")
 BALANCES = {"alice": 1_000_000, "bob": 1_500, "carol": 250_000}
@@ -98,7 +98,20 @@ def _check_workers_importable() -> Path:
     return root
 
 
-def run_demo(count: int, home: Path | None, timeout: float, console: Console | None = None) -> bool:
+def run_demo(
+    count: int,
+    home: Path | None,
+    timeout: float,
+    console: Console | None = None,
+    *,
+    broker_url: str | None = None,
+    database_url: str | None = None,
+) -> bool:
+    """Run the demo; embedded unless a broker and/or database URL is given (Redis, PostgreSQL).
+
+    With a database URL the example services keep their tables in that database too
+    (`example_*` tables, reset by the demo) unless WORKERS_DATABASE_URL names another.
+    """
     console = console or Console()
     started = time.monotonic()
     sys.path.insert(0, str(Path.cwd()))
@@ -107,26 +120,33 @@ def run_demo(count: int, home: Path | None, timeout: float, console: Console | N
     home = home.resolve()
     settings = Settings(
         home=home,
-        broker_url="filesystem://",
-        database_url=f"sqlite:///{home / 'sagaflow.db'}",
+        broker_url=broker_url or "filesystem://",
+        database_url=database_url or f"sqlite:///{home / 'sagaflow.db'}",
         definitions=("workers.definitions",),
     )
     ensure_home(settings)
+    services_url = os.environ.get("WORKERS_DATABASE_URL") or (
+        database_url or f"sqlite:///{home / 'services.db'}"
+    )
     env = {
         **os.environ,
         **settings.to_env(),
-        "WORKERS_DATABASE_URL": f"sqlite:///{home / 'services.db'}",
+        "WORKERS_DATABASE_URL": services_url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
     console.print(f"[bold]sagaflow demo[/] in {home}")
-    console.print("store: SQLite, broker: kombu filesystem transport (no server needed)")
+    broker = "kombu filesystem transport" if settings.is_filesystem_broker else "Celery broker"
+    console.print(
+        f"store: {mask_url(settings.database_url)}  broker: {broker} "
+        f"{mask_url(settings.broker_url)}",
+        highlight=False,
+    )
 
     store = SagaStore(settings.database_url)
     store.upgrade()
-    os.environ["WORKERS_DATABASE_URL"] = env["WORKERS_DATABASE_URL"]
     from workers import db  # the example's own tables: balances and stock
 
-    db.seed(BALANCES, STOCK)
+    db.seed(BALANCES, STOCK, url=services_url)
 
     group = WorkerGroup(env, home / "logs", cwd=root)
     client = SagaClient(settings, store=store)
@@ -145,11 +165,13 @@ def run_demo(count: int, home: Path | None, timeout: float, console: Console | N
         ids = [client.start(order.saga_type, order.data) for order in orders]
         sagas = _wait_with_progress(client, store, ids, timeout, console)
         console.print(_result_table(orders, sagas))
-        ok = _report(sagas, db.balances(), db.quantities(), started, console)
+        ok = _report(
+            sagas, db.balances(services_url), db.quantities(services_url), started, console
+        )
         failed = next((s for s in sagas if s.state is SagaState.FAILED), sagas[0])
+        where = "" if database_url else f"--home {home} "
         console.print(
-            f"look closer: [bold]sagaflow --home {home} status {failed.saga_id}[/] "
-            f"(or history, list)",
+            f"look closer: [bold]sagaflow {where}status {failed.saga_id}[/] (or history, list)",
             highlight=False,
         )
         return ok

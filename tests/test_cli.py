@@ -507,3 +507,45 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
     finally:
         os.killpg(orchestrator.pid, signal.SIGTERM)
         orchestrator.wait(timeout=30)
+
+
+def test_demo_runs_on_redis_and_postgres_with_two_variables(tmp_path: Path) -> None:
+    import redis
+
+    from tests.conftest import create_postgres_database, drop_postgres_database, require_redis
+
+    require_redis()
+    broker = "redis://127.0.0.1:6379/13"
+    redis.Redis.from_url(broker).flushdb()
+    database = create_postgres_database("sagaflow_demo")
+    env = cli_env({k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")})
+    env |= {"SAGAFLOW_BROKER_URL": broker, "SAGAFLOW_DATABASE_URL": database}
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sagaflow.cli",
+                "demo",
+                "--sagas",
+                "8",
+                "--home",
+                str(tmp_path / "demo"),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        text = " ".join(result.stdout.split())
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "every failed order was compensated" in text
+        store = SagaStore(database)
+        try:
+            assert store.count_by_state() == {"completed": 5, "failed": 3}
+        finally:
+            store.dispose()
+        assert not (tmp_path / "demo" / "sagaflow.db").exists()  # nothing went to SQLite
+    finally:
+        drop_postgres_database(database)
