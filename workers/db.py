@@ -148,3 +148,13 @@ def effects_for(saga_id: str, url: str | None = None) -> list[tuple[str, str]]:
             .order_by(effects.c.id)
         )
         return [(r.service, r.operation) for r in rows]
+
+
+def main() -> None:
+    """`python -m workers.db`: create the example tables and give them some money and stock."""
+    seed({"alice": 100_000, "bob": 1_500, "carol": 25_000}, {"widget": 1_000, "gadget": 3})
+    print(f"example data in {database_url()}: balances {balances()}, stock {quantities()}")
+
+
+if __name__ == "__main__":
+    main()
