@@ -33,7 +33,6 @@ from sagaflow.machine import (
     Event,
     HistoryEntry,
     Ignored,
-    PublishEvent,
     SagaRecord,
     StepFailed,
     StepSucceeded,
@@ -48,6 +47,7 @@ from sagaflow.protocol import (
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
     outcome_kwargs,
+    strict_json,
 )
 from sagaflow.service import install_service_support
 from sagaflow.store import SagaStore, utcnow
@@ -108,8 +108,13 @@ class Orchestrator:
                     f"saga input is {size} bytes of JSON, over the limit of {self.max_input_bytes}"
                 )
             steps = self.registry.plan(saga_type, data)
-        except (UnknownSagaType, InvalidSagaInput) as exc:
+        except Exception as exc:
+            # Anything the definition raises (a bug in define_steps included) is recorded: a
+            # start is never acknowledged without a trace in the store.
+            if not isinstance(exc, (UnknownSagaType, InvalidSagaInput)):
+                logger.exception("saga %s: planning %r failed", saga_id, type_name)
             error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+            data = strict_json(data)
             stored_data = data if isinstance(data, dict) and problem is None else {"input": data}
             if len(json.dumps(stored_data, default=repr)) > self.max_input_bytes:
                 stored_data = {"input": "<omitted: over the size limit>"}
@@ -135,22 +140,18 @@ class Orchestrator:
     def handle(self, saga_id: str, event: Event) -> bool:
         """Apply a step outcome. True if it moved the saga, False if it was ignored."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            saga = self.store.load(saga_id)
-            if saga is None:
-                logger.warning("outcome for unknown saga %r ignored: %r", saga_id, event)
-                return False
-            outcome = apply(saga, event, utcnow())
-            if isinstance(outcome, Ignored):
-                self._note_ignored(saga, event, outcome.reason)
-                return False
-            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
             try:
-                event_ids = self.store.commit(
-                    saga, outcome.saga, outcome.changed_steps, outcome.history, publishes
-                )
+                decision = self.store.transition(saga_id, lambda saga: apply(saga, event, utcnow()))
             except ConcurrencyConflict:
                 continue
-            self._execute(outcome.commands, event_ids)
+            if decision.saga is None:
+                logger.warning("outcome for unknown saga %r ignored: %r", saga_id, event)
+                return False
+            if isinstance(decision.outcome, Ignored):
+                self._note_ignored(decision.saga, event, decision.outcome.reason)
+                return False
+            assert decision.outcome is not None
+            self._execute(decision.outcome.commands, decision.event_ids)
             return True
         raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
 
@@ -215,8 +216,8 @@ def _event_from(
         logger.warning("malformed step outcome ignored: %r", kwargs)
         return None
     if error is None:
-        return saga_id, StepSucceeded(position, phase, attempt, result, task_id)
-    return saga_id, StepFailed(position, phase, attempt, ErrorInfo.from_json(error))
+        return saga_id, StepSucceeded(position, phase, attempt, strict_json(result), task_id)
+    return saga_id, StepFailed(position, phase, attempt, ErrorInfo.from_json(strict_json(error)))
 
 
 def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:

@@ -6,7 +6,12 @@ other. Everything here is JSON.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import decimal
+import math
 import traceback as traceback_module
+import uuid
 from typing import Any
 
 START_TASK = "sagaflow.start"
@@ -55,3 +60,34 @@ def outcome_kwargs(
         "phase": phase,
         "attempt": attempt,
     }
+
+
+def strict_json(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` that every store accepts as JSON.
+
+    kombu's JSON turns Decimal, datetime, UUID and bytes back into Python objects, and
+    PostgreSQL's JSONB refuses NaN and NUL characters: results and errors from services are
+    cleaned on arrival so that storing them cannot fail. Decimal, dates and UUIDs become
+    strings, bytes base64, NaN and infinities null, sets and tuples lists; NULs are dropped.
+    """
+    if depth > 200:
+        return "<nested too deeply>"
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {strict_json(str(k)): strict_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [strict_json(v, depth + 1) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()
+    return strict_json(repr(value))

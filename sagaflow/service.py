@@ -15,7 +15,7 @@ from celery import Celery, signals
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.protocol import ERRBACK_TASK, STEP_FAILED_TASK, error_payload
+from sagaflow.protocol import ERRBACK_TASK, STEP_FAILED_TASK, error_payload, strict_json
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,19 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
     """Register sagaflow's errback and unknown-task reporter on an existing Celery app."""
 
     def report(outcome: dict[str, Any], error: dict[str, Any]) -> None:
+        # Celery swallows an errback's exception and acknowledges the step anyway, so a report
+        # that cannot be published would be lost: keep retrying while the broker is away.
         app.send_task(
             STEP_FAILED_TASK,
-            kwargs={**outcome, "error": error},
+            kwargs={**outcome, "error": strict_json(error)},
             queue=orchestrator_queue,
             retry=True,
+            retry_policy={
+                "max_retries": None,
+                "interval_start": 0.5,
+                "interval_step": 1,
+                "interval_max": 10,
+            },
         )
 
     def errback(*args: Any, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +22,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
-from sagaflow.machine import ErrorInfo, HistoryEntry, PublishEvent, SagaRecord, StepRecord
+from sagaflow.machine import (
+    ErrorInfo,
+    HistoryEntry,
+    Ignored,
+    PublishEvent,
+    SagaRecord,
+    StepRecord,
+    Transition,
+)
 from sagaflow.schema import events, history, sagas, steps
 
 TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
@@ -109,6 +117,14 @@ class SagaStore:
             self._engine = None
 
     @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (an immediate one on SQLite: the write lock is taken at BEGIN)."""
+        with self._connect() as conn:
+            conn = conn.execution_options(**{_WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
     def _connect(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
@@ -149,17 +165,14 @@ class SagaStore:
     def create(self, saga: SagaRecord, history_entries: Sequence[HistoryEntry] = ()) -> bool:
         """Insert a new saga and its steps. False if a saga with this id already exists."""
         now = saga.created_at or utcnow()
-        with self._connect() as conn:
-            try:
-                with conn.begin():
-                    conn.execute(sagas.insert().values(**_saga_row(saga)))
-                    if saga.steps:
-                        conn.execute(
-                            steps.insert(), [_step_row(saga.saga_id, s) for s in saga.steps]
-                        )
-                    _insert_history(conn, saga.saga_id, now, history_entries)
-            except sa.exc.IntegrityError:
-                return False
+        try:
+            with self._write() as conn:
+                conn.execute(sagas.insert().values(**_saga_row(saga)))
+                if saga.steps:
+                    conn.execute(steps.insert(), [_step_row(saga.saga_id, s) for s in saga.steps])
+                _insert_history(conn, saga.saga_id, now, history_entries)
+        except sa.exc.IntegrityError:
+            return False
         return True
 
     def commit(
@@ -175,45 +188,34 @@ class SagaStore:
         Returns the ids of the event rows recorded. Raises ConcurrencyConflict if the saga's
         version moved.
         """
-        now = after.updated_at or utcnow()
-        with self._connect() as conn, conn.begin():
-            # The guarded UPDATE comes first so the write lock is taken before anything else.
-            updated = conn.execute(
-                sagas.update()
-                .where(sagas.c.id == before.saga_id, sagas.c.version == before.version)
-                .values(**{**_saga_row(after), "version": before.version + 1})
+        with self._write() as conn:
+            return _write_transition(conn, before, after, changed_steps, history_entries, published)
+
+    def transition(
+        self, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
+    ) -> Decision:
+        """Load a saga, let `decide` compute its transition, and store it, in one transaction.
+
+        The saga row is locked for the transaction (FOR UPDATE on PostgreSQL, an immediate
+        write transaction on SQLite), so concurrent deciders queue up instead of conflicting;
+        the version check stays as a guard. `decide` must be pure: it may run again.
+        """
+        with self._write() as conn:
+            saga = _load(conn, saga_id, lock=True)
+            if saga is None:
+                return Decision(None, None, [])
+            outcome = decide(saga)
+            if isinstance(outcome, Ignored):
+                return Decision(saga, outcome, [])
+            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
+            event_ids = _write_transition(
+                conn, saga, outcome.saga, outcome.changed_steps, outcome.history, publishes
             )
-            if updated.rowcount != 1:
-                raise ConcurrencyConflict(
-                    f"saga {before.saga_id} changed since version {before.version}"
-                )
-            for position in sorted(changed_steps):
-                row = _step_row(after.saga_id, after.steps[position])
-                conn.execute(
-                    steps.update()
-                    .where(steps.c.saga_id == after.saga_id, steps.c.position == position)
-                    .values(**row)
-                )
-            _insert_history(conn, after.saga_id, now, history_entries)
-            event_ids: list[int] = []
-            for event in published:
-                result = conn.execute(
-                    events.insert().values(
-                        saga_id=after.saga_id,
-                        name=event.name,
-                        payload=event.payload,
-                        created_at=_utc(now),
-                        published_at=None,
-                    )
-                )
-                pk = result.inserted_primary_key
-                if pk is not None:
-                    event_ids.append(int(pk[0]))
-        return event_ids
+            return Decision(saga, outcome, event_ids)
 
     def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> None:
         """Note an outcome that changed nothing (duplicate, late or forged) in the history."""
-        with self._connect() as conn, conn.begin():
+        with self._write() as conn:
             state = conn.execute(
                 sa.select(sagas.c.state).where(sagas.c.id == saga_id)
             ).scalar_one_or_none()
@@ -235,7 +237,7 @@ class SagaStore:
     def mark_published(self, event_ids: Sequence[int]) -> None:
         if not event_ids:
             return
-        with self._connect() as conn, conn.begin():
+        with self._write() as conn:
             conn.execute(
                 events.update()
                 .where(events.c.id.in_(list(event_ids)))
@@ -246,17 +248,7 @@ class SagaStore:
 
     def load(self, saga_id: str) -> SagaRecord | None:
         with self._connect() as conn:
-            row = conn.execute(sa.select(sagas).where(sagas.c.id == saga_id)).mappings().first()
-            if row is None:
-                return None
-            step_rows = (
-                conn.execute(
-                    sa.select(steps).where(steps.c.saga_id == saga_id).order_by(steps.c.position)
-                )
-                .mappings()
-                .all()
-            )
-        return _saga_from_row(row, [_step_from_row(r) for r in step_rows])
+            return _load(conn, saga_id, lock=False)
 
     def get(self, saga_id: str) -> SagaRecord:
         saga = self.load(saga_id)
@@ -339,6 +331,89 @@ class SagaStore:
             conn.execute(sa.text("SELECT 1"))
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What `SagaStore.transition` did: the saga as loaded, the outcome, recorded event ids."""
+
+    saga: SagaRecord | None
+    outcome: Transition | Ignored | None
+    event_ids: list[int]
+
+
+_WRITE_OPTION = "sagaflow_write"
+_SAGA_COLUMNS = [c.label(f"saga_{c.name}") for c in sagas.c]
+_STEP_COLUMNS = [c.label(f"step_{c.name}") for c in steps.c]
+
+
+def _load(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
+    """The saga and its steps in one query (and one round trip)."""
+    query = (
+        sa.select(*_SAGA_COLUMNS, *_STEP_COLUMNS)
+        .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
+        .where(sagas.c.id == saga_id)
+        .order_by(steps.c.position)
+    )
+    if lock:
+        query = query.with_for_update(of=sagas)
+    rows = conn.execute(query).mappings().all()
+    if not rows:
+        return None
+    saga_row = {c.name: rows[0][f"saga_{c.name}"] for c in sagas.c}
+    step_records = [
+        _step_from_row({c.name: row[f"step_{c.name}"] for c in steps.c})
+        for row in rows
+        if row["step_position"] is not None
+    ]
+    return _saga_from_row(saga_row, step_records)
+
+
+_UPDATE_STEP = steps.update().where(
+    steps.c.saga_id == sa.bindparam("key_saga_id"),
+    steps.c.position == sa.bindparam("key_position"),
+)
+
+
+def _write_transition(
+    conn: Connection,
+    before: SagaRecord,
+    after: SagaRecord,
+    changed_steps: Sequence[int] | frozenset[int],
+    history_entries: Sequence[HistoryEntry],
+    published: Sequence[PublishEvent],
+) -> list[int]:
+    now = after.updated_at or utcnow()
+    updated = conn.execute(
+        sagas.update()
+        .where(sagas.c.id == before.saga_id, sagas.c.version == before.version)
+        .values(**{**_saga_row(after), "version": before.version + 1})
+    )
+    if updated.rowcount != 1:
+        raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
+    if changed_steps:
+        rows = []
+        for position in sorted(changed_steps):
+            row = _step_row(after.saga_id, after.steps[position])
+            del row["saga_id"], row["position"]
+            rows.append({**row, "key_saga_id": after.saga_id, "key_position": position})
+        conn.execute(_UPDATE_STEP, rows)
+    _insert_history(conn, after.saga_id, now, history_entries)
+    event_ids: list[int] = []
+    for event in published:
+        result = conn.execute(
+            events.insert().values(
+                saga_id=after.saga_id,
+                name=event.name,
+                payload=event.payload,
+                created_at=_utc(now),
+                published_at=None,
+            )
+        )
+        pk = result.inserted_primary_key
+        if pk is not None:
+            event_ids.append(int(pk[0]))
+    return event_ids
+
+
 def _create_engine(url: str, echo: bool) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -353,6 +428,9 @@ def _create_engine(url: str, echo: bool) -> Engine:
 
         @sa_event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # sqlite3's own implicit BEGIN is deferred: a reader that later writes can fail at
+            # once with SQLITE_BUSY. sagaflow emits BEGIN itself (see _sqlite_begin).
+            dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
             # WAL lets readers (CLI, client.wait) run while the orchestrator writes.
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -361,8 +439,16 @@ def _create_engine(url: str, echo: bool) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        @sa_event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Write transactions take the write lock up front and wait (busy_timeout) for it.
+            immediate = conn.get_execution_options().get(_WRITE_OPTION)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
         return engine
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping round trip per checkout: a connection that went stale fails its statement,
+    # the caller gets StoreUnavailable and retries on a fresh connection.
+    return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=5)
 
 
 def _saga_row(saga: SagaRecord) -> dict[str, Any]:

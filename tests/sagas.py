@@ -54,3 +54,12 @@ class Dynamic(SagaOrchestrator):
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         return [_step(f"s{i}", "svc_a" if i % 2 else "svc_b") for i in range(1, data["n"] + 1)]
+
+
+class Broken(SagaOrchestrator):
+    """A definition with a bug: define_steps raises on input it did not expect."""
+
+    saga_type = "broken"
+
+    def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
+        return [_step(f"item{i}", "svc_a") for i in data["items"]]

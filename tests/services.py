@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import signal
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -85,6 +87,16 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
     if context["step"] in data.get("fail_at", ()):
         raise StepRefused(f"step {context['step']} refused as asked")
+    if data.get("odd_result"):
+        # Values kombu's JSON carries but a strict JSON store does not take as they are.
+        return {
+            "amount": Decimal("12.50"),
+            "at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+            "id": UUID(int=7),
+            "raw": b"\x01\x02",
+            "nan": float("nan"),
+            "nul": "a\x00b",
+        }
     return {"step": context["step"], "saw": sorted(context["results"])}
 
 

@@ -122,7 +122,7 @@ def test_celery_settings_are_json_only_and_at_least_once() -> None:
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["worker_send_task_events"] is True
-    assert conf["task_send_sent_event"] is True
+    assert conf["task_send_sent_event"] is False  # one message less per dispatch
     assert conf["task_default_queue"] == "sagaflow"
     assert conf["broker_url"] == "redis://127.0.0.1:6379/0"
     assert conf["broker_transport_options"]["visibility_timeout"] >= 3600

@@ -151,6 +151,26 @@ def test_unknown_saga_type_is_recorded_as_rejected(stack: Stack) -> None:
     assert [h.event for h in stack.store.history(saga_id)] == ["saga_rejected"]
 
 
+def test_a_definition_that_crashes_is_recorded_as_rejected(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("broken", {"no_items": True}))
+    assert saga.state is SagaState.REJECTED
+    assert saga.error is not None and saga.error.type == "KeyError"
+    assert "items" in saga.error.message
+
+
+def test_results_json_cannot_store_as_is_are_cleaned_not_lost(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("dynamic", {"n": 2, "odd_result": True}))
+    assert saga.state is SagaState.COMPLETED
+    assert saga.steps[0].result == {
+        "amount": "12.50",
+        "at": "2026-01-02T03:04:05+00:00",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "raw": "AQI=",
+        "nan": None,
+        "nul": "ab",
+    }
+
+
 def test_input_the_definition_rejects_is_recorded(stack: Stack) -> None:
     saga_id = stack.start("dynamic", {"n": "many"})
     saga = stack.wait_one(saga_id)
