@@ -106,6 +106,12 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def worker_spec(name: str, app: str, queue: str) -> WorkerSpec:
+    """Every contender's workers: prefork, 2 processes."""
+    level = os.environ.get("BENCH_LOG_LEVEL", "warning")
+    return WorkerSpec(name, app, [queue], pool="prefork", concurrency=2, extra_args=["-l", level])
+
+
 # -- sagaflow ------------------------------------------------------------------------------------
 
 
@@ -132,25 +138,9 @@ class SagaflowContender:
         self.group = WorkerGroup(env, logs, cwd=ROOT)
         self.client = SagaClient(self.settings, store=self.store)
         self.orchestrator = self.group.start(
-            WorkerSpec(
-                "orchestrator",
-                "sagaflow.worker",
-                ["sagaflow"],
-                pool="prefork",
-                concurrency=2,
-                extra_args=["-l", os.environ.get("BENCH_LOG_LEVEL", "warning")],
-            )
+            worker_spec("orchestrator", "sagaflow.worker", "sagaflow")
         )
-        self.group.start(
-            WorkerSpec(
-                "bench",
-                "benchmarks.bench_tasks",
-                ["bench"],
-                pool="prefork",
-                concurrency=2,
-                extra_args=["-l", os.environ.get("BENCH_LOG_LEVEL", "warning")],
-            )
-        )
+        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
         self.group.wait_ready(self.client.app)
         from kombu import Connection, Exchange, Queue
 
@@ -208,16 +198,7 @@ class ChainContender:
             "BENCH_SIGNAL_URL": redis_url,
         }
         self.group = WorkerGroup(env, logs, cwd=ROOT)
-        self.group.start(
-            WorkerSpec(
-                "bench",
-                "benchmarks.bench_tasks",
-                ["bench"],
-                pool="prefork",
-                concurrency=2,
-                extra_args=["-l", os.environ.get("BENCH_LOG_LEVEL", "warning")],
-            )
-        )
+        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
         self.app = bench_tasks.app
         self.group.wait_ready(self.app)
         self.redis.delete(bench_tasks.DONE_LIST)
