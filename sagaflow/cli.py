@@ -229,6 +229,44 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     console.print(render.history_table(rows))
 
 
+@cli.command()
+@click.option(
+    "--older-than",
+    type=float,
+    help="Seconds without progress before a saga counts as stalled "
+    "(default SAGAFLOW_STALL_TIMEOUT, 300).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None:
+    """Re-drive stalled sagas and publish lost outcome events (what beat runs periodically)."""
+    from sagaflow.orchestrator import create_orchestrator_app
+
+    settings = settings_of(ctx)
+    app = create_orchestrator_app(settings)
+    report = app.sagaflow_orchestrator.recover(
+        settings.stall_timeout if older_than is None else older_than
+    )
+    if as_json:
+        print_json(
+            {
+                "redriven": [
+                    {"saga_id": s, "step": step, "state": state}
+                    for s, step, state in report.redriven
+                ],
+                "republished": [{"saga_id": s, "event": e} for s, e in report.republished],
+            }
+        )
+        return
+    for saga_id, step, state in report.redriven:
+        console.print(f"re-drove {saga_id}: step {step!r} sent again ({state})", highlight=False)
+    for saga_id, event in report.republished:
+        console.print(f"published {event} for {saga_id}", highlight=False)
+    console.print(
+        f"{len(report.redriven)} sagas re-driven, {len(report.republished)} events published"
+    )
+
+
 @cli.group()
 def db() -> None:
     """The saga store's schema."""

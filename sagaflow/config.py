@@ -35,6 +35,9 @@ class Settings:
     events_exchange: str = DEFAULT_EVENTS_EXCHANGE
     definitions: tuple[str, ...] = field(default_factory=tuple)
     max_input_bytes: int = 1_000_000
+    # A running saga that has not moved for this long is re-driven by the recovery sweep.
+    stall_timeout: float = 300.0
+    recover_interval: float = 60.0
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -58,11 +61,17 @@ class Settings:
             "events_exchange": env.get("SAGAFLOW_EVENTS_EXCHANGE", DEFAULT_EVENTS_EXCHANGE),
             "definitions": _split(env.get("SAGAFLOW_DEFINITIONS", "")),
         }
-        if "SAGAFLOW_MAX_INPUT_BYTES" in env:
-            try:
-                values["max_input_bytes"] = int(env["SAGAFLOW_MAX_INPUT_BYTES"])
-            except ValueError:
-                raise ConfigurationError("SAGAFLOW_MAX_INPUT_BYTES must be an integer") from None
+        for name, key, kind in (
+            ("SAGAFLOW_MAX_INPUT_BYTES", "max_input_bytes", int),
+            ("SAGAFLOW_STALL_TIMEOUT", "stall_timeout", float),
+            ("SAGAFLOW_RECOVER_INTERVAL", "recover_interval", float),
+        ):
+            if name in env:
+                try:
+                    values[key] = kind(env[name])
+                except ValueError:
+                    kind_name = "an integer" if kind is int else "a number"
+                    raise ConfigurationError(f"{name} must be {kind_name}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -87,6 +96,8 @@ class Settings:
             "SAGAFLOW_EVENTS_EXCHANGE": self.events_exchange,
             "SAGAFLOW_DEFINITIONS": ",".join(self.definitions),
             "SAGAFLOW_MAX_INPUT_BYTES": str(self.max_input_bytes),
+            "SAGAFLOW_STALL_TIMEOUT": str(self.stall_timeout),
+            "SAGAFLOW_RECOVER_INTERVAL": str(self.recover_interval),
         }
         if self.result_backend:
             env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend

@@ -260,6 +260,31 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
     return _compensation_failed(saga, step, event.error, now)
 
 
+def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transition | Ignored:
+    """Send again what a saga that made no progress since `stalled_before` waits for.
+
+    Its step (or compensation) message may have been lost with a broker, a crashed worker or a
+    failed publish: a new attempt goes out with a new task id, under the step's same idempotency
+    key, and only that attempt's outcome will count. Deciding on `updated_at` makes the redrive
+    its own lease: a second sweep that reads the saga afterwards sees it fresh and leaves it.
+    """
+    if saga.state.is_terminal:
+        return Ignored(f"saga is {saga.state.value}")
+    if saga.updated_at is not None and saga.updated_at >= stalled_before:
+        return Ignored("saga made progress recently")
+    if saga.current_step is None or not 0 <= saga.current_step < len(saga.steps):
+        return Ignored("saga waits on no step")
+    step = saga.steps[saga.current_step]
+    detail = {"stalled_since": saga.updated_at.isoformat() if saga.updated_at else None}
+    if saga.state is SagaState.PENDING and step.status is StepStatus.EXECUTING:
+        entry = HistoryEntry("step_redriven", saga.state, saga.state, step.name, detail)
+        return _dispatch_action(saga, step.position, now, (entry,), frozenset())
+    if saga.state is SagaState.COMPENSATING and step.status is StepStatus.COMPENSATING:
+        entry = HistoryEntry("compensation_redriven", saga.state, saga.state, step.name, detail)
+        return _dispatch_compensation(saga, step, now, (entry,), frozenset())
+    return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
+
+
 def _wrong_reporter(event: Event, expected: str | None) -> Ignored | None:
     # Only the task that was dispatched may report on it: a forged, misrouted or stray
     # outcome (no task id, or another task's) changes nothing.
@@ -390,46 +415,56 @@ def _compensate_from(
     for candidate in reversed(saga.steps[: position + 1]):
         if not _needs_compensation(candidate):
             continue
-        attempt = candidate.compensation_attempts + 1
-        task_id = task_id_for(saga.saga_id, candidate.position, Phase.COMPENSATION, attempt)
-        step = replace(
-            candidate,
-            status=StepStatus.COMPENSATING,
-            compensation_attempts=attempt,
-            compensation_task_id=task_id,
-            compensation_started_at=now,
-        )
-        updated = replace(_with_step(saga, step), current_step=step.position, updated_at=now)
-        assert step.compensation is not None
-        command = DispatchTask(
-            saga_id=saga.saga_id,
-            position=step.position,
-            phase=Phase.COMPENSATION,
-            attempt=attempt,
-            task_name=step.compensation,
-            queue=step.compensation_queue,
-            task_id=task_id,
-            context=_context(updated, step, Phase.COMPENSATION),
-        )
-        entry = HistoryEntry(
-            "compensation_dispatched",
-            saga.state,
-            saga.state,
-            step.name,
-            {
-                "task": step.compensation,
-                "queue": step.compensation_queue,
-                "task_id": task_id,
-                "attempt": attempt,
-            },
-        )
-        return Transition(updated, (command,), (*history, entry), changed | {step.position})
+        return _dispatch_compensation(saga, candidate, now, history, changed)
     failed = replace(
         saga, state=SagaState.FAILED, current_step=None, updated_at=now, finished_at=now
     )
     entry = HistoryEntry("saga_failed", SagaState.COMPENSATING, SagaState.FAILED)
     publish = PublishEvent(event_name(saga.saga_type, "Failed"), _event_payload(failed))
     return Transition(failed, (publish,), (*history, entry), changed)
+
+
+def _dispatch_compensation(
+    saga: SagaRecord,
+    candidate: StepRecord,
+    now: datetime,
+    history: tuple[HistoryEntry, ...],
+    changed: frozenset[int],
+) -> Transition:
+    attempt = candidate.compensation_attempts + 1
+    task_id = task_id_for(saga.saga_id, candidate.position, Phase.COMPENSATION, attempt)
+    step = replace(
+        candidate,
+        status=StepStatus.COMPENSATING,
+        compensation_attempts=attempt,
+        compensation_task_id=task_id,
+        compensation_started_at=now,
+    )
+    updated = replace(_with_step(saga, step), current_step=step.position, updated_at=now)
+    assert step.compensation is not None
+    command = DispatchTask(
+        saga_id=saga.saga_id,
+        position=step.position,
+        phase=Phase.COMPENSATION,
+        attempt=attempt,
+        task_name=step.compensation,
+        queue=step.compensation_queue,
+        task_id=task_id,
+        context=_context(updated, step, Phase.COMPENSATION),
+    )
+    entry = HistoryEntry(
+        "compensation_dispatched",
+        saga.state,
+        saga.state,
+        step.name,
+        {
+            "task": step.compensation,
+            "queue": step.compensation_queue,
+            "task_id": task_id,
+            "attempt": attempt,
+        },
+    )
+    return Transition(updated, (command,), (*history, entry), changed | {step.position})
 
 
 def _compensation_succeeded(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition:

@@ -11,6 +11,8 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, signals
@@ -36,13 +38,16 @@ from sagaflow.machine import (
     SagaRecord,
     StepFailed,
     StepSucceeded,
+    Transition,
     apply,
     begin,
     new_saga,
+    redrive,
     rejected_saga,
 )
 from sagaflow.protocol import (
     ERRBACK_TASK,
+    RECOVER_TASK,
     START_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
@@ -57,6 +62,12 @@ logger = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
 MAX_ID_LENGTH = 64  # the same limit as the client's MAX_SAGA_ID_LENGTH
 MAX_TYPE_LENGTH = 200
+
+
+@dataclass
+class RecoveryReport:
+    redriven: list[tuple[str, str, str]] = field(default_factory=list)  # saga, step, state
+    republished: list[tuple[str, str]] = field(default_factory=list)  # saga, event
 
 
 class Orchestrator:
@@ -77,6 +88,7 @@ class Orchestrator:
         self.publisher = publisher
         self.queue = queue
         self.max_input_bytes = max_input_bytes
+        self.stall_timeout = 300.0
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -154,6 +166,43 @@ class Orchestrator:
             self._execute(decision.outcome.commands, decision.event_ids)
             return True
         raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def recover(self, stalled_for: float, limit: int = 500) -> RecoveryReport:
+        """Re-drive sagas that made no progress for `stalled_for` seconds and publish events
+        whose publishing was lost. Safe to run from several processes at once."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=stalled_for)
+        report = RecoveryReport()
+        for saga_id in self.store.stalled(cutoff, limit):
+            try:
+                decision = self.store.transition(
+                    saga_id, lambda saga: redrive(saga, cutoff, utcnow())
+                )
+            except ConcurrencyConflict:
+                continue  # someone else moved it: not stalled any more
+            if isinstance(decision.outcome, Transition):
+                self._execute(decision.outcome.commands, decision.event_ids)
+                step = decision.outcome.saga.steps[decision.outcome.saga.current_step or 0]
+                report.redriven.append((saga_id, step.name, decision.outcome.saga.state.value))
+        for event in self.store.unpublished_events(cutoff, limit):
+            try:
+                self.publisher.publish(event.name, event.payload)
+            except Exception:
+                logger.exception(
+                    "recovery: publishing %s of saga %s failed", event.name, event.saga_id
+                )
+                continue
+            self.store.mark_published([event.id])
+            report.republished.append((event.saga_id, event.name))
+        if report.redriven or report.republished:
+            logger.warning(
+                "recovery: re-drove %d stalled sagas, republished %d events",
+                len(report.redriven),
+                len(report.republished),
+            )
+        return report
 
     def _note_ignored(self, saga: SagaRecord, event: Event, reason: str) -> None:
         step = saga.steps[event.position].name if 0 <= event.position < len(saga.steps) else None
@@ -252,6 +301,13 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     app.task(name=START_TASK, **retrying)(start)
     app.task(name=STEP_SUCCEEDED_TASK, bind=True, **retrying)(step_succeeded)
     app.task(name=STEP_FAILED_TASK, **retrying)(step_failed)
+
+    def recover() -> dict[str, int]:
+        report = orchestrator.recover(orchestrator.stall_timeout)
+        return {"redriven": len(report.redriven), "republished": len(report.republished)}
+
+    # Run by `celery -A sagaflow.worker beat` (schedule below) or `sagaflow recover`.
+    app.task(name=RECOVER_TASK, acks_late=True, ignore_result=True)(recover)
     # The errback also lands here when the failing worker lacks sagaflow's service support.
     install_service_support(app, orchestrator.queue)
 
@@ -277,7 +333,15 @@ def create_orchestrator_app(
         queue=settings.queue,
         max_input_bytes=settings.max_input_bytes,
     )
+    orchestrator.stall_timeout = settings.stall_timeout
     app.sagaflow_orchestrator = orchestrator
+    app.conf.beat_schedule = {
+        "sagaflow-recover": {
+            "task": RECOVER_TASK,
+            "schedule": settings.recover_interval,
+            "options": {"queue": settings.queue, "expires": settings.recover_interval},
+        }
+    }
     install_orchestrator_tasks(app, orchestrator)
 
     def _check_store(sender: Any = None, **_: Any) -> None:

@@ -27,6 +27,8 @@ sagas = sa.Table(
     sa.Index("ix_sagaflow_sagas_state_created", "state", "created_at"),
     sa.Index("ix_sagaflow_sagas_type_created", "saga_type", "created_at"),
     sa.Index("ix_sagaflow_sagas_created", "created_at"),
+    # The recovery sweep looks for running sagas that have not moved for a while.
+    sa.Index("ix_sagaflow_sagas_state_updated", "state", "updated_at"),
 )
 
 steps = sa.Table(
@@ -92,4 +94,5 @@ events = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("published_at", Timestamp, nullable=True),
     sa.Index("ix_sagaflow_events_saga", "saga_id"),
+    sa.Index("ix_sagaflow_events_unpublished", "published_at", "created_at"),
 )

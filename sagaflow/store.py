@@ -275,6 +275,30 @@ class SagaStore:
             rows = conn.execute(query).mappings().all()
         return [_saga_from_row(r, []) for r in rows]
 
+    def stalled(self, before: datetime, limit: int = 500) -> list[str]:
+        """Ids of running sagas whose last change is older than `before`, oldest first."""
+        running = [SagaState.STARTED.value, SagaState.PENDING.value, SagaState.COMPENSATING.value]
+        query = (
+            sa.select(sagas.c.id)
+            .where(sagas.c.state.in_(running), sagas.c.updated_at < _utc(before))
+            .order_by(sagas.c.updated_at)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def unpublished_events(self, before: datetime, limit: int = 500) -> list[EventRow]:
+        """Recorded outcome events never marked published, created before `before`."""
+        query = (
+            sa.select(events)
+            .where(events.c.published_at.is_(None), events.c.created_at < _utc(before))
+            .order_by(events.c.created_at)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_event_from_row(r) for r in rows]
+
     def count_by_state(self, saga_ids: Sequence[str] | None = None) -> dict[str, int]:
         query = sa.select(sagas.c.state, sa.func.count()).group_by(sagas.c.state)
         if saga_ids is not None:
@@ -314,17 +338,7 @@ class SagaStore:
                 .mappings()
                 .all()
             )
-        return [
-            EventRow(
-                id=r["id"],
-                saga_id=r["saga_id"],
-                name=r["name"],
-                payload=r["payload"],
-                created_at=_aware(r["created_at"]) or utcnow(),
-                published_at=_aware(r["published_at"]),
-            )
-            for r in rows
-        ]
+        return [_event_from_row(r) for r in rows]
 
     def ping(self) -> None:
         with self._connect() as conn:
@@ -525,6 +539,17 @@ def _saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
         finished_at=_aware(row["finished_at"]),
+    )
+
+
+def _event_from_row(row: Any) -> EventRow:
+    return EventRow(
+        id=row["id"],
+        saga_id=row["saga_id"],
+        name=row["name"],
+        payload=row["payload"],
+        created_at=_aware(row["created_at"]) or utcnow(),
+        published_at=_aware(row["published_at"]),
     )
 
 

@@ -63,3 +63,7 @@ class Broken(SagaOrchestrator):
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         return [_step(f"item{i}", "svc_a") for i in data["items"]]
+
+
+# The middle step goes to a queue that gets a worker only when a test starts one.
+detour = Saga("detour", steps=[_step("a1", "svc_a"), _step("l2", "later"), _step("a3", "svc_a")])

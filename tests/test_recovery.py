@@ -1,0 +1,195 @@
+"""The recovery sweep: stalled sagas are re-driven from the store, lost events republished."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from sagaflow import SagaState, Step, StepStatus
+from sagaflow.definitions import Phase
+from sagaflow.machine import (
+    DispatchTask,
+    Ignored,
+    StepSucceeded,
+    Transition,
+    apply,
+    begin,
+    new_saga,
+    redrive,
+)
+from sagaflow.orchestrator import create_orchestrator_app
+from sagaflow.processes import WorkerSpec
+from sagaflow.schema import events, sagas
+from tests.conftest import ROOT, Stack, poll
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+STEPS = [
+    Step("one", "svc.act", "svc.undo", queue="q"),
+    Step("two", "svc.act", "svc.undo", queue="q"),
+]
+
+
+def running() -> Transition:
+    return begin(new_saga("s-1", "trip", {}, STEPS, T0), T0)
+
+
+# -- the pure decision ---------------------------------------------------------------------------
+
+
+def test_redrive_sends_a_new_attempt_of_the_waiting_step() -> None:
+    saga = running().saga
+    later = T0 + timedelta(minutes=10)
+    outcome = redrive(saga, stalled_before=later - timedelta(minutes=5), now=later)
+    assert isinstance(outcome, Transition)
+    (command,) = outcome.commands
+    assert isinstance(command, DispatchTask)
+    assert command.attempt == 2 and command.task_id == "s-1.0.action.2"
+    assert command.context["idempotency_key"] == "s-1:one"  # the same key as attempt 1
+    assert outcome.saga.steps[0].attempts == 2
+    assert outcome.saga.updated_at == later
+    assert [h.event for h in outcome.history] == ["step_redriven", "step_dispatched"]
+    # The first attempt's late outcome no longer counts; the new one does.
+    stale = apply(outcome.saga, StepSucceeded(0, Phase.ACTION, 1, {}, "s-1.0.action.1"), later)
+    assert isinstance(stale, Ignored)
+    fresh = apply(outcome.saga, StepSucceeded(0, Phase.ACTION, 2, {}, "s-1.0.action.2"), later)
+    assert isinstance(fresh, Transition)
+
+
+def test_redrive_leaves_a_saga_that_moved_recently_alone() -> None:
+    saga = running().saga
+    assert isinstance(redrive(saga, stalled_before=T0, now=T0 + timedelta(seconds=1)), Ignored)
+    # After one sweep re-drove it, a second sweep with the same cutoff finds it fresh.
+    first = redrive(saga, stalled_before=T0 + timedelta(minutes=1), now=T0 + timedelta(minutes=2))
+    assert isinstance(first, Transition)
+    second = redrive(
+        first.saga, stalled_before=T0 + timedelta(minutes=1), now=T0 + timedelta(minutes=2)
+    )
+    assert isinstance(second, Ignored)
+
+
+def test_redrive_resends_a_waiting_compensation() -> None:
+    saga = running().saga
+    done = apply(saga, StepSucceeded(0, Phase.ACTION, 1, {"r": 1}, "s-1.0.action.1"), T0)
+    assert isinstance(done, Transition)
+    from sagaflow.machine import ErrorInfo, StepFailed
+
+    failed = apply(
+        done.saga, StepFailed(1, Phase.ACTION, 1, ErrorInfo("E", "x", task_id="s-1.1.action.1")), T0
+    )
+    assert isinstance(failed, Transition) and failed.saga.state is SagaState.COMPENSATING
+    outcome = redrive(failed.saga, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2))
+    assert isinstance(outcome, Transition)
+    (command,) = outcome.commands
+    assert isinstance(command, DispatchTask)
+    assert command.phase is Phase.COMPENSATION and command.attempt == 2
+    assert command.context["result"] == {"r": 1}
+
+
+def test_redrive_ignores_finished_sagas() -> None:
+    saga = replace(running().saga, state=SagaState.COMPLETED)
+    assert isinstance(redrive(saga, T0 + timedelta(hours=1), T0 + timedelta(hours=2)), Ignored)
+
+
+# -- against real workers ----------------------------------------------------------------------
+
+
+def age(stack: Stack, saga_id: str, by: timedelta) -> None:
+    """Make a saga look stalled: its last change moves back in time."""
+    # Computed here, not in SQL: SQLite has no timestamp arithmetic.
+    updated_at = stack.store.get(saga_id).updated_at
+    assert updated_at is not None
+    engine = sa.create_engine(stack.settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(sagas.update().where(sagas.c.id == saga_id).values(updated_at=updated_at - by))
+    engine.dispose()
+
+
+def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) -> None:
+    saga_id = stack.start("detour", {})
+    poll(
+        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
+        30,
+        lambda: f"saga {saga_id} never dispatched l2",
+    )
+    # The message is lost: taken off the queue and dropped before any worker saw it.
+    with stack.client.app.connection_for_write() as conn:
+        queue = conn.SimpleQueue("later")
+        message = queue.get(timeout=10)
+        args, _kwargs, _embed = message.payload  # Celery message protocol 2
+        assert args[0]["saga_id"] == saga_id
+        message.ack()
+        queue.close()
+    age(stack, saga_id, timedelta(hours=1))
+    later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sagaflow.cli", "recover", "--older-than", "600", "--json"],
+            cwd=ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert {"saga_id": saga_id, "step": "l2", "state": "pending"} in report["redriven"]
+        saga = stack.wait_one(saga_id)
+    finally:
+        stack.group.stop_worker(later)
+    assert saga.state is SagaState.COMPLETED
+    assert saga.steps[1].attempts == 2
+    # The lost attempt never ran; the re-driven one ran once.
+    assert stack.executions(saga_id) == [("a1", "action"), ("l2", "action"), ("a3", "action")]
+    assert "step_redriven" in [h.event for h in stack.store.history(saga_id)]
+
+
+def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
+    saga_id = stack.start("orphan", {})
+    poll(
+        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
+        30,
+        lambda: f"saga {saga_id} never reached its second step",
+    )
+    age(stack, saga_id, timedelta(hours=1))
+    orchestrators = [
+        create_orchestrator_app(stack.settings).sagaflow_orchestrator for _ in range(4)
+    ]
+    barrier = threading.Barrier(len(orchestrators))
+    reports = []
+
+    def sweep(orchestrator: object) -> None:
+        barrier.wait()
+        reports.append(orchestrator.recover(stalled_for=600))  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=sweep, args=(o,)) for o in orchestrators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    redriven = [r for report in reports for r in report.redriven if r[0] == saga_id]
+    assert len(redriven) == 1
+    assert stack.store.get(saga_id).steps[1].attempts == 2
+
+
+def test_an_outcome_event_whose_publishing_was_lost_is_published(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("dynamic", {"n": 1}))
+    (recorded,) = stack.store.events(saga.saga_id)
+    engine = sa.create_engine(stack.settings.database_url)
+    with engine.begin() as conn:  # as if the orchestrator died between commit and publish
+        conn.execute(
+            events.update()
+            .where(events.c.id == recorded.id)
+            .values(published_at=None, created_at=recorded.created_at - timedelta(hours=1))
+        )
+    engine.dispose()
+    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    report = orchestrator.recover(stalled_for=600)
+    assert (saga.saga_id, "DynamicCompleted") in report.republished
+    (event,) = stack.store.events(saga.saga_id)
+    assert event.published_at is not None
