@@ -121,6 +121,23 @@ class Stack:
     def wait_one(self, saga_id: str, timeout: float = 60.0) -> SagaRecord:
         return self.wait([saga_id], timeout)[0]
 
+    def wait_dispatched(self, saga_id: str, position: int, timeout: float = 30.0) -> SagaRecord:
+        """Wait until the saga has sent the step at `position` (its action is executing)."""
+        from sagaflow import StepStatus
+
+        def dispatched() -> SagaRecord | None:
+            saga = self.store.load(saga_id)
+            if saga and saga.steps[position].status is StepStatus.EXECUTING:
+                return saga
+            return None
+
+        result: SagaRecord = poll(
+            dispatched,
+            timeout,
+            lambda: f"saga {saga_id} never dispatched step {position + 1}{self.logs_hint()}",
+        )
+        return result
+
     def logs_hint(self) -> str:
         return f" (worker logs in {self.group.log_dir})"
 

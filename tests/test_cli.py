@@ -20,7 +20,7 @@ from sagaflow import SagaState, StepStatus
 from sagaflow.cli import cli
 from sagaflow.migrate import head_revision
 from sagaflow.store import SagaStore
-from tests.conftest import ROOT, Stack, poll
+from tests.conftest import ROOT, Stack
 
 TRIP = ["a1", "b2", "a3", "b4"]
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -200,11 +200,7 @@ def test_status_shows_steps_state_and_error(stack: Stack) -> None:
 
 def test_status_of_a_running_saga_says_which_step_it_waits_on(stack: Stack) -> None:
     saga_id = stack.start("orphan", {})
-    poll(
-        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
-        30,
-        lambda: f"saga {saga_id} never dispatched its second step{stack.logs_hint()}",
-    )
+    stack.wait_dispatched(saga_id, 1)
     result = sagaflow("status", saga_id, env=stack.env)
     assert result.returncode == 0, describe(result)
     assert re.search(r"state:\s+pending", result.stdout), describe(result)

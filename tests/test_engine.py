@@ -288,11 +288,7 @@ def test_duplicate_and_late_outcomes_change_nothing(stack: Stack) -> None:
 def test_out_of_order_and_forged_outcomes_on_a_running_saga_are_ignored(stack: Stack) -> None:
     # The second step waits on a queue nobody consumes, so the saga stays running.
     saga_id = stack.start("orphan", {})
-    poll(
-        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
-        30,
-        lambda: f"saga {saga_id} never reached its second step",
-    )
+    stack.wait_dispatched(saga_id, 1)
     # A success for the running step from some other task (wrong parent), a late success for
     # the finished first step, an outcome for a step that does not exist, a stale attempt.
     _send_outcome(stack, saga_id, 1, "action", 1, "lost")

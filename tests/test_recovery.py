@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from sagaflow import SagaState, Step, StepStatus
+from sagaflow import SagaState, Step
 from sagaflow.definitions import Phase
 from sagaflow.machine import (
     DispatchTask,
@@ -26,7 +26,7 @@ from sagaflow.machine import (
 from sagaflow.orchestrator import create_orchestrator_app
 from sagaflow.processes import WorkerSpec
 from sagaflow.schema import events, sagas
-from tests.conftest import ROOT, Stack, poll
+from tests.conftest import ROOT, Stack
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 STEPS = [
@@ -112,11 +112,7 @@ def age(stack: Stack, saga_id: str, by: timedelta) -> None:
 
 def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) -> None:
     saga_id = stack.start("detour", {})
-    poll(
-        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
-        30,
-        lambda: f"saga {saga_id} never dispatched l2",
-    )
+    stack.wait_dispatched(saga_id, 1)
     # The message is lost: taken off the queue and dropped before any worker saw it.
     with stack.client.app.connection_for_write() as conn:
         queue = conn.SimpleQueue("later")
@@ -151,11 +147,7 @@ def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) 
 
 def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
     saga_id = stack.start("orphan", {})
-    poll(
-        lambda: (s := stack.store.load(saga_id)) and s.steps[1].status is StepStatus.EXECUTING,
-        30,
-        lambda: f"saga {saga_id} never reached its second step",
-    )
+    stack.wait_dispatched(saga_id, 1)
     age(stack, saga_id, timedelta(hours=1))
     orchestrators = [
         create_orchestrator_app(stack.settings).sagaflow_orchestrator for _ in range(4)
