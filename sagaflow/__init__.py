@@ -24,7 +24,7 @@ from sagaflow.errors import (
     UnknownSagaType,
 )
 from sagaflow.machine import ErrorInfo, SagaRecord, StepRecord
-from sagaflow.service import create_service_app, install_service_support
+from sagaflow.service import SagaStepTask, create_service_app, install_service_support
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "SagaOrchestrator",
     "SagaRecord",
     "SagaState",
+    "SagaStepTask",
     "SagaTimeout",
     "SagaflowError",
     "Settings",

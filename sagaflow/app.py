@@ -40,7 +40,7 @@ def _user_overrides() -> dict[str, Any]:
     }
 
 
-def create_app(main: str, settings: Settings | None = None) -> Celery:
+def create_app(main: str, settings: Settings | None = None, task_cls: Any = None) -> Celery:
     settings = settings or Settings.from_env()
     transport.register()
     ensure_home(settings)
@@ -50,7 +50,7 @@ def create_app(main: str, settings: Settings | None = None) -> Celery:
         overrides.pop(key, None)
     conf.update(overrides)
     _require_json_only(conf)
-    app = Celery(main, set_as_current=False)
+    app = Celery(main, set_as_current=False, **({"task_cls": task_cls} if task_cls else {}))
     app.conf.update(conf)
     return app
 

@@ -11,21 +11,41 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.protocol import ERRBACK_TASK, STEP_FAILED_TASK, error_payload, strict_json
+from sagaflow.protocol import (
+    ERRBACK_TASK,
+    STEP_FAILED_TASK,
+    STEP_SUCCEEDED_TASK,
+    error_payload,
+    strict_json,
+)
 
 logger = logging.getLogger(__name__)
 
 _OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
 
 
+class SagaStepTask(Task):  # type: ignore[misc]
+    """Task base class for saga steps: a step's return value is made strict JSON before its
+    callback is published, so a result kombu cannot encode (a set, an object) cannot turn a step
+    whose work is done into a failure. Other calls of the task return what it returns."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__call__(*args, **kwargs)
+        callbacks = getattr(self.request, "callbacks", None) or ()
+        if any(isinstance(c, dict) and c.get("task") == STEP_SUCCEEDED_TASK for c in callbacks):
+            return strict_json(result)
+        return result
+
+
 def create_service_app(service: str, settings: Settings | None = None) -> Celery:
-    """A Celery app for one service; its tasks go to the queue named after the service."""
+    """A Celery app for one service; its tasks go to the queue named after the service and
+    their results are cleaned into strict JSON when they run as saga steps."""
     settings = settings or Settings.from_env()
-    app = create_app(service, settings)
+    app = create_app(service, settings, task_cls=SagaStepTask)
     app.conf.task_default_queue = service
     install_service_support(app, settings.queue)
     return app

@@ -351,6 +351,7 @@ PUBLIC = [
     "SagaOrchestrator",
     "SagaRecord",
     "SagaState",
+    "SagaStepTask",
     "SagaTimeout",
     "SagaflowError",
     "Settings",

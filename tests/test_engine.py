@@ -171,6 +171,13 @@ def test_results_json_cannot_store_as_is_are_cleaned_not_lost(stack: Stack) -> N
     }
 
 
+def test_a_result_kombu_cannot_encode_does_not_fail_a_step_that_ran(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("dynamic", {"n": 2, "unencodable_result": True}))
+    assert saga.state is SagaState.COMPLETED
+    assert saga.steps[0].result["tags"] == ["x"]
+    assert saga.steps[0].result["thing"].startswith("<object object at")
+
+
 def test_input_the_definition_rejects_is_recorded(stack: Stack) -> None:
     saga_id = stack.start("dynamic", {"n": "many"})
     saga = stack.wait_one(saga_id)
