@@ -230,6 +230,47 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("saga_id")
+@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@click.pass_context
+def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
+    """Resume a saga stopped in compensation_failed at the compensation that failed."""
+    client = client_of(ctx)
+    version = client.retry(saga_id)
+    click.echo(f"saga {saga_id}: compensation retried")
+    if wait:
+        _wait_and_show(client, saga_id, timeout, version)
+
+
+@cli.command(name="mark-compensated")
+@click.argument("saga_id")
+@click.argument("step")
+@click.option("--reason", required=True, help="What was done by hand (kept in the history).")
+@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@click.pass_context
+def mark_compensated_command(
+    ctx: click.Context, saga_id: str, step: str, reason: str, wait: bool, timeout: float
+) -> None:
+    """Record that STEP's failed compensation was done by hand; compensation carries on."""
+    client = client_of(ctx)
+    version = client.mark_compensated(saga_id, step, reason)
+    click.echo(f"saga {saga_id}: {step} marked compensated")
+    if wait:
+        _wait_and_show(client, saga_id, timeout, version)
+
+
+def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: int) -> None:
+    with err_console.status(f"saga {saga_id} compensating…"):
+        saga = client.wait(saga_id, timeout=timeout, newer_than=version)
+    console.print(render.saga_steps_table(saga))
+    console.print("state:", render.state_text(saga.state))
+    if saga.state is SagaState.COMPENSATION_FAILED:
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
 @click.option(
     "--older-than",
     type=float,

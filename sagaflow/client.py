@@ -17,15 +17,19 @@ from celery import Celery
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
-from sagaflow.machine import SagaRecord
-from sagaflow.protocol import START_TASK
-from sagaflow.store import HistoryRow, SagaStore
+from sagaflow.machine import Ignored, SagaRecord, mark_compensated, retry_compensation
+from sagaflow.protocol import OPERATOR_TASK, START_TASK
+from sagaflow.store import HistoryRow, SagaStore, utcnow
 
 MAX_SAGA_ID_LENGTH = 64
 
 
 class BrokerUnavailable(SagaflowError):
-    """The broker could not be reached: the saga was not started."""
+    """The broker could not be reached: nothing was sent."""
+
+
+class InvalidOperation(SagaflowError):
+    """The operator action does not apply to the saga in its current state."""
 
 
 class SagaClient:
@@ -83,17 +87,64 @@ class SagaClient:
             raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
         return saga_id
 
+    def retry(self, saga_id: str) -> int:
+        """Resume a saga stopped in compensation_failed at the compensation that failed.
+
+        Returns the saga's version before the retry, for `wait(..., newer_than=)`."""
+        saga = self.store.get(saga_id)
+        outcome = retry_compensation(saga, utcnow())
+        if isinstance(outcome, Ignored):
+            raise InvalidOperation(f"cannot retry saga {saga_id}: {outcome.reason}")
+        self._operate("retry", saga_id)
+        return saga.version
+
+    def mark_compensated(self, saga_id: str, step: str, reason: str) -> int:
+        """Record that a failed compensation was done by hand, with the reason, and let the
+        saga carry on compensating the steps before it. Returns the version before."""
+        if not reason.strip():
+            raise InvalidOperation("a reason is required to mark a step compensated")
+        saga = self.store.get(saga_id)
+        outcome = mark_compensated(saga, step, reason, utcnow())
+        if isinstance(outcome, Ignored):
+            raise InvalidOperation(f"cannot mark {step!r} of saga {saga_id}: {outcome.reason}")
+        self._operate("mark_compensated", saga_id, step=step, reason=reason)
+        return saga.version
+
+    def _operate(self, action: str, saga_id: str, **kwargs: Any) -> None:
+        # Checked above for a clear error; the orchestrator applies it (and checks again).
+        try:
+            self.app.send_task(
+                OPERATOR_TASK,
+                kwargs={"action": action, "saga_id": saga_id, **kwargs},
+                queue=self.settings.queue,
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(f"could not send {action} for saga {saga_id}: {exc}") from exc
+
     def get(self, saga_id: str) -> SagaRecord:
         """The saga with its steps. SagaNotFound until the orchestrator has recorded it."""
         return self.store.get(saga_id)
 
-    def wait(self, saga_id: str, timeout: float = 30.0, poll_interval: float = 0.05) -> SagaRecord:
-        """Poll the store until the saga is terminal; SagaTimeout says where it was."""
+    def wait(
+        self,
+        saga_id: str,
+        timeout: float = 30.0,
+        poll_interval: float = 0.05,
+        newer_than: int | None = None,
+    ) -> SagaRecord:
+        """Poll the store until the saga is terminal (and, with `newer_than`, has changed since
+        that version); SagaTimeout says where it was."""
         deadline = time.monotonic() + timeout
         last: SagaRecord | None = None
         while True:
             last = self.store.load(saga_id)
-            if last is not None and last.state.is_terminal:
+            if (
+                last is not None
+                and last.state.is_terminal
+                and (newer_than is None or last.version > newer_than)
+            ):
                 return last
             if time.monotonic() >= deadline:
                 where = "not recorded yet" if last is None else _describe(last)
@@ -143,4 +194,4 @@ def _describe(saga: SagaRecord) -> str:
     return where
 
 
-__all__ = ["BrokerUnavailable", "SagaClient", "validate_input"]
+__all__ = ["BrokerUnavailable", "InvalidOperation", "SagaClient", "validate_input"]

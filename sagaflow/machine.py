@@ -285,6 +285,63 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
 
+def retry_compensation(saga: SagaRecord, now: datetime) -> Transition | Ignored:
+    """Operator: resume a saga stopped in COMPENSATION_FAILED at the compensation that failed."""
+    if saga.state is not SagaState.COMPENSATION_FAILED:
+        return Ignored(f"saga is {saga.state.value}: only a saga in compensation_failed is retried")
+    step = _failed_compensation(saga)
+    if step is None:
+        return Ignored("no failed compensation to retry")
+    resumed = replace(
+        saga, state=SagaState.COMPENSATING, finished_at=None, error=_original_error(saga)
+    )
+    entry = HistoryEntry(
+        "compensation_retried", SagaState.COMPENSATION_FAILED, SagaState.COMPENSATING, step.name
+    )
+    return _dispatch_compensation(resumed, step, now, (entry,), frozenset())
+
+
+def mark_compensated(
+    saga: SagaRecord, step_name: str, reason: str, now: datetime
+) -> Transition | Ignored:
+    """Operator: the failed compensation was done by hand; carry on with the steps before it."""
+    if saga.state is not SagaState.COMPENSATION_FAILED:
+        return Ignored(
+            f"saga is {saga.state.value}: only a saga in compensation_failed has a step to mark"
+        )
+    step = _failed_compensation(saga)
+    if step is None or step.name != step_name:
+        expected = repr(step.name) if step else "none"
+        return Ignored(
+            f"step {step_name!r} has no failed compensation (the failed one: {expected})"
+        )
+    step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
+    resumed = replace(
+        _with_step(saga, step),
+        state=SagaState.COMPENSATING,
+        finished_at=None,
+        updated_at=now,
+        error=_original_error(saga),
+    )
+    entry = HistoryEntry(
+        "step_compensated_manually",
+        SagaState.COMPENSATION_FAILED,
+        SagaState.COMPENSATING,
+        step.name,
+        {"reason": reason},
+    )
+    return _compensate_from(resumed, step.position - 1, now, (entry,), frozenset({step.position}))
+
+
+def _original_error(saga: SagaRecord) -> ErrorInfo | None:
+    """The failure that started compensating (a failed compensation overwrote saga.error)."""
+    return next((s.error for s in saga.steps if s.status is StepStatus.FAILED), saga.error)
+
+
+def _failed_compensation(saga: SagaRecord) -> StepRecord | None:
+    return next((s for s in saga.steps if s.status is StepStatus.COMPENSATION_FAILED), None)
+
+
 def _wrong_reporter(event: Event, expected: str | None) -> Ignored | None:
     # Only the task that was dispatched may report on it: a forged, misrouted or stray
     # outcome (no task id, or another task's) changes nothing.

@@ -41,12 +41,15 @@ from sagaflow.machine import (
     Transition,
     apply,
     begin,
+    mark_compensated,
     new_saga,
     redrive,
     rejected_saga,
+    retry_compensation,
 )
 from sagaflow.protocol import (
     ERRBACK_TASK,
+    OPERATOR_TASK,
     RECOVER_TASK,
     START_TASK,
     STEP_FAILED_TASK,
@@ -166,6 +169,32 @@ class Orchestrator:
             self._execute(decision.outcome.commands, decision.event_ids)
             return True
         raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
+
+    # -- operator actions ------------------------------------------------------------------------
+
+    def operate(self, action: str, saga_id: str, step: str | None, reason: str | None) -> bool:
+        """Apply an operator action: `retry` or `mark_compensated`. False if it did not apply."""
+        now = utcnow()
+
+        def decide(saga: SagaRecord) -> Transition | Ignored:
+            if action == "retry":
+                return retry_compensation(saga, now)
+            if action == "mark_compensated":
+                return mark_compensated(saga, step or "", reason or "", now)
+            return Ignored(f"unknown operator action {action!r}")
+
+        decision = self.store.transition(saga_id, decide)
+        if decision.saga is None:
+            logger.warning("operator %s for unknown saga %r ignored", action, saga_id)
+            return False
+        if isinstance(decision.outcome, Ignored):
+            logger.warning(
+                "operator %s on saga %s ignored: %s", action, saga_id, decision.outcome.reason
+            )
+            return False
+        assert decision.outcome is not None
+        self._execute(decision.outcome.commands, decision.event_ids)
+        return True
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -305,6 +334,11 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     def recover() -> dict[str, int]:
         report = orchestrator.recover(orchestrator.stall_timeout)
         return {"redriven": len(report.redriven), "republished": len(report.republished)}
+
+    def operator(action: str = "", saga_id: str = "", step: Any = None, reason: Any = None) -> None:
+        orchestrator.operate(action, saga_id, step, reason)
+
+    app.task(name=OPERATOR_TASK, **retrying)(operator)
 
     # Run by `celery -A sagaflow.worker beat` (schedule below) or `sagaflow recover`.
     app.task(name=RECOVER_TASK, acks_late=True, ignore_result=True)(recover)

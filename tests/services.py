@@ -104,7 +104,9 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
 
 @app.task(name="svc.undo", bind=True)
 def undo(self: Any, context: dict[str, Any]) -> dict[str, Any]:
-    _record(context, "compensation", self.request.id)
+    runs = _record(context, "compensation", self.request.id)
+    if context["step"] in context["data"].get("fail_first_compensation_at", ()) and runs == 1:
+        raise CompensationRefused(f"compensation of {context['step']} refused the first time")
     if context["step"] in context["data"].get("fail_compensation_at", ()):
         raise CompensationRefused(f"compensation of {context['step']} refused as asked")
     return {"undone": context["step"], "result_was": context["result"]}

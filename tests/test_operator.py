@@ -1,0 +1,146 @@
+"""Operator actions on a saga stopped in compensation_failed: retry, mark compensated by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from sagaflow import SagaState, Step, StepStatus
+from sagaflow.definitions import Phase
+from sagaflow.machine import (
+    DispatchTask,
+    ErrorInfo,
+    Ignored,
+    SagaRecord,
+    StepFailed,
+    StepSucceeded,
+    Transition,
+    apply,
+    begin,
+    mark_compensated,
+    new_saga,
+    retry_compensation,
+)
+from tests.conftest import ROOT, Stack
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
+
+
+def stuck() -> SagaRecord:
+    """one and two completed, three failed, two's compensation failed."""
+    saga = begin(new_saga("s", "trip", {}, STEPS, T0), T0).saga
+    for position in (0, 1):
+        done = apply(
+            saga,
+            StepSucceeded(position, Phase.ACTION, 1, {"p": position}, f"s.{position}.action.1"),
+            T0,
+        )
+        assert isinstance(done, Transition)
+        saga = done.saga
+    failed = apply(
+        saga,
+        StepFailed(2, Phase.ACTION, 1, ErrorInfo("Boom", "three failed", task_id="s.2.action.1")),
+        T0,
+    )
+    assert isinstance(failed, Transition)
+    refused = apply(
+        failed.saga,
+        StepFailed(
+            1, Phase.COMPENSATION, 1, ErrorInfo("Refused", "no", task_id="s.1.compensation.1")
+        ),
+        T0,
+    )
+    assert isinstance(refused, Transition)
+    assert refused.saga.state is SagaState.COMPENSATION_FAILED
+    return refused.saga
+
+
+def test_retry_sends_the_failed_compensation_again() -> None:
+    outcome = retry_compensation(stuck(), T0)
+    assert isinstance(outcome, Transition)
+    assert outcome.saga.state is SagaState.COMPENSATING
+    assert outcome.saga.error is not None and outcome.saga.error.type == "Boom"  # the cause
+    (command,) = outcome.commands
+    assert isinstance(command, DispatchTask)
+    assert command.phase is Phase.COMPENSATION and command.position == 1
+    assert command.attempt == 2 and command.context["result"] == {"p": 1}
+    assert outcome.history[0].event == "compensation_retried"
+
+
+def test_marking_compensated_records_the_reason_and_carries_on() -> None:
+    outcome = mark_compensated(stuck(), "two", "refunded by hand, ticket 42", T0)
+    assert isinstance(outcome, Transition)
+    assert outcome.saga.steps[1].status is StepStatus.COMPENSATED
+    assert outcome.history[0].detail == {"reason": "refunded by hand, ticket 42"}
+    (command,) = outcome.commands  # next: one's compensation
+    assert isinstance(command, DispatchTask) and command.position == 0
+
+
+def test_operator_actions_refuse_sagas_they_do_not_apply_to() -> None:
+    running = begin(new_saga("s", "trip", {}, STEPS, T0), T0).saga
+    assert isinstance(retry_compensation(running, T0), Ignored)
+    assert isinstance(mark_compensated(running, "one", "x", T0), Ignored)
+    wrong_step = mark_compensated(stuck(), "one", "x", T0)
+    assert isinstance(wrong_step, Ignored) and "the failed one: 'two'" in wrong_step.reason
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sagaflow.cli", *args],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_retry_resumes_compensation_from_where_it_stopped(stack: Stack) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"], "fail_first_compensation_at": ["b2"]})
+    assert stack.wait_one(saga_id).state is SagaState.COMPENSATION_FAILED
+    result = cli(stack, "retry", saga_id, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    saga = stack.store.get(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert saga.error is not None and saga.error.type == "StepRefused"  # the original cause
+    assert stack.executions(saga_id) == [
+        ("a1", "action"),
+        ("b2", "action"),
+        ("a3", "action"),
+        ("b2", "compensation"),
+        ("b2", "compensation"),
+        ("a1", "compensation"),
+    ]
+    assert "compensation_retried" in [h.event for h in stack.store.history(saga_id)]
+
+
+def test_mark_compensated_by_hand_keeps_the_reason(stack: Stack) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"], "fail_compensation_at": ["b2"]})
+    assert stack.wait_one(saga_id).state is SagaState.COMPENSATION_FAILED
+    result = cli(
+        stack, "mark-compensated", saga_id, "b2", "--reason", "voided in the ledger", "--wait"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    saga = stack.store.get(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert [s.status for s in saga.steps[:2]] == [StepStatus.COMPENSATED] * 2
+    history = json.loads(cli(stack, "history", saga_id, "--json").stdout)
+    manual = [h for h in history if h["event"] == "step_compensated_manually"]
+    assert manual and manual[0]["detail"] == {"reason": "voided in the ledger"}
+    assert stack.executions(saga_id)[-1] == ("a1", "compensation")
+
+
+def test_retrying_a_saga_that_did_not_fail_its_compensation_is_a_clear_error(
+    stack: Stack,
+) -> None:
+    saga_id = stack.start("dynamic", {"n": 1})
+    stack.wait_one(saga_id)
+    result = cli(stack, "retry", saga_id)
+    assert result.returncode == 1
+    assert "cannot retry saga" in result.stderr and "saga is completed" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing_reason = cli(stack, "mark-compensated", saga_id, "s1")
+    assert missing_reason.returncode == 2  # click: --reason is required
