@@ -229,6 +229,23 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     console.print(render.history_table(rows))
 
 
+@cli.command(name="cancel")
+@click.argument("saga_id")
+@click.option("--reason", default="", help="Why (kept in the history and the saga's error).")
+@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@click.pass_context
+def cancel_command(
+    ctx: click.Context, saga_id: str, reason: str, wait: bool, timeout: float
+) -> None:
+    """Cancel a running saga: the step in flight finishes, then completed steps are undone."""
+    client = client_of(ctx)
+    version = client.cancel(saga_id, reason)
+    click.echo(f"saga {saga_id}: cancel requested")
+    if wait:
+        _wait_and_show(client, saga_id, timeout, version)
+
+
 @cli.command()
 @click.argument("saga_id")
 @click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
@@ -266,7 +283,7 @@ def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: in
         saga = client.wait(saga_id, timeout=timeout, newer_than=version)
     console.print(render.saga_steps_table(saga))
     console.print("state:", render.state_text(saga.state))
-    if saga.state is SagaState.COMPENSATION_FAILED:
+    if saga.state not in (SagaState.FAILED, SagaState.CANCELLED):
         sys.exit(EXIT_ERROR)
 
 

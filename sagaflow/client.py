@@ -17,7 +17,7 @@ from celery import Celery
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
-from sagaflow.machine import Ignored, SagaRecord, mark_compensated, retry_compensation
+from sagaflow.machine import Ignored, SagaRecord, cancel, mark_compensated, retry_compensation
 from sagaflow.protocol import OPERATOR_TASK, START_TASK
 from sagaflow.store import HistoryRow, SagaStore, utcnow
 
@@ -86,6 +86,16 @@ class SagaClient:
         except Exception as exc:  # kombu raises transport-specific errors
             raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
         return saga_id
+
+    def cancel(self, saga_id: str, reason: str = "") -> int:
+        """Cancel a running saga: the step in flight finishes, then what completed is
+        compensated and the saga ends `cancelled`. Returns the version before."""
+        saga = self.store.get(saga_id)
+        outcome = cancel(saga, reason, utcnow())
+        if isinstance(outcome, Ignored):
+            raise InvalidOperation(f"cannot cancel saga {saga_id}: {outcome.reason}")
+        self._operate("cancel", saga_id, reason=reason)
+        return saga.version
 
     def retry(self, saga_id: str) -> int:
         """Resume a saga stopped in compensation_failed at the compensation that failed.

@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
 
 class SagaState(str, enum.Enum):
-    """Where a saga is. Terminal states: COMPLETED, FAILED, COMPENSATION_FAILED, REJECTED."""
+    """Where a saga is. Terminal: COMPLETED, FAILED, COMPENSATION_FAILED, REJECTED, CANCELLED."""
 
     STARTED = "started"  # recorded, first step not yet dispatched
     PENDING = "pending"  # steps are running forward
@@ -30,6 +30,7 @@ class SagaState(str, enum.Enum):
     FAILED = "failed"  # a step failed and every completed step was compensated
     COMPENSATION_FAILED = "compensation_failed"  # a compensation failed: needs an operator
     REJECTED = "rejected"  # never started: unknown saga type or invalid input
+    CANCELLED = "cancelled"  # cancelled while running; every completed step compensated
 
     @property
     def is_terminal(self) -> bool:
@@ -37,7 +38,13 @@ class SagaState(str, enum.Enum):
 
 
 _TERMINAL = frozenset(
-    {SagaState.COMPLETED, SagaState.FAILED, SagaState.COMPENSATION_FAILED, SagaState.REJECTED}
+    {
+        SagaState.COMPLETED,
+        SagaState.FAILED,
+        SagaState.COMPENSATION_FAILED,
+        SagaState.REJECTED,
+        SagaState.CANCELLED,
+    }
 )
 
 

@@ -97,6 +97,7 @@ class SagaRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
 
     def step(self, position: int) -> StepRecord:
         return self.steps[position]
@@ -285,6 +286,32 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
 
+def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
+    """Stop a running saga: nothing new is dispatched, what completed is compensated.
+
+    The step in flight is waited for: when it succeeds it is compensated too, when it fails
+    compensation starts as for any failure. The saga ends `cancelled`. Compensations cannot be
+    cancelled.
+    """
+    if saga.state.is_terminal:
+        return Ignored(f"saga is {saga.state.value}: nothing to cancel")
+    if saga.state is SagaState.COMPENSATING:
+        return Ignored("saga is already compensating; compensations cannot be cancelled")
+    if saga.cancel_requested_at is not None:
+        return Ignored("cancel already requested")
+    error = ErrorInfo(type="Cancelled", message=reason or "cancelled by an operator")
+    waiting = replace(saga, cancel_requested_at=now, error=error, updated_at=now)
+    step = saga.steps[saga.current_step] if saga.current_step is not None else None
+    entry = HistoryEntry(
+        "cancel_requested",
+        saga.state,
+        saga.state,
+        step.name if step else None,
+        {"reason": error.message},
+    )
+    return Transition(waiting, (), (entry,), frozenset())
+
+
 def retry_compensation(saga: SagaRecord, now: datetime) -> Transition | Ignored:
     """Operator: resume a saga stopped in COMPENSATION_FAILED at the compensation that failed."""
     if saga.state is not SagaState.COMPENSATION_FAILED:
@@ -417,6 +444,19 @@ def _action_succeeded(
     step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
     saga = replace(_with_step(saga, step), updated_at=now)
     entry = HistoryEntry("step_completed", saga.state, saga.state, step.name)
+    if saga.cancel_requested_at is not None:
+        # The step the cancel waited for is done: undo it and everything before it.
+        compensating = replace(saga, state=SagaState.COMPENSATING)
+        started = HistoryEntry(
+            "compensation_started",
+            SagaState.PENDING,
+            SagaState.COMPENSATING,
+            step.name,
+            {"cause": "cancelled"},
+        )
+        return _compensate_from(
+            compensating, step.position, now, (entry, started), frozenset({step.position})
+        )
     following = step.position + 1
     if following < len(saga.steps):
         return _dispatch_action(saga, following, now, (entry,), frozenset({step.position}))
@@ -473,11 +513,12 @@ def _compensate_from(
         if not _needs_compensation(candidate):
             continue
         return _dispatch_compensation(saga, candidate, now, history, changed)
-    failed = replace(
-        saga, state=SagaState.FAILED, current_step=None, updated_at=now, finished_at=now
-    )
-    entry = HistoryEntry("saga_failed", SagaState.COMPENSATING, SagaState.FAILED)
-    publish = PublishEvent(event_name(saga.saga_type, "Failed"), _event_payload(failed))
+    cancelled = saga.cancel_requested_at is not None
+    final = SagaState.CANCELLED if cancelled else SagaState.FAILED
+    failed = replace(saga, state=final, current_step=None, updated_at=now, finished_at=now)
+    entry = HistoryEntry(f"saga_{final.value}", SagaState.COMPENSATING, final)
+    outcome = "Cancelled" if cancelled else "Failed"
+    publish = PublishEvent(event_name(saga.saga_type, outcome), _event_payload(failed))
     return Transition(failed, (publish,), (*history, entry), changed)
 
 

@@ -41,6 +41,7 @@ from sagaflow.machine import (
     Transition,
     apply,
     begin,
+    cancel,
     mark_compensated,
     new_saga,
     redrive,
@@ -181,6 +182,8 @@ class Orchestrator:
                 return retry_compensation(saga, now)
             if action == "mark_compensated":
                 return mark_compensated(saga, step or "", reason or "", now)
+            if action == "cancel":
+                return cancel(saga, reason or "", now)
             return Ignored(f"unknown operator action {action!r}")
 
         decision = self.store.transition(saga_id, decide)

@@ -20,6 +20,7 @@ STATE_STYLE = {
     SagaState.FAILED: "red",
     SagaState.COMPENSATION_FAILED: "bold red",
     SagaState.REJECTED: "magenta",
+    SagaState.CANCELLED: "yellow",
 }
 
 STEP_MARK = {

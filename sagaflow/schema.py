@@ -23,6 +23,7 @@ sagas = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("cancel_requested_at", Timestamp, nullable=True),
     # `sagaflow list` filters by state and/or type, newest first.
     sa.Index("ix_sagaflow_sagas_state_created", "state", "created_at"),
     sa.Index("ix_sagaflow_sagas_type_created", "saga_type", "created_at"),

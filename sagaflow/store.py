@@ -477,6 +477,7 @@ def _saga_row(saga: SagaRecord) -> dict[str, Any]:
         "created_at": _utc(saga.created_at) or utcnow(),
         "updated_at": _utc(saga.updated_at) or utcnow(),
         "finished_at": _utc(saga.finished_at),
+        "cancel_requested_at": _utc(saga.cancel_requested_at),
     }
 
 
@@ -539,6 +540,7 @@ def _saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
         finished_at=_aware(row["finished_at"]),
+        cancel_requested_at=_aware(row["cancel_requested_at"]),
     )
 
 

@@ -19,11 +19,13 @@ from sagaflow.machine import (
     Transition,
     apply,
     begin,
+    cancel,
     mark_compensated,
     new_saga,
     retry_compensation,
 )
-from tests.conftest import ROOT, Stack
+from sagaflow.processes import WorkerSpec
+from tests.conftest import ROOT, Stack, poll
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
@@ -144,3 +146,70 @@ def test_retrying_a_saga_that_did_not_fail_its_compensation_is_a_clear_error(
     assert "Traceback" not in result.stderr
     missing_reason = cli(stack, "mark-compensated", saga_id, "s1")
     assert missing_reason.returncode == 2  # click: --reason is required
+
+
+# -- cancel ------------------------------------------------------------------------------------
+
+
+def test_cancel_waits_for_the_step_in_flight_then_undoes_it_and_the_rest() -> None:
+    saga = begin(new_saga("s", "trip", {}, STEPS, T0), T0).saga
+    first = apply(saga, StepSucceeded(0, Phase.ACTION, 1, {"p": 0}, "s.0.action.1"), T0)
+    assert isinstance(first, Transition)  # two is now in flight
+    requested = cancel(first.saga, "customer changed their mind", T0)
+    assert isinstance(requested, Transition)
+    assert requested.commands == ()  # nothing new is sent; two is waited for
+    assert requested.saga.state is SagaState.PENDING
+    done = apply(requested.saga, StepSucceeded(1, Phase.ACTION, 1, {"p": 1}, "s.1.action.1"), T0)
+    assert isinstance(done, Transition)
+    (command,) = done.commands
+    assert isinstance(command, DispatchTask)
+    assert command.phase is Phase.COMPENSATION and command.position == 1  # two itself first
+    undo_two = apply(
+        done.saga, StepSucceeded(1, Phase.COMPENSATION, 1, None, "s.1.compensation.1"), T0
+    )
+    assert isinstance(undo_two, Transition)
+    undo_one = apply(
+        undo_two.saga, StepSucceeded(0, Phase.COMPENSATION, 1, None, "s.0.compensation.1"), T0
+    )
+    assert isinstance(undo_one, Transition)
+    assert undo_one.saga.state is SagaState.CANCELLED
+    assert undo_one.saga.error is not None and undo_one.saga.error.type == "Cancelled"
+    assert [c.name for c in undo_one.commands] == ["TripCancelled"]  # type: ignore[union-attr]
+
+
+def test_cancel_refuses_finished_and_compensating_sagas() -> None:
+    assert isinstance(cancel(stuck(), "x", T0), Ignored)
+    compensating = retry_compensation(stuck(), T0)
+    assert isinstance(compensating, Transition)
+    refused = cancel(compensating.saga, "x", T0)
+    assert isinstance(refused, Ignored) and "cannot be cancelled" in refused.reason
+
+
+def test_cancel_a_running_saga_end_to_end(stack: Stack) -> None:
+    saga_id = stack.start("detour", {})
+    stack.wait_dispatched(saga_id, 1)  # l2 waits on a queue nobody consumes yet
+    result = cli(stack, "cancel", saga_id, "--reason", "order withdrawn")
+    assert result.returncode == 0, result.stderr
+    poll(
+        lambda: stack.store.get(saga_id).cancel_requested_at is not None,
+        30,
+        lambda: f"cancel of {saga_id} never recorded{stack.logs_hint()}",
+    )
+    later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
+    try:
+        saga = stack.wait_one(saga_id)
+    finally:
+        stack.group.stop_worker(later)
+    assert saga.state is SagaState.CANCELLED
+    assert saga.error is not None and saga.error.message == "order withdrawn"
+    # a3 never ran; l2 finished and was undone first, then a1.
+    assert stack.executions(saga_id) == [
+        ("a1", "action"),
+        ("l2", "action"),
+        ("l2", "compensation"),
+        ("a1", "compensation"),
+    ]
+    assert [e.name for e in stack.store.events(saga_id)] == ["DetourCancelled"]
+    finished = cli(stack, "cancel", saga_id)
+    assert finished.returncode == 1
+    assert "saga is cancelled: nothing to cancel" in finished.stderr
