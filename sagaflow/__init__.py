@@ -5,6 +5,7 @@ from sagaflow.config import Settings
 from sagaflow.definitions import (
     Phase,
     Registry,
+    Retry,
     Saga,
     SagaOrchestrator,
     SagaState,
@@ -24,7 +25,12 @@ from sagaflow.errors import (
     UnknownSagaType,
 )
 from sagaflow.machine import ErrorInfo, SagaRecord, StepRecord
-from sagaflow.service import SagaStepTask, create_service_app, install_service_support
+from sagaflow.service import (
+    NonRetryable,
+    SagaStepTask,
+    create_service_app,
+    install_service_support,
+)
 
 __version__ = "0.1.0"
 
@@ -35,8 +41,10 @@ __all__ = [
     "DefinitionError",
     "ErrorInfo",
     "InvalidSagaInput",
+    "NonRetryable",
     "Phase",
     "Registry",
+    "Retry",
     "Saga",
     "SagaClient",
     "SagaNotFound",

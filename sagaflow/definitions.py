@@ -66,13 +66,72 @@ class Phase(str, enum.Enum):
     COMPENSATION = "compensation"
 
 
+MAX_RETRY_DELAY = 600.0  # retries wait in broker ETAs: keep them far below visibility_timeout
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a step's task retries before its failure counts, with Celery's own `self.retry()`.
+
+    `max_attempts` counts every run (3 = the first run and up to 2 retries). The delay starts at
+    `backoff` seconds and doubles up to `backoff_max`; with `jitter` each delay is drawn between
+    half and all of it. `on` names the exception classes that retry (by class name, as a service
+    raises them); empty means any exception. `sagaflow.NonRetryable` never retries.
+    """
+
+    max_attempts: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    jitter: bool = True
+    on: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise DefinitionError(
+                f"Retry.max_attempts must be an integer >= 1, got {self.max_attempts!r}"
+            )
+        if self.backoff < 0 or self.backoff_max < self.backoff:
+            raise DefinitionError("Retry needs 0 <= backoff <= backoff_max")
+        if self.backoff_max > MAX_RETRY_DELAY:
+            raise DefinitionError(
+                f"Retry.backoff_max is at most {MAX_RETRY_DELAY:g}s: longer waits belong in "
+                "the store, not in broker ETAs"
+            )
+        object.__setattr__(self, "on", tuple(self.on))
+        if not all(isinstance(name, str) and name for name in self.on):
+            raise DefinitionError("Retry.on names exception classes by their name (strings)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_attempts": self.max_attempts,
+            "backoff": self.backoff,
+            "backoff_max": self.backoff_max,
+            "jitter": self.jitter,
+            "on": list(self.on),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Retry | None:
+        if not data:
+            return None
+        return cls(
+            max_attempts=int(data["max_attempts"]),
+            backoff=float(data["backoff"]),
+            backoff_max=float(data["backoff_max"]),
+            jitter=bool(data["jitter"]),
+            on=tuple(data.get("on") or ()),
+        )
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of a saga.
 
     `action` and `compensation` are Celery task names. `queue` routes both to the service's
     workers unless `compensation_queue` says otherwise. A failed step is not compensated (its
-    action is assumed not to have taken effect) unless `compensate_on_failure` is set.
+    action is assumed not to have taken effect) unless `compensate_on_failure` is set. `retry`
+    and `compensation_retry` are separate budgets: a compensation never inherits the retries
+    its action used up.
     """
 
     name: str
@@ -81,6 +140,8 @@ class Step:
     queue: str | None = None
     compensation_queue: str | None = None
     compensate_on_failure: bool = False
+    retry: Retry | None = None
+    compensation_retry: Retry | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -101,6 +162,14 @@ class Step:
         ):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise DefinitionError(f"step {self.name!r}: {label} must be a non-empty string")
+        for label, policy in (
+            ("retry", self.retry),
+            ("compensation_retry", self.compensation_retry),
+        ):
+            if policy is not None and not isinstance(policy, Retry):
+                raise DefinitionError(f"step {self.name!r}: {label} must be a Retry")
+        if self.compensation_retry is not None and self.compensation is None:
+            raise DefinitionError(f"step {self.name!r}: compensation_retry needs a compensation")
         if self.compensate_on_failure and self.compensation is None:
             raise DefinitionError(
                 f"step {self.name!r}: compensate_on_failure needs a compensation task"

@@ -59,6 +59,8 @@ class StepRecord:
     queue: str | None
     compensation_queue: str | None
     compensate_on_failure: bool
+    retry: dict[str, Any] | None = None  # Retry.to_json() of the action's policy
+    compensation_retry: dict[str, Any] | None = None
     status: StepStatus = StepStatus.PENDING
     result: JSON = None
     error: ErrorInfo | None = None
@@ -81,6 +83,10 @@ class StepRecord:
             queue=step.queue,
             compensation_queue=step.compensation_queue or step.queue,
             compensate_on_failure=step.compensate_on_failure,
+            retry=step.retry.to_json() if step.retry else None,
+            compensation_retry=step.compensation_retry.to_json()
+            if step.compensation_retry
+            else None,
         )
 
 
@@ -113,6 +119,7 @@ class StepSucceeded:
     attempt: int
     result: JSON = None
     task_id: str | None = None  # the step task that reported, when the transport tells us
+    tries: int = 1  # runs of the task, Celery retries included
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class StepFailed:
     phase: Phase
     attempt: int
     error: ErrorInfo
+    tries: int = 1
 
 
 Event = StepSucceeded | StepFailed
@@ -246,8 +254,8 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
         if (forged := _wrong_reporter(event, step.task_id)) is not None:
             return forged
         if isinstance(event, StepSucceeded):
-            return _action_succeeded(saga, step, event.result, now)
-        return _action_failed(saga, step, event.error, now)
+            return _action_succeeded(saga, step, event.result, now, event.tries)
+        return _action_failed(saga, step, event.error, now, event.tries)
     if step.status is not StepStatus.COMPENSATING or saga.state is not SagaState.COMPENSATING:
         return Ignored(f"step {step.name!r} is {step.status.value}, not compensating")
     if event.attempt != step.compensation_attempts:
@@ -257,8 +265,8 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
     if (forged := _wrong_reporter(event, step.compensation_task_id)) is not None:
         return forged
     if isinstance(event, StepSucceeded):
-        return _compensation_succeeded(saga, step, now)
-    return _compensation_failed(saga, step, event.error, now)
+        return _compensation_succeeded(saga, step, now, event.tries)
+    return _compensation_failed(saga, step, event.error, now, event.tries)
 
 
 def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transition | Ignored:
@@ -401,6 +409,9 @@ def _context(saga: SagaRecord, step: StepRecord, phase: Phase) -> dict[str, JSON
     if phase is Phase.COMPENSATION:
         context["result"] = step.result
         context["error"] = step.error.to_json() if step.error else None
+    policy = step.retry if phase is Phase.ACTION else step.compensation_retry
+    if policy:
+        context["retry"] = policy  # applied by the service with Celery's retry (SagaStepTask)
     return context
 
 
@@ -438,12 +449,16 @@ def _dispatch_action(
     return Transition(saga, (command,), (*history, entry), changed | {position})
 
 
+def _tries(tries: int) -> dict[str, JSON] | None:
+    return {"tries": tries} if tries > 1 else None
+
+
 def _action_succeeded(
-    saga: SagaRecord, step: StepRecord, result: JSON, now: datetime
+    saga: SagaRecord, step: StepRecord, result: JSON, now: datetime, tries: int = 1
 ) -> Transition:
     step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
     saga = replace(_with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_completed", saga.state, saga.state, step.name)
+    entry = HistoryEntry("step_completed", saga.state, saga.state, step.name, _tries(tries))
     if saga.cancel_requested_at is not None:
         # The step the cancel waited for is done: undo it and everything before it.
         compensating = replace(saga, state=SagaState.COMPENSATING)
@@ -467,7 +482,7 @@ def _action_succeeded(
 
 
 def _action_failed(
-    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime
+    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int = 1
 ) -> Transition:
     step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
     steps = list(saga.steps)
@@ -485,7 +500,7 @@ def _action_failed(
             SagaState.PENDING,
             SagaState.PENDING,
             step.name,
-            {"error": error.to_json()},
+            {"error": error.to_json(), **(_tries(tries) or {})},
         ),
         HistoryEntry("compensation_started", SagaState.PENDING, SagaState.COMPENSATING, step.name),
     )
@@ -565,15 +580,17 @@ def _dispatch_compensation(
     return Transition(updated, (command,), (*history, entry), changed | {step.position})
 
 
-def _compensation_succeeded(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition:
+def _compensation_succeeded(
+    saga: SagaRecord, step: StepRecord, now: datetime, tries: int = 1
+) -> Transition:
     step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
     saga = replace(_with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_compensated", saga.state, saga.state, step.name)
+    entry = HistoryEntry("step_compensated", saga.state, saga.state, step.name, _tries(tries))
     return _compensate_from(saga, step.position - 1, now, (entry,), frozenset({step.position}))
 
 
 def _compensation_failed(
-    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime
+    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int = 1
 ) -> Transition:
     step = replace(step, status=StepStatus.COMPENSATION_FAILED, error=error)
     saga = replace(
@@ -588,7 +605,7 @@ def _compensation_failed(
         SagaState.COMPENSATING,
         SagaState.COMPENSATION_FAILED,
         step.name,
-        {"error": error.to_json()},
+        {"error": error.to_json(), **(_tries(tries) or {})},
     )
     publish = PublishEvent(event_name(saga.saga_type, "CompensationFailed"), _event_payload(saga))
     return Transition(saga, (publish,), (entry,), frozenset({step.position}))

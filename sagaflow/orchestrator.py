@@ -296,9 +296,18 @@ def _event_from(
     except (KeyError, TypeError, ValueError):
         logger.warning("malformed step outcome ignored: %r", kwargs)
         return None
+    tries = _positive_int(kwargs.get("tries"))
     if error is None:
-        return saga_id, StepSucceeded(position, phase, attempt, strict_json(result), task_id)
-    return saga_id, StepFailed(position, phase, attempt, ErrorInfo.from_json(strict_json(error)))
+        return saga_id, StepSucceeded(position, phase, attempt, strict_json(result), task_id, tries)
+    info = ErrorInfo.from_json(strict_json(error))
+    return saga_id, StepFailed(position, phase, attempt, info, tries)
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
 
 
 def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:

@@ -9,12 +9,15 @@ know is reported the same way, so a typo in a definition fails the saga instead 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import Retry as CeleryRetry
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
+from sagaflow.definitions import Retry
 from sagaflow.protocol import (
     ERRBACK_TASK,
     STEP_FAILED_TASK,
@@ -28,17 +31,53 @@ logger = logging.getLogger(__name__)
 _OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
 
 
+class NonRetryable(Exception):
+    """Raise (or subclass) it in a step to fail at once, whatever the step's retry policy."""
+
+
 class SagaStepTask(Task):  # type: ignore[misc]
-    """Task base class for saga steps: a step's return value is made strict JSON before its
-    callback is published, so a result kombu cannot encode (a set, an object) cannot turn a step
-    whose work is done into a failure. Other calls of the task return what it returns."""
+    """Task base class for saga steps (`create_service_app` uses it for every task).
+
+    When the task runs as a saga step it applies the step's retry policy with Celery's own
+    `self.retry()`, reports how many runs it took, and makes its return value strict JSON
+    before the callback is published, so a result kombu cannot encode (a set, an object) cannot
+    turn a step whose work is done into a failure. Other calls of the task are left alone.
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().__call__(*args, **kwargs)
-        callbacks = getattr(self.request, "callbacks", None) or ()
-        if any(isinstance(c, dict) and c.get("task") == STEP_SUCCEEDED_TASK for c in callbacks):
-            return strict_json(result)
-        return result
+        callback = _step_callback(self.request)
+        if callback is None:
+            return super().__call__(*args, **kwargs)
+        try:
+            result = super().__call__(*args, **kwargs)
+        except (NonRetryable, CeleryRetry):
+            raise
+        except Exception as exc:
+            delay = _retry_delay(args, exc, self.request.retries)
+            if delay is None:
+                raise
+            raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+        callback.setdefault("kwargs", {})["tries"] = self.request.retries + 1
+        return strict_json(result)
+
+
+def _step_callback(request: Any) -> dict[str, Any] | None:
+    for callback in getattr(request, "callbacks", None) or ():
+        if isinstance(callback, dict) and callback.get("task") == STEP_SUCCEEDED_TASK:
+            return callback
+    return None
+
+
+def _retry_delay(args: tuple[Any, ...], exc: Exception, retries: int) -> float | None:
+    """Seconds before the next run if the step's policy retries `exc`, else None."""
+    context = args[0] if args and isinstance(args[0], dict) else {}
+    policy = Retry.from_json(context.get("retry"))
+    if policy is None or retries + 1 >= policy.max_attempts:
+        return None
+    if policy.on and type(exc).__name__ not in policy.on:
+        return None
+    delay = min(policy.backoff * (2**retries), policy.backoff_max)
+    return random.uniform(delay / 2, delay) if policy.jitter else delay
 
 
 def create_service_app(service: str, settings: Settings | None = None) -> Celery:
@@ -85,6 +124,7 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
         else:
             request, exc, traceback = [*args, None, None, None][:3]
             task_id = getattr(request, "id", None)
+            outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
             if isinstance(exc, BaseException):
                 error = error_payload(exc, traceback, task_id)
             else:

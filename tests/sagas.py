@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sagaflow import Saga, SagaOrchestrator, Step
+from sagaflow import Retry, Saga, SagaOrchestrator, Step
 
 
 def _step(name: str, queue: str, compensate: bool = True) -> Step:
@@ -67,3 +67,15 @@ class Broken(SagaOrchestrator):
 
 # The middle step goes to a queue that gets a worker only when a test starts one.
 detour = Saga("detour", steps=[_step("a1", "svc_a"), _step("l2", "later"), _step("a3", "svc_a")])
+
+_quick = Retry(max_attempts=3, backoff=0.05, backoff_max=0.2, jitter=False, on=("Flaky",))
+
+# b2 retries Flaky failures up to 3 runs; a1's compensation has its own budget of 3 runs.
+retrying = Saga(
+    "retrying",
+    steps=[
+        Step("a1", "svc.act", "svc.undo", queue="svc_a", compensation_retry=_quick),
+        Step("b2", "svc.act", "svc.undo", queue="svc_b", retry=_quick),
+        _step("a3", "svc_a"),
+    ],
+)

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from sagaflow import create_service_app
+from sagaflow import NonRetryable, create_service_app
 
 app = create_service_app("svc")
 
@@ -44,6 +44,14 @@ def effects_engine() -> sa.engine.Engine:
         )
         _engines[pid] = sa.create_engine(url, **kwargs)
     return _engines[pid]
+
+
+class Flaky(Exception):
+    """A failure worth retrying."""
+
+
+class GoodbyeForever(NonRetryable):
+    """A failure no retry will fix."""
 
 
 class StepRefused(Exception):
@@ -83,6 +91,10 @@ def _record(context: dict[str, Any], phase: str, task_id: str | None) -> int:
 def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
     data = context["data"]
     runs = _record(context, "action", self.request.id)
+    if runs <= data.get("fail_times", {}).get(context["step"], 0):
+        raise Flaky(f"step {context['step']} flaky, run {runs}")
+    if context["step"] in data.get("refuse_for_good_at", ()):
+        raise GoodbyeForever(f"step {context['step']} will never work")
     if data.get("crash_once") == context["step"] and runs == 1:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
     if context["step"] in data.get("fail_at", ()):
@@ -105,6 +117,8 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
 @app.task(name="svc.undo", bind=True)
 def undo(self: Any, context: dict[str, Any]) -> dict[str, Any]:
     runs = _record(context, "compensation", self.request.id)
+    if runs <= context["data"].get("fail_compensation_times", {}).get(context["step"], 0):
+        raise Flaky(f"compensation of {context['step']} flaky, run {runs}")
     if context["step"] in context["data"].get("fail_first_compensation_at", ()) and runs == 1:
         raise CompensationRefused(f"compensation of {context['step']} refused the first time")
     if context["step"] in context["data"].get("fail_compensation_at", ()):

@@ -1,0 +1,85 @@
+"""Per-step retry policies, applied by the service worker with Celery's own retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from sagaflow import DefinitionError, Retry, SagaState, Step
+from sagaflow.machine import begin, new_saga
+from tests.conftest import Stack
+
+
+def test_retry_policies_are_checked_when_defined() -> None:
+    with pytest.raises(DefinitionError, match="max_attempts"):
+        Retry(max_attempts=0)
+    with pytest.raises(DefinitionError, match="backoff"):
+        Retry(backoff=5, backoff_max=1)
+    with pytest.raises(DefinitionError, match="not in broker ETAs"):
+        Retry(backoff_max=3600)
+    with pytest.raises(DefinitionError, match="needs a compensation"):
+        Step("s", "svc.act", compensation_retry=Retry())
+    assert Retry.from_json(Retry(on=("E",)).to_json()) == Retry(on=("E",))
+
+
+def test_each_phase_carries_its_own_policy_in_the_context() -> None:
+    steps = [Step("s", "a", "c", retry=Retry(max_attempts=5), compensation_retry=Retry(2))]
+    (command,) = begin(new_saga("x", "t", {}, steps, None), None).commands  # type: ignore[arg-type]
+    assert command.context["retry"]["max_attempts"] == 5  # type: ignore[union-attr]
+
+
+def test_a_flaky_step_is_retried_by_celery_until_it_succeeds(stack: Stack) -> None:
+    saga_id = stack.start("retrying", {"fail_times": {"b2": 2}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.COMPLETED
+    assert stack.executions(saga_id) == [
+        ("a1", "action"),
+        ("b2", "action"),
+        ("b2", "action"),
+        ("b2", "action"),
+        ("a3", "action"),
+    ]
+    assert saga.steps[1].attempts == 1  # one dispatch: the retries were Celery's
+    completed = [h for h in stack.store.history(saga_id) if h.event == "step_completed"]
+    assert completed[1].step == "b2" and completed[1].detail == {"tries": 3}
+
+
+def test_retries_run_out_then_the_step_fails(stack: Stack) -> None:
+    saga_id = stack.start("retrying", {"fail_times": {"b2": 5}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert saga.error is not None and saga.error.type == "Flaky"
+    runs = stack.executions(saga_id)
+    assert runs.count(("b2", "action")) == 3  # max_attempts
+    failed = [h for h in stack.store.history(saga_id) if h.event == "step_failed"]
+    assert failed[0].detail is not None and failed[0].detail["tries"] == 3
+
+
+def test_a_non_retryable_error_fails_at_once(stack: Stack) -> None:
+    saga_id = stack.start("retrying", {"refuse_for_good_at": ["b2"]})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert saga.error is not None and saga.error.type == "GoodbyeForever"
+    assert stack.executions(saga_id).count(("b2", "action")) == 1
+
+
+def test_an_exception_the_policy_does_not_name_is_not_retried(stack: Stack) -> None:
+    saga_id = stack.start("retrying", {"fail_at": ["b2"]})  # StepRefused, not Flaky
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert stack.executions(saga_id).count(("b2", "action")) == 1
+
+
+def test_a_compensation_has_its_own_retry_budget(stack: Stack) -> None:
+    # a1's action used none of its budget; its compensation fails twice and succeeds third.
+    saga_id = stack.start("retrying", {"fail_at": ["b2"], "fail_compensation_times": {"a1": 2}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert stack.executions(saga_id) == [
+        ("a1", "action"),
+        ("b2", "action"),
+        ("a1", "compensation"),
+        ("a1", "compensation"),
+        ("a1", "compensation"),
+    ]
+    compensated = [h for h in stack.store.history(saga_id) if h.event == "step_compensated"]
+    assert compensated[0].detail == {"tries": 3}
