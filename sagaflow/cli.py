@@ -297,7 +297,8 @@ def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: in
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None:
-    """Re-drive stalled sagas and publish lost outcome events (what beat runs periodically)."""
+    """Time out overdue steps, re-drive stalled sagas, publish lost outcome events (what beat
+    runs periodically)."""
     from sagaflow.orchestrator import create_orchestrator_app
 
     settings = settings_of(ctx)
@@ -313,15 +314,20 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
                     for s, step, state in report.redriven
                 ],
                 "republished": [{"saga_id": s, "event": e} for s, e in report.republished],
+                "timed_out": [{"saga_id": s, "step": step} for s, step in report.timed_out],
             }
         )
         return
+    for saga_id, step in report.timed_out:
+        console.print(f"timed out {saga_id}: step {step!r} failed (no outcome in time)",
+                      highlight=False)
     for saga_id, step, state in report.redriven:
         console.print(f"re-drove {saga_id}: step {step!r} sent again ({state})", highlight=False)
     for saga_id, event in report.republished:
         console.print(f"published {event} for {saga_id}", highlight=False)
     console.print(
-        f"{len(report.redriven)} sagas re-driven, {len(report.republished)} events published"
+        f"{len(report.timed_out)} steps timed out, {len(report.redriven)} sagas re-driven, "
+        f"{len(report.republished)} events published"
     )
 
 

@@ -37,7 +37,7 @@ class Settings:
     max_input_bytes: int = 1_000_000
     # A running saga that has not moved for this long is re-driven by the recovery sweep.
     stall_timeout: float = 300.0
-    recover_interval: float = 60.0
+    recover_interval: float = 15.0  # how late a step timeout can be noticed
 
     def __post_init__(self) -> None:
         home = Path(self.home)

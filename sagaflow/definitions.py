@@ -66,6 +66,9 @@ class Phase(str, enum.Enum):
     COMPENSATION = "compensation"
 
 
+# What a step that timed out (outcome unknown) leads to: "compensate" it (it may have
+# half-happened; the default when it has a compensation) or "fail" it (take it as not done).
+ON_TIMEOUT = ("compensate", "fail")
 MAX_RETRY_DELAY = 600.0  # retries wait in broker ETAs: keep them far below visibility_timeout
 
 
@@ -131,7 +134,8 @@ class Step:
     workers unless `compensation_queue` says otherwise. A failed step is not compensated (its
     action is assumed not to have taken effect) unless `compensate_on_failure` is set. `retry`
     and `compensation_retry` are separate budgets: a compensation never inherits the retries
-    its action used up.
+    its action used up. `timeout` (seconds) fails an action that reported no outcome in time;
+    `on_timeout` says whether that step is then compensated too (its outcome is unknown).
     """
 
     name: str
@@ -142,6 +146,8 @@ class Step:
     compensate_on_failure: bool = False
     retry: Retry | None = None
     compensation_retry: Retry | None = None
+    timeout: float | None = None
+    on_timeout: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -170,6 +176,24 @@ class Step:
                 raise DefinitionError(f"step {self.name!r}: {label} must be a Retry")
         if self.compensation_retry is not None and self.compensation is None:
             raise DefinitionError(f"step {self.name!r}: compensation_retry needs a compensation")
+        if self.timeout is not None and (
+            not isinstance(self.timeout, int | float) or self.timeout <= 0
+        ):
+            raise DefinitionError(
+                f"step {self.name!r}: timeout must be a positive number of seconds"
+            )
+        if self.on_timeout is None and self.timeout is not None:
+            # A step that timed out may have half-happened: undo it when we know how.
+            default = "compensate" if self.compensation else "fail"
+            object.__setattr__(self, "on_timeout", default)
+        if self.on_timeout not in (None, *ON_TIMEOUT):
+            raise DefinitionError(
+                f"step {self.name!r}: on_timeout must be one of {', '.join(ON_TIMEOUT)}"
+            )
+        if self.on_timeout == "compensate" and self.compensation is None:
+            raise DefinitionError(
+                f"step {self.name!r}: on_timeout='compensate' needs a compensation"
+            )
         if self.compensate_on_failure and self.compensation is None:
             raise DefinitionError(
                 f"step {self.name!r}: compensate_on_failure needs a compensation task"

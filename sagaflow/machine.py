@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sagaflow.definitions import Phase, SagaState, Step, StepStatus
@@ -61,6 +61,9 @@ class StepRecord:
     compensate_on_failure: bool
     retry: dict[str, Any] | None = None  # Retry.to_json() of the action's policy
     compensation_retry: dict[str, Any] | None = None
+    timeout: float | None = None
+    on_timeout: str | None = None
+    deadline_at: datetime | None = None  # the executing action times out after it
     status: StepStatus = StepStatus.PENDING
     result: JSON = None
     error: ErrorInfo | None = None
@@ -87,6 +90,8 @@ class StepRecord:
             compensation_retry=step.compensation_retry.to_json()
             if step.compensation_retry
             else None,
+            timeout=step.timeout,
+            on_timeout=step.on_timeout,
         )
 
 
@@ -294,6 +299,30 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
 
+def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ignored:
+    """Fail an action that reported no outcome before its deadline.
+
+    Its outcome is unknown: with on_timeout "compensate" the step itself is compensated too
+    (first), with "fail" only the steps before it. A late outcome of the step is ignored.
+    """
+    if saga.state is not SagaState.PENDING or not 0 <= position < len(saga.steps):
+        return Ignored(f"saga is {saga.state.value}")
+    step = saga.steps[position]
+    if step.status is not StepStatus.EXECUTING or step.deadline_at is None:
+        return Ignored(f"step {step.name!r} is {step.status.value}, not waiting on a deadline")
+    if step.deadline_at > now:
+        return Ignored(f"step {step.name!r} has until {step.deadline_at.isoformat()}")
+    error = ErrorInfo(
+        type="StepTimeout",
+        message=f"no outcome within {step.timeout:g}s; the step may have taken effect "
+        f"(on_timeout={step.on_timeout})",
+        task_id=step.task_id,
+    )
+    if step.on_timeout == "compensate":
+        step = replace(step, compensate_on_failure=True)
+    return _action_failed(_with_step(saga, step), step, error, now)
+
+
 def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
     """Stop a running saga: nothing new is dispatched, what completed is compensated.
 
@@ -425,8 +454,14 @@ def _dispatch_action(
     step = saga.steps[position]
     attempt = step.attempts + 1
     task_id = task_id_for(saga.saga_id, position, Phase.ACTION, attempt)
+    deadline = now + timedelta(seconds=step.timeout) if step.timeout else None
     step = replace(
-        step, status=StepStatus.EXECUTING, attempts=attempt, task_id=task_id, started_at=now
+        step,
+        status=StepStatus.EXECUTING,
+        attempts=attempt,
+        task_id=task_id,
+        started_at=now,
+        deadline_at=deadline,
     )
     saga = replace(_with_step(saga, step), current_step=position, updated_at=now)
     command = DispatchTask(

@@ -47,6 +47,7 @@ from sagaflow.machine import (
     redrive,
     rejected_saga,
     retry_compensation,
+    time_out,
 )
 from sagaflow.protocol import (
     ERRBACK_TASK,
@@ -72,6 +73,7 @@ MAX_TYPE_LENGTH = 200
 class RecoveryReport:
     redriven: list[tuple[str, str, str]] = field(default_factory=list)  # saga, step, state
     republished: list[tuple[str, str]] = field(default_factory=list)  # saga, event
+    timed_out: list[tuple[str, str]] = field(default_factory=list)  # saga, step
 
 
 class Orchestrator:
@@ -207,6 +209,18 @@ class Orchestrator:
         now = utcnow()
         cutoff = now - timedelta(seconds=stalled_for)
         report = RecoveryReport()
+        for saga_id, position in self.store.timed_out(now, limit):
+
+            def expire(saga: SagaRecord, position: int = position) -> Transition | Ignored:
+                return time_out(saga, position, utcnow())
+
+            try:
+                decision = self.store.transition(saga_id, expire)
+            except ConcurrencyConflict:
+                continue
+            if isinstance(decision.outcome, Transition):
+                self._execute(decision.outcome.commands, decision.event_ids)
+                report.timed_out.append((saga_id, decision.outcome.saga.steps[position].name))
         for saga_id in self.store.stalled(cutoff, limit):
             try:
                 decision = self.store.transition(
@@ -228,9 +242,10 @@ class Orchestrator:
                 continue
             self.store.mark_published([event.id])
             report.republished.append((event.saga_id, event.name))
-        if report.redriven or report.republished:
+        if report.redriven or report.republished or report.timed_out:
             logger.warning(
-                "recovery: re-drove %d stalled sagas, republished %d events",
+                "recovery: %d steps timed out, re-drove %d stalled sagas, republished %d events",
+                len(report.timed_out),
                 len(report.redriven),
                 len(report.republished),
             )

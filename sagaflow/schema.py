@@ -50,6 +50,9 @@ steps = sa.Table(
     sa.Column("compensate_on_failure", sa.Boolean, nullable=False),
     sa.Column("retry", JSONType, nullable=True),
     sa.Column("compensation_retry", JSONType, nullable=True),
+    sa.Column("timeout", sa.Float, nullable=True),
+    sa.Column("on_timeout", sa.String(16), nullable=True),
+    sa.Column("deadline_at", Timestamp, nullable=True),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("result", JSONType, nullable=True),
     sa.Column("error", JSONType, nullable=True),
@@ -61,6 +64,8 @@ steps = sa.Table(
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Column("compensation_started_at", Timestamp, nullable=True),
     sa.Column("compensated_at", Timestamp, nullable=True),
+    # The recovery sweep looks for executing actions past their deadline.
+    sa.Index("ix_sagaflow_steps_deadline", "status", "deadline_at"),
 )
 
 history = sa.Table(

@@ -287,6 +287,20 @@ class SagaStore:
         with self._connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
+    def timed_out(self, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
+        """(saga id, position) of executing actions whose deadline has passed."""
+        query = (
+            sa.select(steps.c.saga_id, steps.c.position)
+            .where(
+                steps.c.status == StepStatus.EXECUTING.value,
+                steps.c.deadline_at < _utc(now),
+            )
+            .order_by(steps.c.deadline_at)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [(row[0], int(row[1])) for row in conn.execute(query)]
+
     def unpublished_events(self, before: datetime, limit: int = 500) -> list[EventRow]:
         """Recorded outcome events never marked published, created before `before`."""
         query = (
@@ -493,6 +507,9 @@ def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
         "compensate_on_failure": step.compensate_on_failure,
         "retry": step.retry,
         "compensation_retry": step.compensation_retry,
+        "timeout": step.timeout,
+        "on_timeout": step.on_timeout,
+        "deadline_at": _utc(step.deadline_at),
         "status": step.status.value,
         "result": step.result,
         "error": step.error.to_json() if step.error else None,
@@ -568,6 +585,9 @@ def _step_from_row(row: Any) -> StepRecord:
         compensate_on_failure=bool(row["compensate_on_failure"]),
         retry=row["retry"],
         compensation_retry=row["compensation_retry"],
+        timeout=row["timeout"],
+        on_timeout=row["on_timeout"],
+        deadline_at=_aware(row["deadline_at"]),
         status=StepStatus(row["status"]),
         result=row["result"],
         error=ErrorInfo.from_json(row["error"]) if row["error"] else None,

@@ -79,3 +79,30 @@ retrying = Saga(
         _step("a3", "svc_a"),
     ],
 )
+
+# The middle step goes where nobody listens and times out; its compensation can run.
+timing_out = Saga(
+    "timing_out",
+    steps=[
+        _step("a1", "svc_a"),
+        Step(
+            "slow", "svc.act", "svc.undo", queue="nobody", compensation_queue="svc_b", timeout=0.3
+        ),
+        _step("a3", "svc_a"),
+    ],
+)
+timing_out_fail = Saga(
+    "timing_out_fail",
+    steps=[
+        _step("a1", "svc_a"),
+        Step(
+            "slow",
+            "svc.act",
+            "svc.undo",
+            queue="nobody",
+            compensation_queue="svc_b",
+            timeout=0.3,
+            on_timeout="fail",
+        ),
+    ],
+)
