@@ -97,3 +97,20 @@ def test_on_timeout_fail_takes_the_step_as_not_done(stack: Stack) -> None:
     assert saga.state is SagaState.FAILED
     assert saga.steps[1].status is StepStatus.FAILED
     assert stack.executions(saga_id) == [("a1", "action"), ("a1", "compensation")]
+
+
+def test_the_periodic_recover_task_applies_timeouts_in_the_orchestrator(stack: Stack) -> None:
+    """What `celery beat` sends: sagaflow.recover, run by the orchestrator worker."""
+    from sagaflow.protocol import RECOVER_TASK
+
+    saga_id = stack.start("timing_out_fail", {})
+    stack.wait_dispatched(saga_id, 1)
+
+    def swept() -> bool:
+        stack.client.app.send_task(RECOVER_TASK, queue=stack.settings.queue)
+        return stack.store.get(saga_id).state.is_terminal
+
+    poll(swept, 30, lambda: f"saga {saga_id} still waiting{stack.logs_hint()}", interval=0.3)
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED and saga.error is not None
+    assert saga.error.type == "StepTimeout"
