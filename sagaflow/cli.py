@@ -319,8 +319,9 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
         )
         return
     for saga_id, step in report.timed_out:
-        console.print(f"timed out {saga_id}: step {step!r} failed (no outcome in time)",
-                      highlight=False)
+        console.print(
+            f"timed out {saga_id}: step {step!r} failed (no outcome in time)", highlight=False
+        )
     for saga_id, step, state in report.redriven:
         console.print(f"re-drove {saga_id}: step {step!r} sent again ({state})", highlight=False)
     for saga_id, event in report.republished:

@@ -291,8 +291,23 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
     step = saga.steps[saga.current_step]
     detail = {"stalled_since": saga.updated_at.isoformat() if saga.updated_at else None}
     if saga.state is SagaState.PENDING and step.status is StepStatus.EXECUTING:
+        if saga.cancel_requested_at is not None:
+            # Cancelled: nothing new is sent. The step never reported, so it may have
+            # half-happened: undo it (if it can be) with the steps before it.
+            error = ErrorInfo(
+                type="Cancelled",
+                message="cancelled while this step's outcome was lost; it is compensated",
+                task_id=step.task_id,
+            )
+            unknown = replace(step, compensate_on_failure=step.compensation is not None)
+            return _action_failed(_with_step(saga, unknown), unknown, error, now)
         entry = HistoryEntry("step_redriven", saga.state, saga.state, step.name, detail)
-        return _dispatch_action(saga, step.position, now, (entry,), frozenset())
+        resent = _dispatch_action(saga, step.position, now, (entry,), frozenset())
+        if step.deadline_at is None:
+            return resent
+        # A new attempt does not buy the step more time: its deadline stands.
+        kept = replace(resent.saga.steps[step.position], deadline_at=step.deadline_at)
+        return replace(resent, saga=_with_step(resent.saga, kept))
     if saga.state is SagaState.COMPENSATING and step.status is StepStatus.COMPENSATING:
         entry = HistoryEntry("compensation_redriven", saga.state, saga.state, step.name, detail)
         return _dispatch_compensation(saga, step, now, (entry,), frozenset())
@@ -318,8 +333,7 @@ def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
         f"(on_timeout={step.on_timeout})",
         task_id=step.task_id,
     )
-    if step.on_timeout == "compensate":
-        step = replace(step, compensate_on_failure=True)
+    step = replace(step, compensate_on_failure=step.on_timeout == "compensate")
     return _action_failed(_with_step(saga, step), step, error, now)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, make_url
 from sqlalchemy import exc as sa_exc
 
 from sagaflow.errors import StoreUnavailable
@@ -30,10 +31,30 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(store: SagaStore, revision: str = "head") -> None:
+    _migrate(store, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(store: SagaStore, revision: str) -> None:
+    _migrate(store, lambda config: command.downgrade(config, revision))
+
+
+def _migrate(store: SagaStore, run: Callable[[Config], None]) -> None:
     config = alembic_config(store.url)
+    if make_url(store.url).get_backend_name() == "sqlite":
+        # A plain engine: foreign keys off, as SQLite's batch table rebuilds need (with them
+        # on, dropping the old sagas table would cascade to every step row).
+        store.engine  # noqa: B018 - raises StoreUnavailable for a missing folder
+        engine = create_engine(store.url)
+        try:
+            with _unavailable_as_error(store), engine.begin() as conn:
+                config.attributes["connection"] = conn
+                run(config)
+        finally:
+            engine.dispose()
+        return
     with _unavailable_as_error(store), store.engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+        run(config)
 
 
 def current_revision(store: SagaStore) -> str | None:

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import Ignore, Reject
 from celery.exceptions import Retry as CeleryRetry
 
 from sagaflow.app import create_app
@@ -50,13 +51,16 @@ class SagaStepTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         try:
             result = super().__call__(*args, **kwargs)
-        except (NonRetryable, CeleryRetry):
+        except (NonRetryable, CeleryRetry, Reject, Ignore):
             raise
         except Exception as exc:
             delay = _retry_delay(args, exc, self.request.retries)
             if delay is None:
                 raise
-            raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+            # max_retries=None would mean the task's own default (3), not "unlimited".
+            raise self.retry(
+                exc=exc, countdown=delay, max_retries=self.request.retries + 1
+            ) from exc
         callback.setdefault("kwargs", {})["tries"] = self.request.retries + 1
         return strict_json(result)
 
@@ -74,7 +78,8 @@ def _retry_delay(args: tuple[Any, ...], exc: Exception, retries: int) -> float |
     policy = Retry.from_json(context.get("retry"))
     if policy is None or retries + 1 >= policy.max_attempts:
         return None
-    if policy.on and type(exc).__name__ not in policy.on:
+    # `on` names classes; a subclass counts (ConnectionError covers ConnectionResetError).
+    if policy.on and not {cls.__name__ for cls in type(exc).__mro__} & set(policy.on):
         return None
     delay = min(policy.backoff * (2**retries), policy.backoff_max)
     return random.uniform(delay / 2, delay) if policy.jitter else delay

@@ -374,15 +374,24 @@ _STEP_COLUMNS = [c.label(f"step_{c.name}") for c in steps.c]
 
 
 def _load(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
-    """The saga and its steps in one query (and one round trip)."""
+    """The saga and its steps in one query; with `lock`, after taking the saga's row lock.
+
+    The lock is a statement of its own: under READ COMMITTED, a statement that waited for a
+    row lock re-reads only the locked row, so a join locking the saga would return the steps
+    as they were before the lock holder committed.
+    """
+    if lock and conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already serialises
+        locked = conn.execute(
+            sa.select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update()
+        ).first()
+        if locked is None:
+            return None
     query = (
         sa.select(*_SAGA_COLUMNS, *_STEP_COLUMNS)
         .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
         .where(sagas.c.id == saga_id)
         .order_by(steps.c.position)
     )
-    if lock:
-        query = query.with_for_update(of=sagas)
     rows = conn.execute(query).mappings().all()
     if not rows:
         return None

@@ -106,3 +106,17 @@ timing_out_fail = Saga(
         ),
     ],
 )
+
+retrying_long = Saga(
+    "retrying_long",
+    steps=[
+        _step("a1", "svc_a"),
+        Step(
+            "b2",
+            "svc.act",
+            "svc.undo",
+            queue="svc_b",
+            retry=Retry(max_attempts=6, backoff=0.02, backoff_max=0.05, jitter=False),
+        ),
+    ],
+)

@@ -83,3 +83,20 @@ def test_a_compensation_has_its_own_retry_budget(stack: Stack) -> None:
     ]
     compensated = [h for h in stack.store.history(saga_id) if h.event == "step_compensated"]
     assert compensated[0].detail == {"tries": 3}
+
+
+def test_retry_on_names_a_class_and_covers_its_subclasses() -> None:
+    from sagaflow.service import _retry_delay
+
+    context = {"retry": Retry(on=("ConnectionError",), jitter=False).to_json()}
+    assert _retry_delay((context,), ConnectionResetError("x"), 0) == 1.0
+    assert _retry_delay((context,), ValueError("x"), 0) is None
+    assert _retry_delay((context,), ConnectionResetError("x"), 2) is None  # 3 runs used
+
+
+def test_a_long_retry_budget_is_used_to_the_end(stack: Stack) -> None:
+    """max_attempts above Celery's default max_retries (3) is honoured."""
+    saga_id = stack.start("retrying_long", {"fail_times": {"b2": 5}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.COMPLETED
+    assert stack.executions(saga_id).count(("b2", "action")) == 6

@@ -683,3 +683,63 @@ def test_store_is_at_the_head_revision(store: SagaStore) -> None:
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
     assert [v for (v,) in versions] == [head]
+
+
+# -- transitions that wait for each other --------------------------------------------------------
+
+
+def test_a_transition_that_waited_for_the_lock_sees_the_steps_the_holder_wrote(
+    store: SagaStore,
+) -> None:
+    """The second decider must decide on the first one's result, steps included (a join that
+    locks the saga row re-reads only that row after waiting, on PostgreSQL)."""
+    saga_id = create_running(store)
+    holding = threading.Event()
+    release = threading.Event()
+    seen: list[SagaRecord] = []
+
+    def first(saga: SagaRecord) -> Transition | Ignored:
+        holding.set()
+        assert release.wait(10)
+        return apply(
+            saga, StepSucceeded(0, Phase.ACTION, 1, {"r": 1}, f"{saga_id}.0.action.1"), NOW
+        )
+
+    def second(saga: SagaRecord) -> Transition | Ignored:
+        seen.append(saga)
+        return apply(
+            saga, StepSucceeded(0, Phase.ACTION, 1, {"r": 2}, f"{saga_id}.0.action.1"), NOW
+        )
+
+    results: dict[str, Any] = {}
+    a = threading.Thread(target=lambda: results.update(a=store.transition(saga_id, first)))
+    a.start()
+    assert holding.wait(10)
+    b = threading.Thread(target=lambda: results.update(b=store.transition(saga_id, second)))
+    b.start()
+    b.join(timeout=0.5)  # b is blocked on the lock while a holds it
+    assert b.is_alive()
+    release.set()
+    a.join(timeout=30)
+    b.join(timeout=30)
+    assert isinstance(results["a"].outcome, Transition)
+    # b waited, then saw step 0 completed by a, so the duplicate success changed nothing.
+    assert seen[0].steps[0].status is StepStatus.COMPLETED
+    assert isinstance(results["b"].outcome, Ignored)
+    assert store.get(saga_id).steps[0].result == {"r": 1}
+
+
+def test_downgrading_and_upgrading_keeps_the_data(backend: Backend, tmp_path: Path) -> None:
+    from sagaflow.migrate import downgrade
+
+    # SQLite: a file of its own (the module's store stays at head for the other tests).
+    sqlite = backend.name == "sqlite"
+    store = SagaStore(f"sqlite:///{tmp_path / 'down.db'}") if sqlite else backend.store
+    if sqlite:
+        store.upgrade()
+    saga_id = create_running(store)
+    downgrade(store, "0002")
+    store.upgrade()
+    assert len(store.get(saga_id).steps) == len(STEPS)
+    if sqlite:
+        store.dispose()

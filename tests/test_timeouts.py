@@ -114,3 +114,39 @@ def test_the_periodic_recover_task_applies_timeouts_in_the_orchestrator(stack: S
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.FAILED and saga.error is not None
     assert saga.error.type == "StepTimeout"
+
+
+def test_redriving_a_step_keeps_its_deadline() -> None:
+    from sagaflow.machine import redrive
+
+    saga = started().saga  # two: timeout 10 s, deadline T0 + 10 s
+    resent = redrive(saga, T0 + timedelta(seconds=5), T0 + timedelta(seconds=6))
+    assert isinstance(resent, Transition)
+    assert resent.saga.steps[1].attempts == 2
+    assert resent.saga.steps[1].deadline_at == T0 + timedelta(seconds=10)
+
+
+def test_on_timeout_fail_never_compensates_the_step_itself() -> None:
+    steps = [
+        Step("one", "a", "c"),
+        Step("two", "a", "c", timeout=10, on_timeout="fail", compensate_on_failure=True),
+    ]
+    saga = begin(new_saga("s", "t", {}, steps, T0), T0).saga
+    done = apply(saga, StepSucceeded(0, Phase.ACTION, 1, {}, "s.0.action.1"), T0)
+    assert isinstance(done, Transition)
+    expired = time_out(done.saga, 1, T0 + timedelta(seconds=11))
+    assert isinstance(expired, Transition)
+    (command,) = expired.commands
+    assert isinstance(command, DispatchTask) and command.position == 0  # only one is undone
+
+
+def test_a_cancelled_saga_whose_step_went_silent_is_compensated_not_resent() -> None:
+    from sagaflow.machine import cancel, redrive
+
+    requested = cancel(started().saga, "stop", T0)
+    assert isinstance(requested, Transition)
+    outcome = redrive(requested.saga, T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
+    assert isinstance(outcome, Transition)
+    (command,) = outcome.commands
+    assert isinstance(command, DispatchTask)
+    assert command.phase is Phase.COMPENSATION and command.position == 1  # never resent
