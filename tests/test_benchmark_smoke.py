@@ -44,3 +44,17 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert figures["sagaflow"]["sql_writes_per_saga"] >= 6  # a saga of 5 steps is durable
     assert figures["sagaflow"]["messages_per_saga"] >= 10
     assert figures["machine"]["cores"] >= 1
+
+
+def test_scale_runs_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/scale.py", "--sizes", "500", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["stored_sagas"] == 500 and row["status_p50_ms"] > 0 and row["list_p50_ms"] > 0
