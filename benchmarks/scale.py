@@ -47,10 +47,12 @@ INSERT INTO sagaflow_steps (saga_id, position, name, action, compensation, queue
 SELECT 'seed-' || g, p, 's' || p, 'svc.act', 'svc.undo', 'q', 'q', false,
        CASE WHEN g % 3 = 0 THEN 'compensated' ELSE 'completed' END, '{"ok": true}'::jsonb, 1,
        0, 'seed-' || g || '.' || p || '.action.1', now(), now()
-FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g, generate_series(0, 4) AS p;
+FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g,
+     generate_series(0, 4) AS p;
 INSERT INTO sagaflow_history (saga_id, at, event, from_state, to_state, step)
 SELECT 'seed-' || g, now(), 'step_completed', 'pending', 'pending', 's' || (h % 5)
-FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g, generate_series(1, 12) AS h;
+FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g,
+     generate_series(1, 12) AS h;
 """
 
 
