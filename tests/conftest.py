@@ -184,6 +184,22 @@ def _service_pool(settings: Settings) -> str:
     return "prefork" if settings.broker_url.startswith("redis") else "solo"
 
 
+def service_env(settings: Settings, effects_url: str) -> dict[str, str]:
+    """Create the test services' tables at `effects_url`; return the environment that points
+    worker processes at these settings and those tables."""
+    from tests.services import metadata
+
+    engine = sa.create_engine(effects_url)
+    metadata.create_all(engine)
+    engine.dispose()
+    return {
+        **os.environ,
+        **settings.to_env(),
+        "TEST_EFFECTS_URL": effects_url,
+        "PYTHONPATH": str(ROOT),
+    }
+
+
 def build_stack(name: str, home: Path) -> Iterator[Stack]:
     pg_url = None
     if name == "redis-postgres":
@@ -207,18 +223,7 @@ def build_stack(name: str, home: Path) -> Iterator[Stack]:
     ensure_home(settings)
     store = SagaStore(settings.database_url)
     store.upgrade()
-    from tests.services import metadata
-
-    engine = sa.create_engine(effects_url)
-    metadata.create_all(engine)
-    engine.dispose()
-
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "TEST_EFFECTS_URL": effects_url,
-        "PYTHONPATH": str(ROOT),
-    }
+    env = service_env(settings, effects_url)
     group = WorkerGroup(env, home / "logs", cwd=ROOT)
     client = SagaClient(settings, store=store)
     stack = Stack(name, settings, env, group, client, store, effects_url)

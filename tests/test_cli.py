@@ -450,27 +450,14 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
     """`sagaflow worker --migrate` alone brings an empty embedded setup to running sagas."""
     import signal
 
-    import sqlalchemy as sa
-
     from sagaflow import SagaClient, SagaState
     from sagaflow.config import Settings
     from sagaflow.processes import WorkerGroup, WorkerSpec
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, service_env
 
     home = tmp_path / "home"
     settings = Settings(home=home, definitions=("tests.sagas",))
-    effects_url = f"sqlite:///{tmp_path / 'effects.db'}"
-    from tests.services import metadata
-
-    engine = sa.create_engine(effects_url)
-    metadata.create_all(engine)
-    engine.dispose()
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "TEST_EFFECTS_URL": effects_url,
-        "PYTHONPATH": str(ROOT),
-    }
+    env = service_env(settings, f"sqlite:///{tmp_path / 'effects.db'}")
     orchestrator = subprocess.Popen(
         [
             sys.executable,

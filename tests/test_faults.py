@@ -3,7 +3,6 @@ and a broker folder shared by racing producers and consumers."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.conftest import (
     drop_postgres_database,
     poll,
     require_redis,
+    service_env,
 )
 
 
@@ -102,18 +102,7 @@ def test_orchestrator_retries_until_the_store_is_reachable(backend: str, tmp_pat
         home=home, broker_url=broker_url, database_url=database_url, definitions=("tests.sagas",)
     )
     ensure_home(settings)
-    effects_url = f"sqlite:///{tmp_path / 'effects.db'}"
-    from tests.services import metadata
-
-    engine = sa.create_engine(effects_url)
-    metadata.create_all(engine)
-    engine.dispose()
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "TEST_EFFECTS_URL": effects_url,
-        "PYTHONPATH": str(ROOT),
-    }
+    env = service_env(settings, f"sqlite:///{tmp_path / 'effects.db'}")
     client = SagaClient(settings)
     with WorkerGroup(env, home / "logs", cwd=ROOT) as group:
         orchestrator = group.start(WorkerSpec("orchestrator", "sagaflow.worker", [settings.queue]))
