@@ -128,20 +128,11 @@ class WorkerGroup:
                     f"workers not ready after {timeout:g}s: {', '.join(sorted(pending))}\n{tails}"
                 )
 
-    def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
-        if worker.alive:
-            os.killpg(worker.process.pid, sig)
-            worker.process.wait(timeout=30)
-
     def stop_worker(self, worker: WorkerProcess, timeout: float = 15.0) -> None:
         """Warm-shut one worker down (SIGKILL if it does not stop within `timeout`)."""
         if worker.alive:
             _signal_group(worker.process, signal.SIGTERM)
-            try:
-                worker.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(worker.process, signal.SIGKILL)
-                worker.process.wait(timeout=10)
+            _wait_or_kill(worker.process, timeout)
         worker.log_file.close()
         self.workers.remove(worker)
 
@@ -152,12 +143,7 @@ class WorkerGroup:
                 _signal_group(worker.process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for worker in self.workers:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                worker.process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                _signal_group(worker.process, signal.SIGKILL)
-                worker.process.wait(timeout=10)
+            _wait_or_kill(worker.process, max(0.1, deadline - time.monotonic()))
             worker.log_file.close()
         self.workers.clear()
 
@@ -166,6 +152,14 @@ class WorkerGroup:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
