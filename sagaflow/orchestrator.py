@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,7 +60,7 @@ from sagaflow.protocol import (
     strict_json,
 )
 from sagaflow.service import install_service_support
-from sagaflow.store import SagaStore, utcnow
+from sagaflow.store import Decision, SagaStore, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +106,6 @@ class Orchestrator:
             problem = f"invalid saga id {saga_id!r}: a non-empty string of at most 64 characters"
             saga_id = str(uuid.uuid4())
         assert isinstance(saga_id, str)
-        existing = self.store.load(saga_id)
-        if existing is not None:
-            logger.info(
-                "saga %s already recorded (%s): duplicate start ignored",
-                saga_id,
-                existing.state.value,
-            )
-            return saga_id
         type_name = saga_type if isinstance(saga_type, str) else repr(saga_type)
         try:
             if problem is not None:
@@ -137,18 +129,21 @@ class Orchestrator:
             if len(json.dumps(stored_data, default=repr)) > self.max_input_bytes:
                 stored_data = {"input": "<omitted: over the size limit>"}
             saga = rejected_saga(saga_id, type_name[:MAX_TYPE_LENGTH], stored_data, error, now)
-            self.store.create(
-                saga,
-                [HistoryEntry("saga_rejected", None, saga.state, None, {"error": error.to_json()})],
+            rejected = HistoryEntry(
+                "saga_rejected", None, saga.state, None, {"error": error.to_json()}
             )
-            logger.warning("saga %s rejected: %s", saga_id, error)
+            if self.store.create(saga, [rejected]):
+                logger.warning("saga %s rejected: %s", saga_id, error)
+            else:
+                logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
         saga = new_saga(saga_id, saga_type, data, steps, now)
         transition = begin(saga, now)
-        # One insert records the saga already running its first step.
+        # One insert records the saga already running its first step; a saga id the store
+        # already has (a redelivered or duplicated start) is refused by it, so nothing is sent.
         recorded = HistoryEntry("saga_recorded", None, saga.state)
         if not self.store.create(transition.saga, [recorded, *transition.history]):
-            logger.info("saga %s was recorded by another process", saga_id)
+            logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
         self._execute(transition.commands, [])
         return saga_id
@@ -159,7 +154,7 @@ class Orchestrator:
         """Apply a step outcome. True if it moved the saga, False if it was ignored."""
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                decision = self.store.transition(saga_id, lambda saga: apply(saga, event, utcnow()))
+                decision = self._decide(saga_id, lambda saga: apply(saga, event, utcnow()))
             except ConcurrencyConflict:
                 continue
             if decision.saga is None:
@@ -168,15 +163,23 @@ class Orchestrator:
             if isinstance(decision.outcome, Ignored):
                 self._note_ignored(decision.saga, event, decision.outcome.reason)
                 return False
-            assert decision.outcome is not None
-            self._execute(decision.outcome.commands, decision.event_ids)
             return True
         raise ConcurrencyConflict(f"saga {saga_id}: too many concurrent updates")
+
+    def _decide(
+        self, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
+    ) -> Decision:
+        """Store the transition `decide` computes, then send what it asks for."""
+        decision = self.store.transition(saga_id, decide)
+        if isinstance(decision.outcome, Transition):
+            self._execute(decision.outcome.commands, decision.event_ids)
+        return decision
 
     # -- operator actions ------------------------------------------------------------------------
 
     def operate(self, action: str, saga_id: str, step: str | None, reason: str | None) -> bool:
-        """Apply an operator action: `retry` or `mark_compensated`. False if it did not apply."""
+        """Apply an operator action: `retry`, `mark_compensated` or `cancel`. False if it did
+        not apply."""
         now = utcnow()
 
         def decide(saga: SagaRecord) -> Transition | Ignored:
@@ -188,7 +191,7 @@ class Orchestrator:
                 return cancel(saga, reason or "", now)
             return Ignored(f"unknown operator action {action!r}")
 
-        decision = self.store.transition(saga_id, decide)
+        decision = self._decide(saga_id, decide)
         if decision.saga is None:
             logger.warning("operator %s for unknown saga %r ignored", action, saga_id)
             return False
@@ -197,8 +200,6 @@ class Orchestrator:
                 "operator %s on saga %s ignored: %s", action, saga_id, decision.outcome.reason
             )
             return False
-        assert decision.outcome is not None
-        self._execute(decision.outcome.commands, decision.event_ids)
         return True
 
     # -- recovery ------------------------------------------------------------------------------
@@ -215,21 +216,17 @@ class Orchestrator:
                 return time_out(saga, position, utcnow())
 
             try:
-                decision = self.store.transition(saga_id, expire)
+                decision = self._decide(saga_id, expire)
             except ConcurrencyConflict:
                 continue
             if isinstance(decision.outcome, Transition):
-                self._execute(decision.outcome.commands, decision.event_ids)
                 report.timed_out.append((saga_id, decision.outcome.saga.steps[position].name))
         for saga_id in self.store.stalled(cutoff, limit):
             try:
-                decision = self.store.transition(
-                    saga_id, lambda saga: redrive(saga, cutoff, utcnow())
-                )
+                decision = self._decide(saga_id, lambda saga: redrive(saga, cutoff, utcnow()))
             except ConcurrencyConflict:
                 continue  # someone else moved it: not stalled any more
             if isinstance(decision.outcome, Transition):
-                self._execute(decision.outcome.commands, decision.event_ids)
                 step = decision.outcome.saga.steps[decision.outcome.saga.current_step or 0]
                 report.redriven.append((saga_id, step.name, decision.outcome.saga.state.value))
         for event in self.store.unpublished_events(cutoff, limit):
@@ -360,7 +357,11 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
 
     def recover() -> dict[str, int]:
         report = orchestrator.recover(orchestrator.stall_timeout)
-        return {"redriven": len(report.redriven), "republished": len(report.republished)}
+        return {
+            "timed_out": len(report.timed_out),
+            "redriven": len(report.redriven),
+            "republished": len(report.republished),
+        }
 
     def operator(action: str = "", saga_id: str = "", step: Any = None, reason: Any = None) -> None:
         orchestrator.operate(action, saga_id, step, reason)
