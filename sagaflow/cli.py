@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,6 +73,16 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--wait/--no-wait` and `--timeout`, the same on every command that can wait."""
+    command = click.option(
+        "--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait."
+    )(command)
+    return click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")(
+        command
+    )
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
@@ -120,8 +131,7 @@ def client_of(ctx: click.Context) -> SagaClient:
 @click.option("--data", "data_text", default="{}", help="Saga input as a JSON object.")
 @click.option("--data-file", type=click.File("r"), help="Read the input JSON from a file ('-').")
 @click.option("--id", "saga_id", help="Saga id to use (default: a new UUID).")
-@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@wait_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def start(
@@ -232,8 +242,7 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 @cli.command(name="cancel")
 @click.argument("saga_id")
 @click.option("--reason", default="", help="Why (kept in the history and the saga's error).")
-@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@wait_options
 @click.pass_context
 def cancel_command(
     ctx: click.Context, saga_id: str, reason: str, wait: bool, timeout: float
@@ -248,8 +257,7 @@ def cancel_command(
 
 @cli.command()
 @click.argument("saga_id")
-@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@wait_options
 @click.pass_context
 def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
     """Resume a saga stopped in compensation_failed at the compensation that failed."""
@@ -264,8 +272,7 @@ def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
 @click.argument("saga_id")
 @click.argument("step")
 @click.option("--reason", required=True, help="What was done by hand (kept in the history).")
-@click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait.")
+@wait_options
 @click.pass_context
 def mark_compensated_command(
     ctx: click.Context, saga_id: str, step: str, reason: str, wait: bool, timeout: float
