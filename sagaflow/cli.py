@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from sagaflow import render
-from sagaflow.client import BrokerUnavailable, SagaClient
+from sagaflow.client import BrokerUnavailable, SagaClient, parse_since
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState
 from sagaflow.errors import (
@@ -197,6 +198,15 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
         )
 
 
+def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command(name="list")
 @click.option(
     "--state",
@@ -204,6 +214,12 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     help="Only sagas in this state.",
 )
 @click.option("--type", "saga_type", help="Only sagas of this type.")
+@click.option(
+    "--since",
+    callback=_since_option,
+    help="Only sagas started since: a duration ago (30m, 2h, 1d, 1w) or an ISO 8601 time.",
+)
+@click.option("--id-prefix", help="Only sagas whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -212,12 +228,21 @@ def list_command(
     ctx: click.Context,
     state: str | None,
     saga_type: str | None,
+    since: datetime | None,
+    id_prefix: str | None,
     limit: int,
     offset: int,
     as_json: bool,
 ) -> None:
     """Sagas, newest first."""
-    sagas = client_of(ctx).list_sagas(state=state, saga_type=saga_type, limit=limit, offset=offset)
+    sagas = client_of(ctx).list_sagas(
+        state=state,
+        saga_type=saga_type,
+        since=since,
+        id_prefix=id_prefix,
+        limit=limit,
+        offset=offset,
+    )
     if as_json:
         print_json([render.saga_json(s, with_steps=False) for s in sagas])
         return
@@ -432,6 +457,109 @@ def demo(ctx: click.Context, count: int, demo_home: Path | None, timeout: float)
     )
     if not ok:
         sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8650, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--flower-url",
+    envvar="SAGAFLOW_FLOWER_URL",
+    help="Flower's address, to link each task to its Flower page.",
+)
+@click.option(
+    "--auth",
+    envvar="SAGAFLOW_DASHBOARD_AUTH",
+    help="user:password for basic auth on every page (SAGAFLOW_DASHBOARD_AUTH).",
+)
+@click.option(
+    "--enable-actions",
+    is_flag=True,
+    envvar="SAGAFLOW_DASHBOARD_ACTIONS",
+    help="Allow cancel and retry from the dashboard (needs --auth).",
+)
+@click.pass_context
+def dashboard(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    flower_url: str | None,
+    auth: str | None,
+    enable_actions: bool,
+) -> None:
+    """Serve the saga dashboard, its JSON API (/api) and Prometheus metrics (/metrics)."""
+    from sagaflow.dashboard import create_dashboard, parse_auth, serve
+
+    settings = settings_of(ctx)
+    app = create_dashboard(
+        settings, flower_url=flower_url, auth=parse_auth(auth), actions=enable_actions
+    )
+    SagaStore(settings.database_url).ping()  # fail now, with the reason, not on the first page
+    mode = "operator actions enabled" if enable_actions else "read-only"
+    protection = "basic auth" if auth else "no auth"
+    err_console.print(
+        f"sagaflow dashboard on http://{host}:{port}/ ({mode}, {protection}); store "
+        f"{mask_url(settings.database_url)}",
+        highlight=False,
+    )
+    serve(app, host, port)
+
+
+def _stack_services(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from sagaflow.stack import Service
+
+    try:
+        return tuple(Service.parse(value) for value in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    callback=_stack_services,
+    metavar="NAME=MODULE[:QUEUE]",
+    help="A service worker, `celery -A MODULE worker -Q QUEUE` (QUEUE defaults to NAME); "
+    "repeat for each. Default: the example services in workers/.",
+)
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1), help="Processes per worker (default: CPUs)."
+)
+@click.option("--beat/--no-beat", default=True, help="Run beat (the recovery sweep).")
+@click.option(
+    "--flower-port",
+    type=click.IntRange(1, 65535),
+    help="Flower's port on 127.0.0.1 (default 5555); Flower runs only with "
+    "FLOWER_BASIC_AUTH=user:password.",
+)
+@click.option("--dashboard/--no-dashboard", default=True, help="Run the saga dashboard.")
+@click.option("--dashboard-port", default=8650, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def stack(
+    ctx: click.Context,
+    services: Any,
+    concurrency: int | None,
+    beat: bool,
+    flower_port: int | None,
+    dashboard: bool,
+    dashboard_port: int,
+) -> None:
+    """Run the whole stack as local processes until Ctrl-C: migrations, the orchestrator, the
+    service workers, beat, Flower and the dashboard (what docker-compose.yml runs)."""
+    from sagaflow.stack import StackOptions, run_stack
+
+    options = StackOptions(
+        services=services,
+        concurrency=concurrency,
+        beat=beat,
+        flower_port=flower_port,
+        dashboard=dashboard,
+        dashboard_port=dashboard_port,
+    )
+    available = "dashboard" in cli.commands
+    sys.exit(run_stack(settings_of(ctx), options, console, dashboard_available=available))
 
 
 def main() -> None:

@@ -7,9 +7,11 @@ Reading needs the store.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery
@@ -162,7 +164,7 @@ class SagaClient:
             time.sleep(poll_interval)
 
     def list_sagas(self, **filters: Any) -> list[SagaRecord]:
-        """Sagas newest first; filters: state, saga_type, limit, offset."""
+        """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset."""
         return self.store.list_sagas(**filters)
 
     def history(self, saga_id: str) -> list[HistoryRow]:
@@ -205,3 +207,22 @@ def _describe(saga: SagaRecord) -> str:
 
 
 __all__ = ["BrokerUnavailable", "InvalidOperation", "SagaClient", "validate_input"]
+
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`30m`, `2h`, `1d`, `1w` ago, or an ISO 8601 date or time (UTC unless it says otherwise)."""
+    now = now or datetime.now(timezone.utc)
+    match = _AGO.match(text)
+    if match:
+        return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 2h, 1d, 1w) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -152,6 +152,11 @@ class SagaStore:
                 ) from exc
             raise
 
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection for read-only queries kept elsewhere (sagaflow.stats), with driver
+        errors mapped to StoreUnavailable as everywhere in the store."""
+        return self._connect()
+
     # -- schema --------------------------------------------------------------------------------
 
     def upgrade(self, revision: str = "head") -> None:
@@ -261,15 +266,22 @@ class SagaStore:
         *,
         state: SagaState | str | None = None,
         saga_type: str | None = None,
+        since: datetime | None = None,
+        id_prefix: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[SagaRecord]:
-        """Sagas newest first, without their steps (load one to see them)."""
+        """Sagas newest first, without their steps (load one to see them). `since` keeps those
+        created at or after it; `id_prefix` those whose id starts with it."""
         query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc())
         if state is not None:
             query = query.where(sagas.c.state == SagaState(state).value)
         if saga_type is not None:
             query = query.where(sagas.c.saga_type == saga_type)
+        if since is not None:
+            query = query.where(sagas.c.created_at >= _utc(since))
+        if id_prefix:
+            query = query.where(sagas.c.id.startswith(id_prefix, autoescape=True))
         query = query.limit(limit).offset(offset)
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()

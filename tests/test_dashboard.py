@@ -1,0 +1,345 @@
+"""The saga dashboard, its JSON API and its Prometheus metrics, against real stacks.
+
+The Flask app is driven through its WSGI test client (a real store, real workers behind it);
+the `sagaflow dashboard` command is also run as a real server process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from sagaflow import SagaState
+from sagaflow.config import Settings
+from sagaflow.dashboard import create_dashboard
+from sagaflow.errors import ConfigurationError
+from sagaflow.processes import WorkerSpec
+from tests.conftest import ROOT, Stack, poll
+from tests.test_cli import UNREACHABLE_PG, cli_env, describe, isolated_env, sagaflow
+
+AUTH = ("ops", "s3cret-pw")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def web(stack: Stack) -> FlaskClient:
+    app = create_dashboard(
+        stack.settings, client=stack.client, flower_url="http://flower.example:5555/", metrics_lag=0
+    )
+    return app.test_client()
+
+
+@pytest.fixture
+def operator_web(stack: Stack) -> FlaskClient:
+    app = create_dashboard(stack.settings, client=stack.client, auth=AUTH, actions=True)
+    return app.test_client()
+
+
+def cli_json(stack: Stack, *args: str) -> Any:
+    result = sagaflow(*args, "--json", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    return json.loads(result.stdout)
+
+
+def test_the_api_returns_what_the_cli_prints(stack: Stack, web: FlaskClient) -> None:
+    done = stack.start("trip", {})
+    failed = stack.start("trip", {"fail_at": ["a3"]})
+    stack.wait([done, failed])
+
+    assert web.get(f"/api/sagas/{failed}").json == cli_json(stack, "status", failed)
+    assert web.get(f"/api/sagas/{failed}/history").json == cli_json(stack, "history", failed)
+    listed = web.get("/api/sagas?type=trip&limit=5").json
+    assert listed == cli_json(stack, "list", "--type", "trip", "--limit", "5")
+    assert [s["saga_id"] for s in listed[:2]] == [failed, done]  # newest first
+
+    counts = web.get("/api/counts").json
+    assert counts["completed"] >= 1 and counts["failed"] >= 1
+    assert list(counts)[: len(SagaState)] == [s.value for s in SagaState]
+
+
+def test_list_filters_by_state_type_since_id_and_pages(stack: Stack, web: FlaskClient) -> None:
+    ids = [stack.start("partial", {"fail_at": ["a3"]} if i % 2 else {}) for i in range(4)]
+    stack.wait(ids)
+    failed = [i for n, i in enumerate(ids) if n % 2]
+
+    by_state = web.get("/api/sagas?type=partial&state=failed&limit=100").json
+    assert {s["saga_id"] for s in by_state} >= set(failed)
+    assert all(s["state"] == "failed" and s["saga_type"] == "partial" for s in by_state)
+
+    assert web.get(f"/api/sagas?id_prefix={ids[2][:13]}").json[0]["saga_id"] == ids[2]
+    future = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    assert web.get("/api/sagas", query_string={"since": future}).json == []
+    recent = {s["saga_id"] for s in web.get("/api/sagas?since=10m&limit=1000").json}
+    assert set(ids) <= recent
+
+    first = web.get("/api/sagas?type=partial&limit=2").json
+    second = web.get("/api/sagas?type=partial&limit=2&offset=2").json
+    assert [s["saga_id"] for s in first + second] == list(reversed(ids))[:4]
+
+    page = web.get("/?type=partial&limit=2")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert ids[-1] in html and ids[0] not in html
+    assert "older &rarr;" in html
+
+
+def test_search_by_full_id_opens_the_saga(stack: Stack, web: FlaskClient) -> None:
+    saga_id = stack.start("trip", {})
+    stack.wait_one(saga_id)
+    response = web.get("/", query_string={"q": saga_id})
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith(f"/sagas/{saga_id}")
+
+
+def test_saga_page_shows_steps_compensations_errors_and_flower_links(
+    stack: Stack, web: FlaskClient
+) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"]})
+    saga = stack.wait_one(saga_id)
+    html = web.get(f"/sagas/{saga_id}").get_data(as_text=True)
+    assert "StepRefused" in html
+    for step in saga.steps[:2]:
+        assert f'data-compensation="{step.name}"' in html
+        assert f"http://flower.example:5555/task/{step.task_id}" in html
+        assert f"http://flower.example:5555/task/{step.compensation_task_id}" in html
+    assert 'data-compensation="a3"' not in html  # the failed step itself is not undone
+    # compensations in reverse order in the history
+    events = [
+        (h["event"], h["step"])
+        for h in web.get(f"/api/sagas/{saga_id}/history").json
+        if h["event"] == "step_compensated"
+    ]
+    assert events == [("step_compensated", "b2"), ("step_compensated", "a1")]
+
+
+def test_bad_requests_get_clear_errors(stack: Stack, web: FlaskClient) -> None:
+    missing = web.get("/api/sagas/no-such-saga")
+    assert missing.status_code == 404
+    assert missing.json == {"error": "no saga 'no-such-saga' in the store"}
+    assert web.get("/sagas/no-such-saga").status_code == 404
+
+    bad_state = web.get("/api/sagas?state=bogus")
+    assert bad_state.status_code == 400 and "bogus" in bad_state.json["error"]
+    bad_since = web.get("/api/sagas?since=yesterday-ish")
+    assert bad_since.status_code == 400
+    assert "neither a duration" in bad_since.json["error"]
+    assert web.get("/api/sagas?limit=0").status_code == 400
+    assert web.get("/api/sagas?offset=x").json == {"error": "offset must be an integer, got 'x'"}
+
+
+def test_actions_are_off_unless_enabled(stack: Stack, web: FlaskClient) -> None:
+    saga_id = stack.start("trip", {})
+    stack.wait_one(saga_id)
+    html = web.get(f"/sagas/{saga_id}").get_data(as_text=True)
+    assert "<button>" not in html
+    refused = web.post(f"/api/sagas/{saga_id}/cancel", json={})
+    assert refused.status_code == 403 and "disabled" in refused.json["error"]
+    with pytest.raises(ConfigurationError, match="need authentication"):
+        create_dashboard(stack.settings, client=stack.client, actions=True)
+
+
+def test_auth_guards_every_page_but_health(stack: Stack, operator_web: FlaskClient) -> None:
+    for path in ("/", "/api/counts", "/metrics", "/api/sagas"):
+        assert operator_web.get(path).status_code == 401, path
+        assert operator_web.get(path, headers=basic("ops", "wrong")).status_code == 401
+        assert operator_web.get(path, headers=basic(*AUTH)).status_code == 200, path
+    assert operator_web.get("/healthz").json == {"store": "ok"}
+
+
+def test_retry_from_the_dashboard_resumes_compensation(
+    stack: Stack, operator_web: FlaskClient
+) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"], "fail_first_compensation_at": ["b2"]})
+    assert stack.wait_one(saga_id).state is SagaState.COMPENSATION_FAILED
+    page = operator_web.get(f"/sagas/{saga_id}", headers=basic(*AUTH)).get_data(as_text=True)
+    assert "retry compensation" in page
+
+    # a form posted from another site, or with no origin at all, is refused
+    for origin in ({"Origin": "http://evil.example"}, {}):
+        refused = operator_web.post(
+            f"/sagas/{saga_id}/retry", headers={**basic(*AUTH), **origin}
+        )
+        assert refused.status_code == 403
+    assert stack.store.get(saga_id).state is SagaState.COMPENSATION_FAILED
+
+    done = operator_web.post(
+        f"/sagas/{saga_id}/retry", headers={**basic(*AUTH), "Origin": "http://localhost"}
+    )
+    assert done.status_code == 303
+    poll(
+        lambda: stack.store.get(saga_id).state is SagaState.FAILED,
+        60,
+        lambda: f"{saga_id} is still {stack.store.get(saga_id).state.value}{stack.logs_hint()}",
+    )
+    again = operator_web.post(f"/api/sagas/{saga_id}/retry", json={}, headers=basic(*AUTH))
+    assert again.status_code == 409, again.json
+    assert "failed" in again.json["error"]
+
+
+def test_cancel_from_the_api(stack: Stack, operator_web: FlaskClient) -> None:
+    saga_id = stack.start("detour", {})
+    stack.wait_dispatched(saga_id, 1)  # l2 waits on a queue nobody consumes yet
+    as_form = operator_web.post(
+        f"/api/sagas/{saga_id}/cancel", data="x", headers=basic(*AUTH)
+    )
+    assert as_form.status_code == 415  # JSON only: a cross-site form cannot send it
+    accepted = operator_web.post(f"/api/sagas/{saga_id}/cancel", json={}, headers=basic(*AUTH))
+    assert accepted.status_code == 202, accepted.json
+    later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
+    try:
+        saga = stack.wait_one(saga_id)
+    finally:
+        stack.group.stop_worker(later)
+    assert saga.state is SagaState.CANCELLED
+    assert saga.error is not None and saga.error.message == "cancelled from the dashboard"
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_metrics_count_sagas_and_step_durations(stack: Stack, web: FlaskClient) -> None:
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = web.get("/metrics")
+        assert response.status_code == 200
+        return metric_samples(response.get_data(as_text=True))
+
+    before = samples()
+    assert before["sagaflow_store_up", ()] == 1
+
+    def value(s: dict[Any, float], name: str, **labels: str) -> float:
+        return s.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    ids = [stack.start("partial", {}), stack.start("partial", {"fail_at": ["a3"]})]
+    stack.wait(ids)
+    after = samples()
+    assert value(after, "sagaflow_sagas_started_total", saga_type="partial") == (
+        value(before, "sagaflow_sagas_started_total", saga_type="partial") + 2
+    )
+    for state in ("completed", "failed"):
+        assert value(
+            after, "sagaflow_sagas_finished_total", saga_type="partial", state=state
+        ) == (value(before, "sagaflow_sagas_finished_total", saga_type="partial", state=state) + 1)
+    labels = {"saga_type": "partial", "step": "a1", "phase": "action", "outcome": "succeeded"}
+    count = value(after, "sagaflow_step_duration_seconds_count", **labels)
+    assert count - value(before, "sagaflow_step_duration_seconds_count", **labels) == 2
+    assert value(after, "sagaflow_step_duration_seconds_sum", **labels) > 0
+    undo = {"saga_type": "partial", "step": "a1", "phase": "compensation", "outcome": "succeeded"}
+    assert value(after, "sagaflow_step_duration_seconds_count", **undo) >= 1
+    refused = {"saga_type": "partial", "step": "a3", "phase": "action", "outcome": "failed"}
+    assert value(after, "sagaflow_step_duration_seconds_count", **refused) >= 1
+
+    stuck = stack.start("orphan", {})  # its second step waits on a queue nobody consumes
+    stack.wait_dispatched(stuck, 1)
+    flight = samples()
+    assert value(flight, "sagaflow_sagas_in_flight", saga_type="orphan", state="pending") >= 1
+    assert value(flight, "sagaflow_oldest_running_saga_age_seconds", saga_type="orphan") >= 0
+    assert ("sagaflow_oldest_running_saga_age_seconds", (("saga_type", "orphan"),)) in flight
+
+
+def test_unreachable_store_is_reported_not_hidden(tmp_path: Any) -> None:
+    settings = Settings(home=tmp_path, database_url=UNREACHABLE_PG)
+    web = create_dashboard(settings).test_client()
+    counts = web.get("/api/counts")
+    assert counts.status_code == 503
+    assert "unavailable" in counts.json["error"] and "secretpw" not in counts.json["error"]
+    assert web.get("/healthz").status_code == 503
+    metrics = metric_samples(web.get("/metrics").get_data(as_text=True))
+    assert metrics["sagaflow_store_up", ()] == 0
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sagaflow.cli", "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env=cli_env(stack.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"sagaflow dashboard exited {process.returncode}: {process.stdout}")
+        try:
+            return http_get(f"{url}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        poll(answers, 30, lambda: f"dashboard on {url} never answered")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_dashboard_command_serves_pages_api_and_metrics(
+    stack: Stack, dashboard_process: tuple[str, subprocess.Popen[str]]
+) -> None:
+    url, _ = dashboard_process
+    saga_id = stack.start("trip", {})
+    stack.wait_one(saga_id)
+    status, _, body = http_get(f"{url}/api/sagas/{saga_id}")
+    assert status == 200 and json.loads(body)["state"] == "completed"
+    status, headers, body = http_get(f"{url}/sagas/{saga_id}")
+    assert status == 200 and "text/html" in headers["Content-Type"] and saga_id in body
+    status, headers, body = http_get(f"{url}/metrics")
+    assert headers["Content-Type"].startswith("text/plain")
+    assert "sagaflow_sagas_started_total" in body
+
+
+def test_dashboard_command_refuses_bad_setups(tmp_path: Any) -> None:
+    env = isolated_env(tmp_path)
+    no_auth = sagaflow("dashboard", "--enable-actions", env=env, timeout=30)
+    assert no_auth.returncode == 1, describe(no_auth)
+    assert "operator actions need authentication" in no_auth.stderr
+    assert "Traceback" not in no_auth.stderr
+
+    bad_auth = sagaflow("dashboard", "--auth", "nopassword", env=env, timeout=30)
+    assert bad_auth.returncode == 1 and "user:password" in bad_auth.stderr
+
+    started = time.monotonic()
+    down = sagaflow("--database-url", UNREACHABLE_PG, "dashboard", env=env, timeout=60)
+    assert down.returncode == 4, describe(down)
+    assert "unavailable" in down.stderr and "secretpw" not in down.stderr
+    assert time.monotonic() - started < 30
