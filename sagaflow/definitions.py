@@ -21,7 +21,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
 
 class SagaState(str, enum.Enum):
-    """Where a saga is. Terminal: COMPLETED, FAILED, COMPENSATION_FAILED, REJECTED, CANCELLED."""
+    """Where a saga is. Terminal for the engine: COMPLETED, FAILED, COMPENSATION_FAILED,
+    REJECTED, CANCELLED, ESCALATED (the last two of which an operator can resume)."""
 
     STARTED = "started"  # recorded, first step not yet dispatched
     PENDING = "pending"  # steps are running forward
@@ -31,6 +32,9 @@ class SagaState(str, enum.Enum):
     COMPENSATION_FAILED = "compensation_failed"  # a compensation failed: needs an operator
     REJECTED = "rejected"  # never started: unknown saga type or invalid input
     CANCELLED = "cancelled"  # cancelled while running; every completed step compensated
+    # A step's outcome is unknown or it cannot succeed by retrying: an operator says what
+    # happened (`sagaflow resolve`) and the saga carries on from there.
+    ESCALATED = "escalated"
 
     @property
     def is_terminal(self) -> bool:
@@ -44,6 +48,7 @@ _TERMINAL = frozenset(
         SagaState.COMPENSATION_FAILED,
         SagaState.REJECTED,
         SagaState.CANCELLED,
+        SagaState.ESCALATED,
     }
 )
 
@@ -59,6 +64,7 @@ class StepStatus(str, enum.Enum):
     COMPENSATED = "compensated"  # compensation succeeded
     COMPENSATION_FAILED = "compensation_failed"  # compensation failed: needs an operator
     SKIPPED = "skipped"  # never ran because an earlier step failed
+    WAITING_RETRY = "waiting_retry"  # a retriable step failed; sent again when its timer is due
 
 
 class Phase(str, enum.Enum):
@@ -136,6 +142,11 @@ class Step:
     and `compensation_retry` are separate budgets: a compensation never inherits the retries
     its action used up. `timeout` (seconds) fails an action that reported no outcome in time;
     `on_timeout` says whether that step is then compensated too (its outcome is unknown).
+
+    `pivot` marks the point of no return: once it succeeded the saga can only go forward, so
+    it has no compensation and every step after it is `retriable`: sent again (same
+    idempotency key) until it succeeds, never compensated. A failed pivot compensates the
+    steps before it as any failed step does.
     """
 
     name: str
@@ -148,6 +159,8 @@ class Step:
     compensation_retry: Retry | None = None
     timeout: float | None = None
     on_timeout: str | None = None
+    pivot: bool = False
+    retriable: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -198,6 +211,18 @@ class Step:
             raise DefinitionError(
                 f"step {self.name!r}: compensate_on_failure needs a compensation task"
             )
+        if self.pivot and self.retriable:
+            raise DefinitionError(f"step {self.name!r} cannot be both the pivot and retriable")
+        if self.pivot and self.compensation is not None:
+            raise DefinitionError(
+                f"step {self.name!r} is the pivot: it is never undone once it succeeded, so it "
+                "takes no compensation"
+            )
+        if self.retriable and self.compensation is not None:
+            raise DefinitionError(
+                f"step {self.name!r} is retriable: it is retried until it succeeds and never "
+                "compensated, so it takes no compensation"
+            )
 
 
 def validate_steps(saga_type: str, steps: Sequence[Step]) -> tuple[Step, ...]:
@@ -214,7 +239,44 @@ def validate_steps(saga_type: str, steps: Sequence[Step]) -> tuple[Step, ...]:
         if step.name in seen:
             raise DefinitionError(f"saga {saga_type!r}: step name {step.name!r} is used twice")
         seen.add(step.name)
+    _check_pivot_order(saga_type, result)
     return result
+
+
+def _check_pivot_order(saga_type: str, steps: tuple[Step, ...]) -> None:
+    """Compensatable steps, then at most one pivot, then retriable steps only.
+
+    Without a pivot, retriable steps may still end the saga: once the first of them is sent the
+    saga can only go forward, as after a pivot.
+    """
+    pivots = [s.name for s in steps if s.pivot]
+    if len(pivots) > 1:
+        raise DefinitionError(
+            f"saga {saga_type!r} has {len(pivots)} pivot steps ({', '.join(pivots)}): at most one"
+        )
+    pivot = next((i for i, s in enumerate(steps) if s.pivot), None)
+    if pivot is not None:
+        for step in steps[pivot + 1 :]:
+            if not step.retriable:
+                raise DefinitionError(
+                    f"saga {saga_type!r}: step {step.name!r} comes after the pivot "
+                    f"{steps[pivot].name!r} and must be retriable (the saga cannot go back)"
+                )
+    first_retriable = next((i for i, s in enumerate(steps) if s.retriable), None)
+    if first_retriable is None:
+        return
+    if pivot is not None and first_retriable < pivot:
+        raise DefinitionError(
+            f"saga {saga_type!r}: retriable step {steps[first_retriable].name!r} comes before "
+            f"the pivot {steps[pivot].name!r}; retriable steps follow it"
+        )
+    for step in steps[first_retriable + 1 :]:
+        if not step.retriable:
+            raise DefinitionError(
+                f"saga {saga_type!r}: step {step.name!r} comes after the retriable step "
+                f"{steps[first_retriable].name!r} and must be retriable too (retriable steps "
+                "are never compensated, so nothing after them could be undone)"
+            )
 
 
 def _check_saga_type(saga_type: object) -> str:

@@ -7,202 +7,40 @@ a late or a forged callback) is ignored, so replays never advance a saga twice.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from sagaflow.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.records import (
+    JSON,
+    Command,
+    DispatchTask,
+    ErrorInfo,
+    Event,
+    HistoryEntry,
+    Ignored,
+    PublishEvent,
+    SagaRecord,
+    StepFailed,
+    StepRecord,
+    StepSucceeded,
+    Transition,
+    event_name,
+    idempotency_key,
+    task_id_for,
+)
 
-JSON = Any
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    """A failure as data: it travels as JSON between processes and is stored as such."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-    task_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"type": self.type, "message": self.message}
-        if self.traceback:
-            data["traceback"] = self.traceback
-        if self.task_id:
-            data["task_id"] = self.task_id
-        return data
-
-    @classmethod
-    def from_json(cls, data: object) -> ErrorInfo:
-        if not isinstance(data, dict):
-            return cls(type="Unknown", message=str(data))
-        return cls(
-            type=str(data.get("type") or "Unknown"),
-            message=str(data.get("message") or ""),
-            traceback=data.get("traceback"),
-            task_id=data.get("task_id"),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}" if self.message else self.type
+# A retriable step that failed is sent again after a delay kept in the store (the recovery
+# sweep sends it), not in a broker ETA: it survives a broker restart and never outlives a
+# visibility timeout. The delay doubles from RETRY_BACKOFF up to RETRY_BACKOFF_MAX seconds.
+RETRY_BACKOFF = 1.0
+RETRY_BACKOFF_MAX = 300.0
 
 
-@dataclass(frozen=True)
-class StepRecord:
-    position: int
-    name: str
-    action: str
-    compensation: str | None
-    queue: str | None
-    compensation_queue: str | None
-    compensate_on_failure: bool
-    retry: dict[str, Any] | None = None  # Retry.to_json() of the action's policy
-    compensation_retry: dict[str, Any] | None = None
-    timeout: float | None = None
-    on_timeout: str | None = None
-    deadline_at: datetime | None = None  # the executing action times out after it
-    status: StepStatus = StepStatus.PENDING
-    result: JSON = None
-    error: ErrorInfo | None = None
-    attempts: int = 0
-    compensation_attempts: int = 0
-    task_id: str | None = None
-    compensation_task_id: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    compensation_started_at: datetime | None = None
-    compensated_at: datetime | None = None
-
-    @classmethod
-    def from_step(cls, position: int, step: Step) -> StepRecord:
-        return cls(
-            position=position,
-            name=step.name,
-            action=step.action,
-            compensation=step.compensation,
-            queue=step.queue,
-            compensation_queue=step.compensation_queue or step.queue,
-            compensate_on_failure=step.compensate_on_failure,
-            retry=step.retry.to_json() if step.retry else None,
-            compensation_retry=step.compensation_retry.to_json()
-            if step.compensation_retry
-            else None,
-            timeout=step.timeout,
-            on_timeout=step.on_timeout,
-        )
-
-
-@dataclass(frozen=True)
-class SagaRecord:
-    saga_id: str
-    saga_type: str
-    state: SagaState
-    data: JSON
-    steps: tuple[StepRecord, ...]
-    version: int = 0
-    current_step: int | None = None
-    error: ErrorInfo | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    finished_at: datetime | None = None
-    cancel_requested_at: datetime | None = None
-
-    def step(self, position: int) -> StepRecord:
-        return self.steps[position]
-
-
-# Events: what the orchestrator is told.
-
-
-@dataclass(frozen=True)
-class StepSucceeded:
-    position: int
-    phase: Phase
-    attempt: int
-    result: JSON = None
-    task_id: str | None = None  # the step task that reported, when the transport tells us
-    tries: int = 1  # runs of the task, Celery retries included
-
-
-@dataclass(frozen=True)
-class StepFailed:
-    position: int
-    phase: Phase
-    attempt: int
-    error: ErrorInfo
-    tries: int = 1
-
-
-Event = StepSucceeded | StepFailed
-
-
-# Commands: what the orchestrator must do once the transition is stored.
-
-
-@dataclass(frozen=True)
-class DispatchTask:
-    saga_id: str
-    position: int
-    phase: Phase
-    attempt: int
-    task_name: str
-    queue: str | None
-    task_id: str
-    context: dict[str, JSON]
-
-
-@dataclass(frozen=True)
-class PublishEvent:
-    name: str
-    payload: dict[str, JSON]
-
-
-Command = DispatchTask | PublishEvent
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    event: str
-    from_state: SagaState | None
-    to_state: SagaState
-    step: str | None = None
-    detail: dict[str, JSON] | None = None
-
-
-@dataclass(frozen=True)
-class Transition:
-    saga: SagaRecord
-    commands: tuple[Command, ...] = ()
-    history: tuple[HistoryEntry, ...] = ()
-    changed_steps: frozenset[int] = field(default_factory=frozenset)
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """The event changes nothing; `reason` says why (kept for logs)."""
-
-    reason: str
-
-
-def task_id_for(saga_id: str, position: int, phase: Phase, attempt: int) -> str:
-    """Deterministic Celery task id: the saga id makes every task findable in Flower."""
-    return f"{saga_id}.{position}.{phase.value}.{attempt}"
-
-
-def idempotency_key(saga_id: str, step_name: str, phase: Phase) -> str:
-    """Stable across retries and redeliveries of the same step and phase."""
-    suffix = "" if phase is Phase.ACTION else ":compensation"
-    return f"{saga_id}:{step_name}{suffix}"
-
-
-def event_name(saga_type: str, outcome: str) -> str:
-    """`order` -> `OrderCompleted`; `ship-parcel.v2` -> `ShipParcelV2Completed`."""
-    parts = [p for p in re.split(r"[^A-Za-z0-9]+", saga_type) if p]
-    camel = "".join(p[:1].upper() + p[1:] for p in parts)
-    return f"{camel}{outcome}"
+def retry_delay(attempts: int) -> float:
+    """Seconds before a retriable step that failed `attempts` times is sent again."""
+    return float(min(RETRY_BACKOFF * 2 ** min(max(attempts - 1, 0), 30), RETRY_BACKOFF_MAX))
 
 
 def new_saga(
@@ -314,6 +152,27 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
 
+def on_timer(saga: SagaRecord, position: int, now: datetime) -> Transition | Ignored:
+    """A step's timer (`deadline_at`) is due: time out its action or send it again."""
+    if not 0 <= position < len(saga.steps):
+        return Ignored(f"no step at position {position}")
+    step = saga.steps[position]
+    if step.status is StepStatus.WAITING_RETRY:
+        return _retry_now(saga, step, now)
+    return time_out(saga, position, now)
+
+
+def _retry_now(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition | Ignored:
+    if saga.state is not SagaState.PENDING:
+        return Ignored(f"saga is {saga.state.value}")
+    if step.deadline_at is not None and step.deadline_at > now:
+        return Ignored(f"step {step.name!r} is retried at {step.deadline_at.isoformat()}")
+    entry = HistoryEntry(
+        "step_retried", saga.state, saga.state, step.name, {"attempt": step.attempts + 1}
+    )
+    return _dispatch_action(saga, step.position, now, (entry,), frozenset())
+
+
 def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ignored:
     """Fail an action that reported no outcome before its deadline.
 
@@ -348,6 +207,8 @@ def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored
         return Ignored(f"saga is {saga.state.value}: nothing to cancel")
     if saga.state is SagaState.COMPENSATING:
         return Ignored("saga is already compensating; compensations cannot be cancelled")
+    if (forward := forward_only(saga)) is not None:
+        return Ignored(forward)
     if saga.cancel_requested_at is not None:
         return Ignored("cancel already requested")
     error = ErrorInfo(type="Cancelled", message=reason or "cancelled by an operator")
@@ -409,6 +270,21 @@ def mark_compensated(
         {"reason": reason},
     )
     return _compensate_from(resumed, step.position - 1, now, (entry,), frozenset({step.position}))
+
+
+def forward_only(saga: SagaRecord) -> str | None:
+    """Why the saga can no longer be undone (past its pivot or into its retriable steps)."""
+    for step in saga.steps:
+        if step.pivot and step.status is StepStatus.COMPLETED:
+            return f"past its pivot step {step.name!r}: it can only go forward"
+        if step.pivot and step.status is StepStatus.EXECUTING:
+            return (
+                f"its pivot step {step.name!r} is in flight: once it succeeds the saga can "
+                "only go forward"
+            )
+        if step.retriable and step.status is not StepStatus.PENDING:
+            return f"its retriable step {step.name!r} has started: it can only go forward"
+    return None
 
 
 def _original_error(saga: SagaRecord) -> ErrorInfo | None:
@@ -476,6 +352,7 @@ def _dispatch_action(
         task_id=task_id,
         started_at=now,
         deadline_at=deadline,
+        error=None,
     )
     saga = replace(_with_step(saga, step), current_step=position, updated_at=now)
     command = DispatchTask(
@@ -508,6 +385,8 @@ def _action_succeeded(
     step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
     saga = replace(_with_step(saga, step), updated_at=now)
     entry = HistoryEntry("step_completed", saga.state, saga.state, step.name, _tries(tries))
+    if step.pivot:
+        entry = replace(entry, detail={**(entry.detail or {}), "pivot": True})
     if saga.cancel_requested_at is not None:
         # The step the cancel waited for is done: undo it and everything before it.
         compensating = replace(saga, state=SagaState.COMPENSATING)
@@ -533,6 +412,8 @@ def _action_succeeded(
 def _action_failed(
     saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int = 1
 ) -> Transition:
+    if step.retriable:
+        return _retriable_failed(saga, step, error, now, tries)
     step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
     steps = list(saga.steps)
     steps[step.position] = step
@@ -555,6 +436,62 @@ def _action_failed(
     )
     start = step.position if step.compensate_on_failure else step.position - 1
     return _compensate_from(saga, start, now, history, frozenset(changed))
+
+
+def _retriable_failed(
+    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int
+) -> Transition:
+    """A retriable step is never compensated: it is sent again after a delay, unless its
+    error says retrying cannot help; then an operator decides."""
+    failed = HistoryEntry(
+        "step_failed",
+        saga.state,
+        saga.state,
+        step.name,
+        {"error": error.to_json(), **(_tries(tries) or {})},
+    )
+    if error.non_retryable:
+        step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
+        reason = "a retriable step failed with a NonRetryable error: retrying cannot help"
+        return _escalate(saga, step, error, now, reason, (failed,))
+    delay = retry_delay(step.attempts)
+    due = now + timedelta(seconds=delay)
+    step = replace(
+        step, status=StepStatus.WAITING_RETRY, error=error, finished_at=now, deadline_at=due
+    )
+    saga = replace(_with_step(saga, step), updated_at=now)
+    scheduled = HistoryEntry(
+        "step_retry_scheduled",
+        saga.state,
+        saga.state,
+        step.name,
+        {"attempt": step.attempts + 1, "delay": delay, "at": due.isoformat()},
+    )
+    return Transition(saga, (), (failed, scheduled), frozenset({step.position}))
+
+
+def _escalate(
+    saga: SagaRecord,
+    step: StepRecord,
+    error: ErrorInfo,
+    now: datetime,
+    reason: str,
+    history: tuple[HistoryEntry, ...],
+) -> Transition:
+    """Stop for an operator: `step`'s outcome is unknown or it cannot succeed by retrying."""
+    stopped = replace(
+        _with_step(saga, step),
+        state=SagaState.ESCALATED,
+        current_step=step.position,
+        error=error,
+        updated_at=now,
+        finished_at=now,
+    )
+    entry = HistoryEntry(
+        "saga_escalated", saga.state, SagaState.ESCALATED, step.name, {"reason": reason}
+    )
+    publish = PublishEvent(event_name(saga.saga_type, "Escalated"), _event_payload(stopped))
+    return Transition(stopped, (publish,), (*history, entry), frozenset({step.position}))
 
 
 def _needs_compensation(step: StepRecord) -> bool:
@@ -669,3 +606,35 @@ def _event_payload(saga: SagaRecord) -> dict[str, JSON]:
         "results": {s.name: s.result for s in saga.steps if s.status is StepStatus.COMPLETED},
         "compensated": [s.name for s in saga.steps if s.status is StepStatus.COMPENSATED],
     }
+
+
+__all__ = [
+    "JSON",
+    "Command",
+    "DispatchTask",
+    "ErrorInfo",
+    "Event",
+    "HistoryEntry",
+    "Ignored",
+    "PublishEvent",
+    "SagaRecord",
+    "StepFailed",
+    "StepRecord",
+    "StepSucceeded",
+    "Transition",
+    "apply",
+    "begin",
+    "cancel",
+    "event_name",
+    "forward_only",
+    "idempotency_key",
+    "mark_compensated",
+    "new_saga",
+    "on_timer",
+    "redrive",
+    "rejected_saga",
+    "retry_compensation",
+    "retry_delay",
+    "task_id_for",
+    "time_out",
+]

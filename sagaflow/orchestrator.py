@@ -19,7 +19,7 @@ from celery import Celery, signals
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.definitions import Phase, Registry, load_definitions
+from sagaflow.definitions import Phase, Registry, StepStatus, load_definitions
 from sagaflow.errors import (
     ConcurrencyConflict,
     InvalidSagaInput,
@@ -44,10 +44,10 @@ from sagaflow.machine import (
     cancel,
     mark_compensated,
     new_saga,
+    on_timer,
     redrive,
     rejected_saga,
     retry_compensation,
-    time_out,
 )
 from sagaflow.protocol import (
     ERRBACK_TASK,
@@ -74,6 +74,7 @@ class RecoveryReport:
     redriven: list[tuple[str, str, str]] = field(default_factory=list)  # saga, step, state
     republished: list[tuple[str, str]] = field(default_factory=list)  # saga, event
     timed_out: list[tuple[str, str]] = field(default_factory=list)  # saga, step
+    retried: list[tuple[str, str]] = field(default_factory=list)  # saga, retriable step
 
 
 class Orchestrator:
@@ -212,15 +213,19 @@ class Orchestrator:
         report = RecoveryReport()
         for saga_id, position in self.store.timed_out(now, limit):
 
-            def expire(saga: SagaRecord, position: int = position) -> Transition | Ignored:
-                return time_out(saga, position, utcnow())
+            def due(saga: SagaRecord, position: int = position) -> Transition | Ignored:
+                return on_timer(saga, position, utcnow())
 
             try:
-                decision = self._decide(saga_id, expire)
+                decision = self._decide(saga_id, due)
             except ConcurrencyConflict:
                 continue
-            if isinstance(decision.outcome, Transition):
-                report.timed_out.append((saga_id, decision.outcome.saga.steps[position].name))
+            if isinstance(decision.outcome, Transition) and decision.saga is not None:
+                step = decision.saga.steps[position]
+                timers = (
+                    report.retried if step.status is StepStatus.WAITING_RETRY else report.timed_out
+                )
+                timers.append((saga_id, step.name))
         for saga_id in self.store.stalled(cutoff, limit):
             try:
                 decision = self._decide(saga_id, lambda saga: redrive(saga, cutoff, utcnow()))
@@ -239,10 +244,12 @@ class Orchestrator:
                 continue
             self.store.mark_published([event.id])
             report.republished.append((event.saga_id, event.name))
-        if report.redriven or report.republished or report.timed_out:
+        if report.redriven or report.republished or report.timed_out or report.retried:
             logger.warning(
-                "recovery: %d steps timed out, re-drove %d stalled sagas, republished %d events",
+                "recovery: %d steps timed out, %d retried, re-drove %d stalled sagas, "
+                "republished %d events",
                 len(report.timed_out),
+                len(report.retried),
                 len(report.redriven),
                 len(report.republished),
             )
@@ -359,6 +366,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
         report = orchestrator.recover(orchestrator.stall_timeout)
         return {
             "timed_out": len(report.timed_out),
+            "retried": len(report.retried),
             "redriven": len(report.redriven),
             "republished": len(report.republished),
         }

@@ -21,6 +21,7 @@ STATE_STYLE = {
     SagaState.COMPENSATION_FAILED: "bold red",
     SagaState.REJECTED: "magenta",
     SagaState.CANCELLED: "yellow",
+    SagaState.ESCALATED: "bold magenta",
 }
 
 STEP_MARK = {
@@ -32,6 +33,7 @@ STEP_MARK = {
     StepStatus.COMPENSATED: ("✓↩", "yellow"),
     StepStatus.COMPENSATION_FAILED: ("✓↩✗", "bold red"),
     StepStatus.SKIPPED: ("-", "dim"),
+    StepStatus.WAITING_RETRY: ("↻", "yellow"),
 }
 
 
@@ -46,6 +48,11 @@ def step_json(step: StepRecord) -> dict[str, Any]:
         "action": step.action,
         "compensation": step.compensation,
         "queue": step.queue,
+        "pivot": step.pivot,
+        "retriable": step.retriable,
+        "timeout": step.timeout,
+        "on_timeout": step.on_timeout,
+        "deadline_at": _iso(step.deadline_at),
         "status": step.status.value,
         "result": step.result,
         "error": step.error.to_json() if step.error else None,

@@ -52,6 +52,8 @@ steps = sa.Table(
     sa.Column("compensation_retry", JSONType, nullable=True),
     sa.Column("timeout", sa.Float, nullable=True),
     sa.Column("on_timeout", sa.String(16), nullable=True),
+    sa.Column("pivot", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("retriable", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("deadline_at", Timestamp, nullable=True),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("result", JSONType, nullable=True),
@@ -64,7 +66,7 @@ steps = sa.Table(
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Column("compensation_started_at", Timestamp, nullable=True),
     sa.Column("compensated_at", Timestamp, nullable=True),
-    # The recovery sweep looks for executing actions past their deadline.
+    # The recovery sweep looks for step timers that are due (timeouts, retries).
     sa.Index("ix_sagaflow_steps_deadline", "status", "deadline_at"),
 )
 

@@ -132,6 +132,8 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
             outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
             if isinstance(exc, BaseException):
                 error = error_payload(exc, traceback, task_id)
+                if isinstance(exc, NonRetryable):
+                    error["non_retryable"] = True  # a retriable step escalates, not loops
             else:
                 error = {"type": "UnknownError", "message": repr(exc), "task_id": task_id}
         report(outcome, error)

@@ -34,6 +34,8 @@ from sagaflow.machine import (
 from sagaflow.schema import events, history, sagas, steps
 
 TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
+# Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
+TIMER_STATUSES = [StepStatus.EXECUTING.value, StepStatus.WAITING_RETRY.value]
 
 
 def utcnow() -> datetime:
@@ -300,11 +302,12 @@ class SagaStore:
             return [row[0] for row in conn.execute(query)]
 
     def timed_out(self, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
-        """(saga id, position) of executing actions whose deadline has passed."""
+        """(saga id, position) of steps whose timer is due: executing actions past their
+        deadline, retriable steps due to be sent again."""
         query = (
             sa.select(steps.c.saga_id, steps.c.position)
             .where(
-                steps.c.status == StepStatus.EXECUTING.value,
+                steps.c.status.in_(TIMER_STATUSES),
                 steps.c.deadline_at < _utc(now),
             )
             .order_by(steps.c.deadline_at)
@@ -530,6 +533,8 @@ def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
         "compensation_retry": step.compensation_retry,
         "timeout": step.timeout,
         "on_timeout": step.on_timeout,
+        "pivot": step.pivot,
+        "retriable": step.retriable,
         "deadline_at": _utc(step.deadline_at),
         "status": step.status.value,
         "result": step.result,
@@ -608,6 +613,8 @@ def _step_from_row(row: Any) -> StepRecord:
         compensation_retry=row["compensation_retry"],
         timeout=row["timeout"],
         on_timeout=row["on_timeout"],
+        pivot=bool(row["pivot"]),
+        retriable=bool(row["retriable"]),
         deadline_at=_aware(row["deadline_at"]),
         status=StepStatus(row["status"]),
         result=row["result"],

@@ -120,3 +120,14 @@ retrying_long = Saga(
         ),
     ],
 )
+
+# The saga pattern's three kinds of step: a1 can be undone, p2 is the point of no return, r3 is
+# retried until it succeeds.
+pivoting = Saga(
+    "pivoting",
+    steps=[
+        _step("a1", "svc_a"),
+        Step("p2", "svc.act", queue="svc_b", pivot=True),
+        Step("r3", "svc.act", queue="svc_a", retriable=True),
+    ],
+)

@@ -387,3 +387,79 @@ def test_public_errors_share_one_root() -> None:
     errors += ["SagaNotFound", "SagaTimeout", "StoreUnavailable"]
     for name in errors:
         assert issubclass(getattr(sagaflow, name), sagaflow.SagaflowError), name
+
+
+# -- pivot and retriable steps ---------------------------------------------------------------------
+
+
+def comp(name: str) -> Step:
+    return Step(name, "svc.do", "svc.undo")
+
+
+def pivot(name: str = "p") -> Step:
+    return Step(name, "svc.do", pivot=True)
+
+
+def retriable(name: str) -> Step:
+    return Step(name, "svc.do", retriable=True)
+
+
+def test_compensatable_then_pivot_then_retriable_is_accepted() -> None:
+    saga = Saga("ok", [comp("a"), pivot(), retriable("r1"), retriable("r2")])
+    assert [(s.pivot, s.retriable) for s in saga.steps] == [
+        (False, False),
+        (True, False),
+        (False, True),
+        (False, True),
+    ]
+    Saga("pivot-last", [comp("a"), pivot()])
+    Saga("pivot-first", [pivot(), retriable("r")])
+    Saga("no-pivot", [comp("a"), retriable("r")])  # retriable steps may end a saga
+    Saga("only-retriable", [retriable("r")])
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([pivot("p1"), pivot("p2")], r"2 pivot steps \(p1, p2\): at most one"),
+        ([pivot(), comp("a")], r"step 'a' comes after the pivot 'p' and must be retriable"),
+        ([retriable("r"), pivot()], r"retriable step 'r' comes before the pivot 'p'"),
+        ([retriable("r"), comp("a")], r"step 'a' comes after the retriable step 'r'"),
+        (
+            [comp("a"), pivot(), retriable("r"), Step("b", "svc.do")],
+            r"step 'b' comes after the pivot 'p' and must be retriable",
+        ),
+    ],
+)
+def test_definitions_that_break_the_pivot_rules_are_refused(
+    steps: list[Step], message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        Saga("bad", steps)
+
+
+def test_the_pivot_rules_are_checked_for_orchestrator_subclasses_too() -> None:
+    class Bad(SagaOrchestrator):
+        saga_type = "bad_dynamic"
+
+        def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
+            return [pivot(), comp("late")]
+
+    registry = Registry([Bad])
+    with pytest.raises(DefinitionError, match="must be retriable"):
+        registry.plan("bad_dynamic", {})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pivot": True, "compensation": "svc.undo"}, "is the pivot: it is never undone"),
+        ({"retriable": True, "compensation": "svc.undo"}, "is retriable: .* never compensated"),
+        ({"pivot": True, "retriable": True}, "cannot be both the pivot and retriable"),
+    ],
+)
+def test_pivot_and_retriable_steps_take_no_compensation(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=f"step 's' {message}"):
+        Step("s", "svc.do", **kwargs)
