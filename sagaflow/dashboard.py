@@ -256,7 +256,8 @@ def _error(message: str, status: int) -> Response:
 def _filters(args: Any) -> dict[str, Any]:
     state = args.get("state") or None
     if state is not None and state not in {s.value for s in SagaState}:
-        raise ValueError(f"state must be one of {', '.join(s.value for s in SagaState)}")
+        known = ", ".join(s.value for s in SagaState)
+        raise ValueError(f"unknown state {state!r}: use one of {known}")
     since_text = args.get("since") or None
     limit = _int_arg(args, "limit", PAGE_SIZE, 1, 1000)
     return {

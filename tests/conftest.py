@@ -6,7 +6,12 @@ A missing Redis or PostgreSQL fails the tests with a clear message; nothing is s
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -253,3 +258,48 @@ def stack(
 ) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
     yield from build_stack(request.param, home)
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sagaflow.cli", "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env={**stack.env, "NO_COLOR": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"sagaflow dashboard exited {process.returncode}: {output}")
+        try:
+            return http_get(f"{url}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        poll(answers, 30, lambda: f"dashboard on {url} never answered")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

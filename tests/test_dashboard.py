@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -27,8 +22,8 @@ from sagaflow.config import Settings
 from sagaflow.dashboard import create_dashboard
 from sagaflow.errors import ConfigurationError
 from sagaflow.processes import WorkerSpec
-from tests.conftest import ROOT, Stack, poll
-from tests.test_cli import UNREACHABLE_PG, cli_env, describe, isolated_env, sagaflow
+from tests.conftest import Stack, http_get, poll
+from tests.test_cli import UNREACHABLE_PG, describe, isolated_env, sagaflow
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -267,50 +262,6 @@ def test_unreachable_store_is_reported_not_hidden(tmp_path: Any) -> None:
     assert web.get("/healthz").status_code == 503
     metrics = metric_samples(web.get("/metrics").get_data(as_text=True))
     assert metrics["sagaflow_store_up", ()] == 0
-
-
-def http_get(url: str) -> tuple[int, dict[str, str], str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sagaflow.cli", "dashboard", "--port", str(port)],
-        cwd=ROOT,
-        env=cli_env(stack.env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"sagaflow dashboard exited {process.returncode}: {process.stdout}")
-        try:
-            return http_get(f"{url}/healthz")[0] == 200
-        except OSError:
-            return False
-
-    try:
-        poll(answers, 30, lambda: f"dashboard on {url} never answered")
-        yield url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def test_dashboard_command_serves_pages_api_and_metrics(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -15,15 +14,9 @@ from typing import Any
 import pytest
 
 from sagaflow import SagaState
-from tests.conftest import ROOT, Stack, poll
+from tests.conftest import ROOT, Stack, free_port, poll
 
 USER, PASSWORD = "operator", "flower-test-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, auth: bool = True) -> tuple[int, str]:
