@@ -1,0 +1,74 @@
+"""The chaos run, CI-sized: sagas survive killed workers and a Redis flushed and restarted.
+
+benchmarks/chaos.py starts its own redis-server on a free port and its own PostgreSQL database,
+so it disturbs no other test's broker or store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SAGAS = 200
+FAULTS = 6  # one of each kind: service worker, pool child, orchestrator, its child, flush, restart
+SEED = 20261125
+
+
+@pytest.mark.timeout(600)
+def test_no_saga_lost_or_doubled_under_faults(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("the chaos run needs redis-server on PATH (it starts its own)")
+    out = tmp_path / "chaos.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/chaos.py",
+            "--sagas",
+            str(SAGAS),
+            "--faults",
+            str(FAULTS),
+            "--seed",
+            str(SEED),
+            "--self-check",
+            "--timeout",
+            "240",
+            "--logs",
+            str(tmp_path / "run"),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
+    report = result.stdout[-6000:] + result.stderr[-3000:]
+    assert out.exists(), report
+    figures = json.loads(out.read_text())
+    assert figures["violations"] == [], report
+    assert figures["not_terminal_detail"] == [], report
+    assert figures["terminal"] == SAGAS, report
+    assert figures["faults_injected"] == FAULTS, report
+    assert set(figures["faults_by_kind"]) == {
+        "service_worker",
+        "service_child",
+        "orchestrator",
+        "orchestrator_child",
+        "redis_flush",
+        "redis_restart",
+    }
+    # The demo's mix: some orders fail on purpose, so compensation ran under the faults too.
+    assert figures["completed"] > 0 and figures["failed"] > 0, report
+    # The audit is not blind: a deleted effect row is flagged.
+    assert figures["self_check"].startswith("passed"), report
+    assert result.returncode == 0, report
