@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sagaflow.definitions import Phase, SagaState, Step, StepStatus
 from sagaflow.records import (
@@ -30,17 +30,18 @@ from sagaflow.records import (
     idempotency_key,
     task_id_for,
 )
-
-# A retriable step that failed is sent again after a delay kept in the store (the recovery
-# sweep sends it), not in a broker ETA: it survives a broker restart and never outlives a
-# visibility timeout. The delay doubles from RETRY_BACKOFF up to RETRY_BACKOFF_MAX seconds.
-RETRY_BACKOFF = 1.0
-RETRY_BACKOFF_MAX = 300.0
-
-
-def retry_delay(attempts: int) -> float:
-    """Seconds before a retriable step that failed `attempts` times is sent again."""
-    return float(min(RETRY_BACKOFF * 2 ** min(max(attempts - 1, 0), 30), RETRY_BACKOFF_MAX))
+from sagaflow.transitions import (
+    RETRY_BACKOFF_MAX,
+    action_failed,
+    action_succeeded,
+    compensate_from,
+    compensation_failed,
+    compensation_succeeded,
+    dispatch_action,
+    dispatch_compensation,
+    retry_delay,
+    with_step,
+)
 
 
 def new_saga(
@@ -79,7 +80,7 @@ def begin(saga: SagaRecord, now: datetime) -> Transition:
         raise ValueError(f"saga {saga.saga_id} is {saga.state.value}, not started")
     history = HistoryEntry("saga_started", SagaState.STARTED, SagaState.PENDING)
     pending = replace(saga, state=SagaState.PENDING)
-    return _dispatch_action(pending, 0, now, (history,), frozenset())
+    return dispatch_action(pending, 0, now, (history,), frozenset())
 
 
 def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored:
@@ -97,8 +98,8 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
         if (forged := _wrong_reporter(event, step.task_id)) is not None:
             return forged
         if isinstance(event, StepSucceeded):
-            return _action_succeeded(saga, step, event.result, now, event.tries)
-        return _action_failed(saga, step, event.error, now, event.tries)
+            return action_succeeded(saga, step, event.result, now, event.tries)
+        return action_failed(saga, step, event.error, now, event.tries)
     if step.status is not StepStatus.COMPENSATING or saga.state is not SagaState.COMPENSATING:
         return Ignored(f"step {step.name!r} is {step.status.value}, not compensating")
     if event.attempt != step.compensation_attempts:
@@ -108,8 +109,8 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
     if (forged := _wrong_reporter(event, step.compensation_task_id)) is not None:
         return forged
     if isinstance(event, StepSucceeded):
-        return _compensation_succeeded(saga, step, now, event.tries)
-    return _compensation_failed(saga, step, event.error, now, event.tries)
+        return compensation_succeeded(saga, step, now, event.tries)
+    return compensation_failed(saga, step, event.error, now, event.tries)
 
 
 def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transition | Ignored:
@@ -138,17 +139,17 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
                 task_id=step.task_id,
             )
             unknown = replace(step, compensate_on_failure=step.compensation is not None)
-            return _action_failed(_with_step(saga, unknown), unknown, error, now)
+            return action_failed(with_step(saga, unknown), unknown, error, now)
         entry = HistoryEntry("step_redriven", saga.state, saga.state, step.name, detail)
-        resent = _dispatch_action(saga, step.position, now, (entry,), frozenset())
+        resent = dispatch_action(saga, step.position, now, (entry,), frozenset())
         if step.deadline_at is None:
             return resent
         # A new attempt does not buy the step more time: its deadline stands.
         kept = replace(resent.saga.steps[step.position], deadline_at=step.deadline_at)
-        return replace(resent, saga=_with_step(resent.saga, kept))
+        return replace(resent, saga=with_step(resent.saga, kept))
     if saga.state is SagaState.COMPENSATING and step.status is StepStatus.COMPENSATING:
         entry = HistoryEntry("compensation_redriven", saga.state, saga.state, step.name, detail)
-        return _dispatch_compensation(saga, step, now, (entry,), frozenset())
+        return dispatch_compensation(saga, step, now, (entry,), frozenset())
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
 
@@ -170,7 +171,7 @@ def _retry_now(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition 
     entry = HistoryEntry(
         "step_retried", saga.state, saga.state, step.name, {"attempt": step.attempts + 1}
     )
-    return _dispatch_action(saga, step.position, now, (entry,), frozenset())
+    return dispatch_action(saga, step.position, now, (entry,), frozenset())
 
 
 def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ignored:
@@ -193,7 +194,7 @@ def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
         task_id=step.task_id,
     )
     step = replace(step, compensate_on_failure=step.on_timeout == "compensate")
-    return _action_failed(_with_step(saga, step), step, error, now)
+    return action_failed(with_step(saga, step), step, error, now)
 
 
 def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
@@ -237,7 +238,7 @@ def retry_compensation(saga: SagaRecord, now: datetime) -> Transition | Ignored:
     entry = HistoryEntry(
         "compensation_retried", SagaState.COMPENSATION_FAILED, SagaState.COMPENSATING, step.name
     )
-    return _dispatch_compensation(resumed, step, now, (entry,), frozenset())
+    return dispatch_compensation(resumed, step, now, (entry,), frozenset())
 
 
 def mark_compensated(
@@ -256,7 +257,7 @@ def mark_compensated(
         )
     step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
     resumed = replace(
-        _with_step(saga, step),
+        with_step(saga, step),
         state=SagaState.COMPENSATING,
         finished_at=None,
         updated_at=now,
@@ -269,7 +270,7 @@ def mark_compensated(
         step.name,
         {"reason": reason},
     )
-    return _compensate_from(resumed, step.position - 1, now, (entry,), frozenset({step.position}))
+    return compensate_from(resumed, step.position - 1, now, (entry,), frozenset({step.position}))
 
 
 def forward_only(saga: SagaRecord) -> str | None:
@@ -305,311 +306,9 @@ def _wrong_reporter(event: Event, expected: str | None) -> Ignored | None:
     return None
 
 
-def _with_step(saga: SagaRecord, step: StepRecord) -> SagaRecord:
-    steps = list(saga.steps)
-    steps[step.position] = step
-    return replace(saga, steps=tuple(steps))
-
-
-def _context(saga: SagaRecord, step: StepRecord, phase: Phase) -> dict[str, JSON]:
-    results = {
-        s.name: s.result
-        for s in saga.steps[: step.position]
-        if s.status in (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATED)
-    }
-    context: dict[str, JSON] = {
-        "saga_id": saga.saga_id,
-        "saga_type": saga.saga_type,
-        "step": step.name,
-        "data": saga.data,
-        "results": results,
-        "idempotency_key": idempotency_key(saga.saga_id, step.name, phase),
-    }
-    if phase is Phase.COMPENSATION:
-        context["result"] = step.result
-        context["error"] = step.error.to_json() if step.error else None
-    policy = step.retry if phase is Phase.ACTION else step.compensation_retry
-    if policy:
-        context["retry"] = policy  # applied by the service with Celery's retry (SagaStepTask)
-    return context
-
-
-def _dispatch_action(
-    saga: SagaRecord,
-    position: int,
-    now: datetime,
-    history: tuple[HistoryEntry, ...],
-    changed: frozenset[int],
-) -> Transition:
-    step = saga.steps[position]
-    attempt = step.attempts + 1
-    task_id = task_id_for(saga.saga_id, position, Phase.ACTION, attempt)
-    deadline = now + timedelta(seconds=step.timeout) if step.timeout else None
-    step = replace(
-        step,
-        status=StepStatus.EXECUTING,
-        attempts=attempt,
-        task_id=task_id,
-        started_at=now,
-        deadline_at=deadline,
-        error=None,
-    )
-    saga = replace(_with_step(saga, step), current_step=position, updated_at=now)
-    command = DispatchTask(
-        saga_id=saga.saga_id,
-        position=position,
-        phase=Phase.ACTION,
-        attempt=attempt,
-        task_name=step.action,
-        queue=step.queue,
-        task_id=task_id,
-        context=_context(saga, step, Phase.ACTION),
-    )
-    entry = HistoryEntry(
-        "step_dispatched",
-        saga.state,
-        saga.state,
-        step.name,
-        {"task": step.action, "queue": step.queue, "task_id": task_id, "attempt": attempt},
-    )
-    return Transition(saga, (command,), (*history, entry), changed | {position})
-
-
-def _tries(tries: int) -> dict[str, JSON] | None:
-    return {"tries": tries} if tries > 1 else None
-
-
-def _action_succeeded(
-    saga: SagaRecord, step: StepRecord, result: JSON, now: datetime, tries: int = 1
-) -> Transition:
-    step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
-    saga = replace(_with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_completed", saga.state, saga.state, step.name, _tries(tries))
-    if step.pivot:
-        entry = replace(entry, detail={**(entry.detail or {}), "pivot": True})
-    if saga.cancel_requested_at is not None:
-        # The step the cancel waited for is done: undo it and everything before it.
-        compensating = replace(saga, state=SagaState.COMPENSATING)
-        started = HistoryEntry(
-            "compensation_started",
-            SagaState.PENDING,
-            SagaState.COMPENSATING,
-            step.name,
-            {"cause": "cancelled"},
-        )
-        return _compensate_from(
-            compensating, step.position, now, (entry, started), frozenset({step.position})
-        )
-    following = step.position + 1
-    if following < len(saga.steps):
-        return _dispatch_action(saga, following, now, (entry,), frozenset({step.position}))
-    done = replace(saga, state=SagaState.COMPLETED, current_step=None, finished_at=now)
-    finished = HistoryEntry("saga_completed", SagaState.PENDING, SagaState.COMPLETED)
-    publish = PublishEvent(event_name(saga.saga_type, "Completed"), _event_payload(done))
-    return Transition(done, (publish,), (entry, finished), frozenset({step.position}))
-
-
-def _action_failed(
-    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int = 1
-) -> Transition:
-    if step.retriable:
-        return _retriable_failed(saga, step, error, now, tries)
-    step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
-    steps = list(saga.steps)
-    steps[step.position] = step
-    changed = {step.position}
-    for later in saga.steps[step.position + 1 :]:
-        steps[later.position] = replace(later, status=StepStatus.SKIPPED)
-        changed.add(later.position)
-    saga = replace(
-        saga, steps=tuple(steps), state=SagaState.COMPENSATING, error=error, updated_at=now
-    )
-    history = (
-        HistoryEntry(
-            "step_failed",
-            SagaState.PENDING,
-            SagaState.PENDING,
-            step.name,
-            {"error": error.to_json(), **(_tries(tries) or {})},
-        ),
-        HistoryEntry("compensation_started", SagaState.PENDING, SagaState.COMPENSATING, step.name),
-    )
-    start = step.position if step.compensate_on_failure else step.position - 1
-    return _compensate_from(saga, start, now, history, frozenset(changed))
-
-
-def _retriable_failed(
-    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int
-) -> Transition:
-    """A retriable step is never compensated: it is sent again after a delay, unless its
-    error says retrying cannot help; then an operator decides."""
-    failed = HistoryEntry(
-        "step_failed",
-        saga.state,
-        saga.state,
-        step.name,
-        {"error": error.to_json(), **(_tries(tries) or {})},
-    )
-    if error.non_retryable:
-        step = replace(step, status=StepStatus.FAILED, error=error, finished_at=now)
-        reason = "a retriable step failed with a NonRetryable error: retrying cannot help"
-        return _escalate(saga, step, error, now, reason, (failed,))
-    delay = retry_delay(step.attempts)
-    due = now + timedelta(seconds=delay)
-    step = replace(
-        step, status=StepStatus.WAITING_RETRY, error=error, finished_at=now, deadline_at=due
-    )
-    saga = replace(_with_step(saga, step), updated_at=now)
-    scheduled = HistoryEntry(
-        "step_retry_scheduled",
-        saga.state,
-        saga.state,
-        step.name,
-        {"attempt": step.attempts + 1, "delay": delay, "at": due.isoformat()},
-    )
-    return Transition(saga, (), (failed, scheduled), frozenset({step.position}))
-
-
-def _escalate(
-    saga: SagaRecord,
-    step: StepRecord,
-    error: ErrorInfo,
-    now: datetime,
-    reason: str,
-    history: tuple[HistoryEntry, ...],
-) -> Transition:
-    """Stop for an operator: `step`'s outcome is unknown or it cannot succeed by retrying."""
-    stopped = replace(
-        _with_step(saga, step),
-        state=SagaState.ESCALATED,
-        current_step=step.position,
-        error=error,
-        updated_at=now,
-        finished_at=now,
-    )
-    entry = HistoryEntry(
-        "saga_escalated", saga.state, SagaState.ESCALATED, step.name, {"reason": reason}
-    )
-    publish = PublishEvent(event_name(saga.saga_type, "Escalated"), _event_payload(stopped))
-    return Transition(stopped, (publish,), (*history, entry), frozenset({step.position}))
-
-
-def _needs_compensation(step: StepRecord) -> bool:
-    if step.compensation is None:
-        return False
-    if step.status is StepStatus.COMPLETED:
-        return True
-    return step.status is StepStatus.FAILED and step.compensate_on_failure
-
-
-def _compensate_from(
-    saga: SagaRecord,
-    position: int,
-    now: datetime,
-    history: tuple[HistoryEntry, ...],
-    changed: frozenset[int],
-) -> Transition:
-    """Dispatch the compensation of the nearest step at or before `position` that needs one."""
-    for candidate in reversed(saga.steps[: position + 1]):
-        if not _needs_compensation(candidate):
-            continue
-        return _dispatch_compensation(saga, candidate, now, history, changed)
-    cancelled = saga.cancel_requested_at is not None
-    final = SagaState.CANCELLED if cancelled else SagaState.FAILED
-    failed = replace(saga, state=final, current_step=None, updated_at=now, finished_at=now)
-    entry = HistoryEntry(f"saga_{final.value}", SagaState.COMPENSATING, final)
-    outcome = "Cancelled" if cancelled else "Failed"
-    publish = PublishEvent(event_name(saga.saga_type, outcome), _event_payload(failed))
-    return Transition(failed, (publish,), (*history, entry), changed)
-
-
-def _dispatch_compensation(
-    saga: SagaRecord,
-    candidate: StepRecord,
-    now: datetime,
-    history: tuple[HistoryEntry, ...],
-    changed: frozenset[int],
-) -> Transition:
-    attempt = candidate.compensation_attempts + 1
-    task_id = task_id_for(saga.saga_id, candidate.position, Phase.COMPENSATION, attempt)
-    step = replace(
-        candidate,
-        status=StepStatus.COMPENSATING,
-        compensation_attempts=attempt,
-        compensation_task_id=task_id,
-        compensation_started_at=now,
-    )
-    updated = replace(_with_step(saga, step), current_step=step.position, updated_at=now)
-    assert step.compensation is not None
-    command = DispatchTask(
-        saga_id=saga.saga_id,
-        position=step.position,
-        phase=Phase.COMPENSATION,
-        attempt=attempt,
-        task_name=step.compensation,
-        queue=step.compensation_queue,
-        task_id=task_id,
-        context=_context(updated, step, Phase.COMPENSATION),
-    )
-    entry = HistoryEntry(
-        "compensation_dispatched",
-        saga.state,
-        saga.state,
-        step.name,
-        {
-            "task": step.compensation,
-            "queue": step.compensation_queue,
-            "task_id": task_id,
-            "attempt": attempt,
-        },
-    )
-    return Transition(updated, (command,), (*history, entry), changed | {step.position})
-
-
-def _compensation_succeeded(
-    saga: SagaRecord, step: StepRecord, now: datetime, tries: int = 1
-) -> Transition:
-    step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
-    saga = replace(_with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_compensated", saga.state, saga.state, step.name, _tries(tries))
-    return _compensate_from(saga, step.position - 1, now, (entry,), frozenset({step.position}))
-
-
-def _compensation_failed(
-    saga: SagaRecord, step: StepRecord, error: ErrorInfo, now: datetime, tries: int = 1
-) -> Transition:
-    step = replace(step, status=StepStatus.COMPENSATION_FAILED, error=error)
-    saga = replace(
-        _with_step(saga, step),
-        state=SagaState.COMPENSATION_FAILED,
-        error=error,
-        updated_at=now,
-        finished_at=now,
-    )
-    entry = HistoryEntry(
-        "compensation_failed",
-        SagaState.COMPENSATING,
-        SagaState.COMPENSATION_FAILED,
-        step.name,
-        {"error": error.to_json(), **(_tries(tries) or {})},
-    )
-    publish = PublishEvent(event_name(saga.saga_type, "CompensationFailed"), _event_payload(saga))
-    return Transition(saga, (publish,), (entry,), frozenset({step.position}))
-
-
-def _event_payload(saga: SagaRecord) -> dict[str, JSON]:
-    return {
-        "saga_id": saga.saga_id,
-        "saga_type": saga.saga_type,
-        "state": saga.state.value,
-        "error": saga.error.to_json() if saga.error else None,
-        "results": {s.name: s.result for s in saga.steps if s.status is StepStatus.COMPLETED},
-        "compensated": [s.name for s in saga.steps if s.status is StepStatus.COMPENSATED],
-    }
-
-
 __all__ = [
     "JSON",
+    "RETRY_BACKOFF_MAX",
     "Command",
     "DispatchTask",
     "ErrorInfo",
