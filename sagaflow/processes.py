@@ -1,4 +1,5 @@
-"""Starting and stopping Celery worker processes (used by `sagaflow demo` and the tests)."""
+"""Starting and stopping Celery worker processes and their companions (beat, web servers), as
+used by `sagaflow demo`, `sagaflow stack` and the tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +61,21 @@ class WorkerSpec:
 
 
 @dataclass
+class CommandSpec:
+    """Any other process (beat, Flower, a web server). Ready once running, or, with `url`, once
+    that URL answers HTTP (any status: a 401 is an answer)."""
+
+    name: str
+    args: Sequence[str]
+    url: str | None = None
+
+    def command(self) -> list[str]:
+        return list(self.args)
+
+
+@dataclass
 class WorkerProcess:
-    spec: WorkerSpec
+    spec: WorkerSpec | CommandSpec
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
@@ -85,7 +101,7 @@ class WorkerGroup:
         self.cwd = cwd
         self.workers: list[WorkerProcess] = []
 
-    def start(self, spec: WorkerSpec) -> WorkerProcess:
+    def start(self, spec: WorkerSpec | CommandSpec) -> WorkerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -103,21 +119,35 @@ class WorkerGroup:
         return worker
 
     def wait_ready(self, app: Celery, timeout: float = 60.0) -> None:
-        """Poll with `celery inspect ping` until every worker answers, or raise with its log."""
+        """Poll until every worker answers `celery inspect ping` and every process with a URL
+        answers HTTP; raise with the log of one that exited or is still pending at `timeout`."""
         deadline = time.monotonic() + timeout
-        pending = {w.spec.name for w in self.workers}
-        while pending:
+        pending = {w.spec.name for w in self.workers if isinstance(w.spec, WorkerSpec)}
+        urls = {
+            w.spec.name: w.spec.url
+            for w in self.workers
+            if isinstance(w.spec, CommandSpec) and w.spec.url
+        }
+        pending |= set(urls)
+        while True:
             for worker in self.workers:
-                if worker.spec.name in pending and not worker.alive:
+                if not worker.alive:
                     raise WorkerStartError(
-                        f"worker {worker.spec.name!r} exited with code "
+                        f"{worker.spec.name!r} exited with code "
                         f"{worker.process.returncode}; end of {worker.log_path}:\n"
                         f"{worker.log_tail()}"
                     )
-            replies = app.control.ping(timeout=0.5) or []
-            for reply in replies:
-                for hostname in reply:
-                    pending.discard(hostname.split("@", 1)[0])
+            for name, url in urls.items():
+                if name in pending and answers_http(url):
+                    pending.discard(name)
+            if not pending:
+                return
+            if pending - set(urls):
+                for reply in app.control.ping(timeout=0.5) or []:
+                    for hostname in reply:
+                        pending.discard(hostname.split("@", 1)[0])
+            else:
+                time.sleep(0.1)
             if pending and time.monotonic() > deadline:
                 tails = "\n".join(
                     f"--- {w.spec.name} ---\n{w.log_tail(15)}"
@@ -125,22 +155,27 @@ class WorkerGroup:
                     if w.spec.name in pending
                 )
                 raise WorkerStartError(
-                    f"workers not ready after {timeout:g}s: {', '.join(sorted(pending))}\n{tails}"
+                    f"not ready after {timeout:g}s: {', '.join(sorted(pending))}\n{tails}"
                 )
 
     def stop_worker(self, worker: WorkerProcess, timeout: float = 15.0) -> None:
         """Warm-shut one worker down (SIGKILL if it does not stop within `timeout`)."""
         if worker.alive:
-            _signal_group(worker.process, signal.SIGTERM)
+            worker.process.send_signal(signal.SIGTERM)
             _wait_or_kill(worker.process, timeout)
         worker.log_file.close()
         self.workers.remove(worker)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (warm shutdown) to all, then SIGKILL whatever is still running."""
+        """SIGTERM (warm shutdown) to all, then SIGKILL whatever is still running.
+
+        SIGTERM goes to each main process only: a prefork worker then lets its pool children
+        finish their tasks, where a signal to the whole group would kill them mid-task."""
         for worker in self.workers:
             if worker.alive:
-                _signal_group(worker.process, signal.SIGTERM)
+                worker.process.send_signal(signal.SIGTERM)
+            else:  # a main process that died may have left pool children in its group
+                _signal_group(worker.process, signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for worker in self.workers:
             _wait_or_kill(worker.process, max(0.1, deadline - time.monotonic()))
@@ -152,6 +187,18 @@ class WorkerGroup:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def answers_http(url: str, timeout: float = 2.0) -> bool:
+    """Whether something answers HTTP at `url`, whatever the status."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # local: no proxy
+    try:
+        with direct.open(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:

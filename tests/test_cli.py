@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +208,41 @@ def test_status_of_a_running_saga_says_which_step_it_waits_on(stack: Stack) -> N
     assert "waiting on step 'lost' (executing) for" in result.stdout, describe(result)
 
 
-@pytest.mark.parametrize("command", ["status", "history"])
-def test_unknown_saga_exits_3_with_one_line(stack: Stack, command: str) -> None:
-    result = sagaflow(command, "no-such-saga-id", env=stack.env)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["history"],
+        ["cancel"],
+        ["retry"],
+        ["mark-compensated", "{id}", "a1", "--reason", "done by hand"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_unknown_saga_exits_3_with_one_line(stack: Stack, command: list[str]) -> None:
+    args = [a.replace("{id}", "no-such-saga-id") for a in command]
+    if "{id}" not in command:
+        args.append("no-such-saga-id")
+    result = sagaflow(*args, env=stack.env)
     line = assert_one_line_error(result, 3)
     assert "no-such-saga-id" in line
     assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
-    "command", [["status", "some-id"], ["history", "some-id"], ["list"], ["db", "upgrade"]]
+    "command",
+    [
+        ["status", "some-id"],
+        ["history", "some-id"],
+        ["list"],
+        ["db", "upgrade"],
+        ["cancel", "some-id"],
+        ["retry", "some-id"],
+        ["mark-compensated", "some-id", "s1", "--reason", "by hand"],
+        ["recover"],
+        ["dashboard"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
 )
 def test_unreachable_store_exits_4_with_the_password_masked(
     tmp_path: Path, command: list[str]
@@ -294,6 +320,36 @@ def test_list_pages_with_limit_and_offset(stack: Stack) -> None:
     assert "next page: --offset 2" in result.stdout
 
 
+def test_list_since_and_id_prefix(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("dynamic", {"n": 1}))
+    recent = {r["saga_id"] for r in list_json(stack, "--since", "10m", "--limit", "10000")}
+    assert saga.saga_id in recent
+    assert saga.created_at is not None
+    later = (saga.created_at + timedelta(seconds=1)).isoformat()
+    after = {r["saga_id"] for r in list_json(stack, "--since", later, "--limit", "10000")}
+    assert saga.saga_id not in after
+    same_day = saga.created_at.date().isoformat()  # a plain date means midnight UTC
+    assert saga.saga_id in {
+        r["saga_id"] for r in list_json(stack, "--since", same_day, "--limit", "10000")
+    }
+    assert [r["saga_id"] for r in list_json(stack, "--id-prefix", saga.saga_id[:12])] == [
+        saga.saga_id
+    ]
+    assert list_json(stack, "--id-prefix", "%") == []  # a LIKE wildcard is taken literally
+
+    bad = sagaflow("list", "--since", "last tuesday", env=stack.env)
+    assert bad.returncode == 2, describe(bad)
+    assert "neither a duration (30m, 2h, 1d, 1w) nor an ISO 8601 time" in bad.stderr
+
+
+def test_recover_prints_what_it_did(stack: Stack) -> None:
+    result = sagaflow("recover", "--older-than", "600", env=stack.env)
+    assert result.returncode == 0, describe(result)
+    assert re.search(
+        r"\d+ steps timed out, \d+ sagas re-driven, \d+ events published", result.stdout
+    ), describe(result)
+
+
 def test_list_rejects_a_bad_limit(stack: Stack) -> None:
     result = sagaflow("list", "--limit", "0", env=stack.env)
     assert result.returncode == 2, describe(result)
@@ -356,7 +412,23 @@ def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> lis
 
 def test_every_command_is_covered_by_the_help_test() -> None:
     names = {" ".join(p) for p in command_paths()}
-    assert {"", "start", "status", "list", "history", "db", "db upgrade", "worker", "demo"} <= names
+    assert {
+        "",
+        "start",
+        "status",
+        "list",
+        "history",
+        "cancel",
+        "retry",
+        "mark-compensated",
+        "recover",
+        "db",
+        "db upgrade",
+        "worker",
+        "demo",
+        "dashboard",
+        "stack",
+    } <= names
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "sagaflow")
