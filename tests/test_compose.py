@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 
@@ -73,8 +74,23 @@ def test_every_queue_a_step_routes_to_has_a_worker(compose: dict[str, Any]) -> N
     assert {"workers.inventory", "workers.payments", "workers.shipping"} <= service_apps
 
 
+def cli_environment_variables() -> set[str]:
+    """SAGAFLOW_* variables the `sagaflow` command's options read (e.g. the dashboard's)."""
+    from sagaflow.cli import cli
+
+    names: set[str] = set()
+    commands: list[click.Command] = [cli]
+    while commands:
+        command = commands.pop()
+        names |= {p.envvar for p in command.params if isinstance(p.envvar, str)}
+        if isinstance(command, click.Group):
+            commands += command.commands.values()
+    return names
+
+
 def test_environment_uses_sagaflow_settings(compose: dict[str, Any]) -> None:
-    known = set(Settings().to_env())
+    known = set(Settings().to_env()) | cli_environment_variables()
+    assert "SAGAFLOW_DASHBOARD_AUTH" in known
     for name, service in compose["services"].items():
         for key in service.get("environment") or {}:
             if key.startswith("SAGAFLOW_"):
@@ -89,7 +105,15 @@ def test_startup_order_and_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("redis", "postgres"):
         assert "healthcheck" in services[name]
-    for name in ("orchestrator", "inventory", "payments", "shipping", "beat", "flower"):
+    for name in (
+        "orchestrator",
+        "inventory",
+        "payments",
+        "shipping",
+        "beat",
+        "flower",
+        "dashboard",
+    ):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["postgres"]["condition"] == "service_healthy"
@@ -107,3 +131,25 @@ def test_flower_has_no_default_password_and_is_not_published(compose: dict[str, 
     assert 'test -n "$$FLOWER_BASIC_AUTH"' in script and "exit 1" in script
     assert "celery -A sagaflow.worker flower" in script
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+def test_every_worker_has_a_healthcheck_that_pings_itself(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        command = celery_command(service)
+        if not command or "worker" not in command:
+            continue
+        node = option(command, "-n")
+        assert node == f"{service['environment']['WORKER_NAME']}@%h", name
+        check = " ".join(service["healthcheck"]["test"])
+        assert "inspect ping -d $$WORKER_NAME@$$HOSTNAME" in check, name
+
+
+def test_dashboard_needs_credentials_and_stays_local(compose: dict[str, Any]) -> None:
+    dashboard = compose["services"]["dashboard"]
+    assert dashboard["environment"]["SAGAFLOW_DASHBOARD_AUTH"] == "${SAGAFLOW_DASHBOARD_AUTH:-}"
+    script = " ".join(dashboard["command"])
+    assert 'test -n "$$SAGAFLOW_DASHBOARD_AUTH"' in script and "exit 1" in script
+    assert "exec sagaflow dashboard --host 0.0.0.0 --port 8650" in script
+    assert dashboard["ports"] == ["127.0.0.1:8650:8650"]
+    assert "/healthz" in " ".join(dashboard["healthcheck"]["test"])
+    assert dashboard["environment"]["SAGAFLOW_FLOWER_URL"].endswith(":5555")

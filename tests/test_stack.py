@@ -19,11 +19,12 @@ from tests.conftest import (
     ROOT,
     create_postgres_database,
     drop_postgres_database,
+    free_port,
     poll,
     require_redis,
 )
 from tests.test_cli import cli_env, describe, isolated_env, sagaflow
-from tests.test_flower import PASSWORD, USER, free_port, get
+from tests.test_flower import PASSWORD, USER, get
 
 REDIS_URL = "redis://127.0.0.1:6379/9"  # this file's own database
 ORDER = {
