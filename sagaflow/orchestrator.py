@@ -65,6 +65,16 @@ from sagaflow.store import Decision, SagaStore, utcnow
 logger = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
+# The service worker publishes a step's success callback after the step's work is done. Celery
+# retries that publish 3 times within about a second and then fires the errback, which would
+# report a step that took effect as failed (and leave it uncompensated) whenever the broker is
+# away a little longer. Keep retrying through an outage instead: about an hour.
+CALLBACK_RETRY_POLICY = {
+    "max_retries": 720,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 5,
+}
 MAX_ID_LENGTH = 64  # the same limit as the client's MAX_SAGA_ID_LENGTH
 MAX_TYPE_LENGTH = 200
 
@@ -291,7 +301,12 @@ class Orchestrator:
             command.attempt,
             str(command.context.get("step")),
         )
-        on_success = self.app.signature(STEP_SUCCEEDED_TASK, kwargs=outcome, queue=self.queue)
+        on_success = self.app.signature(
+            STEP_SUCCEEDED_TASK,
+            kwargs=outcome,
+            queue=self.queue,
+            retry_policy=CALLBACK_RETRY_POLICY,
+        )
         on_failure = self.app.signature(ERRBACK_TASK, kwargs=outcome, queue=self.queue)
         self.app.send_task(
             command.task_name,
