@@ -13,6 +13,7 @@ from sagaflow.definitions import (
     StepStatus,
     load_definitions,
 )
+from sagaflow.effects import EffectLog, effect_log_table
 from sagaflow.errors import (
     ConcurrencyConflict,
     ConfigurationError,
@@ -39,6 +40,7 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "DefinitionError",
+    "EffectLog",
     "ErrorInfo",
     "InvalidSagaInput",
     "NonRetryable",
@@ -62,6 +64,7 @@ __all__ = [
     "UnknownSagaType",
     "__version__",
     "create_service_app",
+    "effect_log_table",
     "install_service_support",
     "load_definitions",
 ]

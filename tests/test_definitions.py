@@ -341,6 +341,7 @@ PUBLIC = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "DefinitionError",
+    "EffectLog",
     "ErrorInfo",
     "InvalidSagaInput",
     "NonRetryable",
@@ -364,6 +365,7 @@ PUBLIC = [
     "UnknownSagaType",
     "__version__",
     "create_service_app",
+    "effect_log_table",
     "install_service_support",
     "load_definitions",
 ]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from sagaflow.effects import EffectLog, effect_log_table
 
 metadata = sa.MetaData()
 
@@ -38,16 +39,12 @@ shipments = sa.Table(
     sa.Column("country", sa.String(10), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
 )
-effects = sa.Table(
-    "example_effects",
+# sagaflow's effect log, with two columns of our own so the log reads as what happened.
+effects = effect_log_table(
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
-    sa.Column("saga_id", sa.String(64), nullable=False, index=True),
+    "example_effects",
     sa.Column("service", sa.String(50), nullable=False),
     sa.Column("operation", sa.String(50), nullable=False),
-    sa.Column("detail", sa.JSON, nullable=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -90,7 +87,9 @@ def create_tables(url: str | None = None) -> None:
 def seed(
     balances: Mapping[str, int], quantities: Mapping[str, int], url: str | None = None
 ) -> None:
-    """Reset the example data: balances and stock as given, no shipments, no effects."""
+    """Reset the example data: balances and stock as given, no shipments, no effects. The
+    tables are made again, so an older layout of them never gets in the way."""
+    metadata.drop_all(engine(url))
     create_tables(url)
     with engine(url).begin() as conn:
         for table in (effects, shipments, accounts, stock):
@@ -108,25 +107,11 @@ def apply_once(
     change: Callable[[Connection], dict[str, Any] | None],
 ) -> dict[str, Any]:
     """Run `change` and record the effect in one transaction, once per idempotency key."""
-    key = str(context["idempotency_key"])
-    with engine().begin() as conn:
-        done = conn.execute(
-            sa.select(effects.c.detail).where(effects.c.idempotency_key == key)
-        ).first()
-        if done is not None:
-            return dict(done.detail or {}, duplicate=True)
-        detail = change(conn) or {}
-        conn.execute(
-            effects.insert().values(
-                idempotency_key=key,
-                saga_id=str(context["saga_id"]),
-                service=service,
-                operation=operation,
-                detail=detail,
-                at=datetime.now(timezone.utc),
-            )
-        )
-    return detail
+    log = EffectLog(engine, effects)
+    result = log.apply_once(
+        context, lambda conn: change(conn) or {}, service=service, operation=operation
+    )
+    return result
 
 
 def balances(url: str | None = None) -> dict[str, int]:
