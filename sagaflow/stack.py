@@ -177,7 +177,8 @@ def _start_processes(
     if options.beat:
         schedule = (settings.home / "celerybeat-schedule").resolve()
         beat = _celery("beat", "-s", str(schedule), "-l", "info")
-        rows.append((group.start(CommandSpec("beat", beat)), f"schedule {schedule}"))
+        every = f"sagaflow.recover every {settings.recover_interval:g}s"
+        rows.append((group.start(CommandSpec("beat", beat)), every))
     flower_url = None
     if flower_port is not None:
         flower_url = f"http://{HOST}:{flower_port}"
@@ -191,7 +192,8 @@ def _start_processes(
         args += ["--host", HOST, "--port", str(dashboard_port)]
         if flower_url:
             args += ["--flower-url", flower_url]
-        rows.append((group.start(CommandSpec("dashboard", args, url=f"{url}/")), url))
+        auth = " (basic auth)" if group.env.get("SAGAFLOW_DASHBOARD_AUTH") else ""
+        rows.append((group.start(CommandSpec("dashboard", args, url=f"{url}/")), url + auth))
     return rows
 
 
@@ -371,5 +373,13 @@ def _table(rows: list[tuple[WorkerProcess, str]]) -> Table:
     table.add_column("queue / URL", overflow="fold")
     table.add_column("log", overflow="fold")
     for worker, where in rows:
-        table.add_row(worker.spec.name, str(worker.process.pid), where, str(worker.log_path))
+        table.add_row(worker.spec.name, str(worker.process.pid), where, _shown(worker.log_path))
     return table
+
+
+def _shown(path: Path) -> str:
+    """The path relative to the working directory when it is below it (shorter to read)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
