@@ -20,7 +20,13 @@ from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
 from sagaflow.machine import Ignored, SagaRecord, cancel, mark_compensated, retry_compensation
-from sagaflow.protocol import OPERATOR_TASK, START_TASK
+from sagaflow.protocol import (
+    MAX_INPUT_DEPTH,
+    OPERATOR_TASK,
+    SAGA_ID_PATTERN,
+    START_TASK,
+    input_problem,
+)
 from sagaflow.store import HistoryRow, SagaStore, utcnow
 
 MAX_SAGA_ID_LENGTH = 64
@@ -69,10 +75,11 @@ class SagaClient:
             raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
         payload = validate_input(data, self.settings.max_input_bytes)
         if saga_id is not None and (
-            not isinstance(saga_id, str) or not saga_id or len(saga_id) > MAX_SAGA_ID_LENGTH
+            not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id)
         ):
             raise InvalidSagaInput(
-                f"saga id must be a non-empty string of at most {MAX_SAGA_ID_LENGTH} characters"
+                f"saga id {saga_id!r:.80} refused: at most {MAX_SAGA_ID_LENGTH} characters, "
+                "letters, digits and _.:@- (starting with a letter or digit)"
             )
         saga_id = saga_id or str(uuid.uuid4())
         try:
@@ -187,7 +194,11 @@ def validate_input(data: object, max_bytes: int) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InvalidSagaInput(f"saga input is not JSON-serialisable: {exc}") from exc
     except RecursionError:
-        raise InvalidSagaInput("saga input is nested too deeply") from None
+        deep = f"saga input is nested more than {MAX_INPUT_DEPTH} levels deep"
+        raise InvalidSagaInput(deep) from None
+    problem = input_problem(data)
+    if problem is not None:
+        raise InvalidSagaInput(f"saga input refused: {problem}")
     size = len(text.encode())
     if size > max_bytes:
         raise InvalidSagaInput(f"saga input is {size} bytes of JSON, over the limit of {max_bytes}")

@@ -53,9 +53,11 @@ from sagaflow.protocol import (
     ERRBACK_TASK,
     OPERATOR_TASK,
     RECOVER_TASK,
+    SAGA_ID_PATTERN,
     START_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
+    input_problem,
     outcome_kwargs,
     strict_json,
 )
@@ -113,8 +115,11 @@ class Orchestrator:
         """Record a new saga and dispatch its first step; record a rejection on bad input."""
         now = utcnow()
         problem: str | None = None
-        if not isinstance(saga_id, str) or not saga_id or len(saga_id) > MAX_ID_LENGTH:
-            problem = f"invalid saga id {saga_id!r}: a non-empty string of at most 64 characters"
+        if not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id):
+            problem = (
+                f"invalid saga id {saga_id!r:.100}: at most 64 letters, digits and _.:@- "
+                "(starting with a letter or digit)"
+            )
             saga_id = str(uuid.uuid4())
         assert isinstance(saga_id, str)
         type_name = saga_type if isinstance(saga_type, str) else repr(saga_type)
@@ -123,6 +128,9 @@ class Orchestrator:
                 raise InvalidSagaInput(problem)
             if not isinstance(saga_type, str) or len(saga_type) > MAX_TYPE_LENGTH:
                 raise UnknownSagaType(f"unknown saga type {type_name[:MAX_TYPE_LENGTH]!r}")
+            unstorable = input_problem(data)
+            if unstorable is not None:
+                raise InvalidSagaInput(f"saga input refused: {unstorable}")
             size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
             if size > self.max_input_bytes:
                 raise InvalidSagaInput(
@@ -134,7 +142,10 @@ class Orchestrator:
             # start is never acknowledged without a trace in the store.
             if not isinstance(exc, (UnknownSagaType, InvalidSagaInput)):
                 logger.exception("saga %s: planning %r failed", saga_id, type_name)
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc))
+            # What a producer sent is cleaned before it is stored, so the rejection itself can
+            # be recorded whatever the input held.
+            error = ErrorInfo(type=type(exc).__name__, message=strict_json(str(exc)))
+            type_name = strict_json(type_name)
             data = strict_json(data)
             stored_data = data if isinstance(data, dict) and problem is None else {"input": data}
             if len(json.dumps(stored_data, default=repr)) > self.max_input_bytes:

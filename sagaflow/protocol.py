@@ -10,6 +10,7 @@ import base64
 import datetime
 import decimal
 import math
+import re
 import traceback as traceback_module
 import uuid
 from typing import Any
@@ -26,6 +27,44 @@ OPERATOR_TASK = "sagaflow.operator"  # retry / mark-compensated, sent by SagaCli
 ERRBACK_TASK = "sagaflow.errback"
 
 MAX_TRACEBACK_CHARS = 8000
+# Deeper saga input is refused: kombu's JSON decoder, and PostgreSQL's, recurse per level.
+MAX_INPUT_DEPTH = 64
+# Saga ids appear in task ids, routing keys and Flower searches: keep them plain.
+SAGA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
+
+
+def input_problem(value: Any, max_depth: int = MAX_INPUT_DEPTH) -> str | None:
+    """Why `value` (decoded JSON) cannot be stored as saga input, or None.
+
+    JSON can carry text that PostgreSQL refuses (NUL characters, lone UTF-16 surrogates written
+    as escapes) and nesting deep enough to exhaust a decoder: refused here, with the reason,
+    rather than failing in the store. Iterative, so hostile depth cannot exhaust the stack.
+    """
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > max_depth:
+            return f"nested more than {max_depth} levels deep"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                pending.append((key, depth + 1))
+                pending.append((child, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "a string contains a NUL character, which PostgreSQL cannot store"
+            if not _encodes(item):
+                return "a string is not valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def error_payload(
@@ -70,7 +109,8 @@ def strict_json(value: Any, depth: int = 0) -> Any:
     kombu's JSON turns Decimal, datetime, UUID and bytes back into Python objects, and
     PostgreSQL's JSONB refuses NaN and NUL characters: results and errors from services are
     cleaned on arrival so that storing them cannot fail. Decimal, dates and UUIDs become
-    strings, bytes base64, NaN and infinities null, sets and tuples lists; NULs are dropped.
+    strings, bytes base64, NaN and infinities null, sets and tuples lists; NULs are dropped and
+    lone surrogates become "?".
     """
     if depth > 200:
         return "<nested too deeply>"
@@ -79,7 +119,8 @@ def strict_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        value = value.replace("\x00", "")
+        return value if _encodes(value) else value.encode("utf-8", "replace").decode()
     if isinstance(value, dict):
         return {strict_json(str(k)): strict_json(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
