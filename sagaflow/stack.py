@@ -31,7 +31,13 @@ from sqlalchemy.engine import make_url
 from sagaflow.app import create_app
 from sagaflow.config import Settings, ensure_home
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
-from sagaflow.processes import CommandSpec, WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.processes import (
+    CommandSpec,
+    WorkerGroup,
+    WorkerProcess,
+    WorkerSpec,
+    WorkerStartError,
+)
 from sagaflow.store import SagaStore, mask_url
 
 FLOWER_PORT = 5555
@@ -145,6 +151,10 @@ def run_stack(
             code = 1
         except _StopRequested as stop:
             console.print(f"{stop}: stopping…", highlight=False)
+        except WorkerStartError as exc:  # printed whole: the end of the log says why
+            console.print("[bold red]stack not started:[/]")
+            console.print(str(exc), markup=False, highlight=False)
+            code = 1
         finally:
             names = [w.spec.name for w in group.workers if w.alive]
             started = time.monotonic()

@@ -224,6 +224,22 @@ def test_stack_refuses_bad_services_before_starting_anything(tmp_path: Path) -> 
     assert not (tmp_path / "home" / "stack-logs").exists()
 
 
+def test_stack_that_cannot_start_a_process_says_why_and_stops_the_rest(
+    tmp_path: Path, run_stack: list[StackProcess]
+) -> None:
+    home = tmp_path / "home"
+    env = isolated_env(home, SAGAFLOW_DEFINITIONS="workers.definitions")
+    env.pop("FLOWER_BASIC_AUTH", None)
+    args = ["-c", "1", "--no-beat", "--no-dashboard", "--service", "billing=no_such_module"]
+    stack = StackProcess(args, env, tmp_path / "stack.out")
+    run_stack.append(stack)
+    assert stack.wait_exit() == 1, stack.output()
+    output = stack.output()
+    assert "stack not started" in output and "'billing' exited with code" in output, output
+    assert "no_such_module" in output, output  # the end of its log, line by line
+    assert "stopped orchestrator" in output, output
+
+
 def test_stack_refuses_flower_without_a_password(tmp_path: Path) -> None:
     env = isolated_env(tmp_path / "home")
     env.pop("FLOWER_BASIC_AUTH", None)
