@@ -54,7 +54,7 @@ from sagaflow import SagaRecord, SagaState, Settings, StepStatus  # noqa: E402
 from sagaflow.app import create_app  # noqa: E402
 from sagaflow.client import SagaClient  # noqa: E402
 from sagaflow.demo import BALANCES, SERVICES, STOCK, DemoOrder, demo_orders  # noqa: E402
-from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec, WorkerStartError  # noqa: E402
+from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec  # noqa: E402
 from sagaflow.schema import history, sagas  # noqa: E402
 from sagaflow.store import SagaStore  # noqa: E402
 
@@ -194,6 +194,7 @@ class Cluster:
         self.env = env
         self.logs = logs
         self.beat: subprocess.Popen[bytes] | None = None
+        self.exits: list[str] = []  # workers that exited on their own, and why
         self.specs = {
             "orchestrator": WorkerSpec(
                 "orchestrator", "sagaflow.worker", [settings.queue], pool="prefork", concurrency=2
@@ -210,6 +211,9 @@ class Cluster:
         for spec in self.specs.values():
             self.group.start(spec)
         self.wait_ready()
+        self.start_beat()
+
+    def start_beat(self) -> None:
         log = open(self.logs / "beat.log", "ab")  # noqa: SIM115 - inherited by the child
         command = [sys.executable, "-m", "celery", "-A", "sagaflow.worker", "beat", "-l", "info"]
         command += ["-s", str(self.logs / "beat-schedule")]
@@ -225,21 +229,47 @@ class Cluster:
         log.close()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        # A fresh app each time: after a flush, a long-lived connection's cached declarations
-        # (the ping reply queue) would not be made again.
         deadline = time.monotonic() + timeout
         while True:
+            self.revive_exited()
+            # A fresh app each time: after a flush, a long-lived connection's cached
+            # declarations (the ping reply queue) would not be made again.
             app = create_app("sagaflow-chaos-control", self.settings)
             try:
                 self.group.wait_ready(app, timeout=max(1.0, deadline - time.monotonic()))
                 return
-            except WorkerStartError:
-                raise
-            except Exception:  # Redis just restarted: a broken connection, try a new one
+            except Exception:  # Redis just restarted, or a worker exited meanwhile: again
                 if time.monotonic() > deadline:
                     raise
             finally:
                 app.close()
+
+    def revive_exited(self) -> list[str]:
+        """Start again, as a supervisor would, any worker (or beat) that exited on its own."""
+        revived = []
+        for worker in list(self.group.workers):
+            if worker.alive:
+                continue
+            reason = next(
+                (
+                    line.strip()
+                    for line in reversed(worker.log_tail(400).splitlines())
+                    if "Unrecoverable error" in line or "CRITICAL" in line
+                ),
+                "no reason in its log",
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGKILL)  # its pool, if left behind
+            self.group.stop_worker(worker)
+            self.group.start(self.specs[worker.spec.name])
+            revived.append(
+                f"{worker.spec.name} exited with code {worker.process.returncode}: {reason[:300]}"
+            )
+        if self.beat is not None and self.beat.poll() is not None:
+            revived.append(f"beat exited with code {self.beat.returncode}")
+            self.start_beat()
+        self.exits += revived
+        return revived
 
     def worker(self, name: str) -> WorkerProcess:
         return next(w for w in self.group.workers if w.spec.name == name)
@@ -280,7 +310,11 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.beat.pid, signal.SIGKILL)
                 self.beat.wait(timeout=10)
+        leaders = [w.process.pid for w in self.group.workers]
         self.group.stop()
+        for pid in leaders:  # pool processes a dead leader left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -311,6 +345,7 @@ class RunFigures:
     not_terminal_detail: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     starts_resent: int = 0
+    unplanned_exits: list[str] = field(default_factory=list)
     steps_redriven: int = 0
     outcomes_ignored: int = 0
     elapsed_s: float = 0.0
@@ -329,18 +364,22 @@ class RunFigures:
         return data
 
 
-def plan_faults(rng: random.Random, count: int, sagas: int) -> list[tuple[int, str]]:
+def plan_faults(
+    rng: random.Random, count: int, sagas: int, allowed: Sequence[str] = FAULT_KINDS
+) -> list[tuple[int, str]]:
     """(finished sagas at which to strike, kind): every kind once before any repeats."""
     kinds: list[str] = []
     while len(kinds) < count:
-        batch = list(FAULT_KINDS)
+        batch = list(allowed)
         rng.shuffle(batch)
         kinds += batch
     points = sorted(rng.randint(sagas * 5 // 100, sagas * 85 // 100) for _ in range(count))
     return list(zip(points, kinds[:count], strict=True))
 
 
-def inject(kind: str, cluster: Cluster, redis: RedisServer, rng: random.Random) -> Fault:
+def inject(
+    kind: str, cluster: Cluster, redis: RedisServer, rng: random.Random, max_downtime: float
+) -> Fault:
     if kind == "service_worker":
         return Fault(0, kind, cluster.kill(rng.choice(SERVICES)))
     if kind == "service_child":
@@ -353,12 +392,12 @@ def inject(kind: str, cluster: Cluster, redis: RedisServer, rng: random.Random) 
         redis.flushall()
         return Fault(0, kind, "FLUSHALL")
     if kind == "redis_restart":
-        downtime = round(rng.uniform(0.2, 3.0), 2)
+        downtime = round(rng.uniform(0.2, max_downtime), 2)
         redis.stop()
         time.sleep(downtime)  # the outage itself, not a wait for work
         redis.start()
         cluster.wait_ready()
-        return Fault(0, kind, "SIGKILL redis-server, start it empty", downtime)
+        return Fault(0, kind, f"SIGKILL redis-server, start it empty after {downtime}s", downtime)
     raise ValueError(kind)
 
 
@@ -612,17 +651,19 @@ def run(args: argparse.Namespace) -> RunFigures:
         orders = demo_orders(args.sagas)
         ids = [f"chaos{seed}-{i:06d}" for i in range(args.sagas)]
         producer = Producer(client, store, orders, ids, args.window, args.stall_timeout)
-        plan = plan_faults(rng, args.faults, args.sagas)
+        plan = plan_faults(rng, args.faults, args.sagas, args.kinds)
         started = time.monotonic()
         deadline: float | None = None
         last_report = started
         while not producer.done:
             producer.tick()
+            for line in cluster.revive_exited():
+                console.print(f"[yellow]restarted[/] {line}", highlight=False)
             now = time.monotonic()
             if plan and producer.finished >= plan[0][0]:
                 _, kind = plan.pop(0)
                 at = now - started
-                fault = inject(kind, cluster, redis, rng)
+                fault = inject(kind, cluster, redis, rng, args.redis_downtime)
                 fault.at = round(at, 2)
                 figures.faults.append(fault)
                 console.print(
@@ -645,6 +686,7 @@ def run(args: argparse.Namespace) -> RunFigures:
             time.sleep(0.1)
         figures.elapsed_s = round(time.monotonic() - started, 2)
         figures.starts_resent = producer.resent
+        figures.unplanned_exits = list(cluster.exits)
         with console.status("auditing…"):
             records = [store.load(saga_id) for saga_id in ids]
             services = read_services(database_url)
@@ -713,6 +755,7 @@ def summary(figures: RunFigures) -> Table:
         ("terminal", f"{figures.terminal:,} of {figures.sagas:,}"),
         ("violations", str(len(figures.violations))),
         ("starts re-sent by the producer", str(figures.starts_resent)),
+        ("workers that exited on their own (restarted)", str(len(figures.unplanned_exits))),
         ("steps re-driven by the sweep", str(figures.steps_redriven)),
         ("outcomes ignored (late/duplicate)", str(figures.outcomes_ignored)),
         ("elapsed", f"{figures.elapsed_s:.1f} s"),
@@ -730,6 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sagas", type=int, default=200)
     parser.add_argument("--faults", type=int, default=6)
     parser.add_argument("--seed", type=int, default=None, help="replay a run (printed at start)")
+    parser.add_argument(
+        "--kinds",
+        type=lambda value: [k for k in value.split(",") if k],
+        default=list(FAULT_KINDS),
+        help=f"fault kinds to draw from, comma-separated (default: all of {','.join(FAULT_KINDS)})",
+    )
     parser.add_argument("--window", type=int, default=100, help="sagas running at once")
     parser.add_argument(
         "--timeout",
@@ -738,6 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds allowed after the last start and the last fault for every saga to end",
     )
     parser.add_argument("--stall-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--redis-downtime", type=float, default=5.0, help="longest Redis outage, seconds"
+    )
     parser.add_argument("--recover-interval", type=float, default=2.0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--logs", type=Path, default=None, help="folder for worker logs")
@@ -748,10 +800,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after the audit, delete one effect and check the audit flags it",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.kinds) - set(FAULT_KINDS))
+    if unknown or not args.kinds:
+        parser.error(f"unknown fault kinds {unknown}; choose among {', '.join(FAULT_KINDS)}")
     figures = run(args)
     console.print(summary(figures))
     for line in figures.violations[:50]:
         console.print(f"[red]violation[/] {line}", highlight=False)
+    for line in figures.unplanned_exits:
+        console.print(f"[yellow]exited on its own[/] {line}", highlight=False)
     for line in figures.not_terminal_detail[:50]:
         console.print(f"[yellow]not terminal[/] {line}", highlight=False)
     if args.json:
