@@ -310,6 +310,48 @@ def mark_compensated_command(
         _wait_and_show(client, saga_id, timeout, version)
 
 
+@cli.command(name="resolve")
+@click.argument("saga_id")
+@click.argument("step")
+@click.option(
+    "--applied/--not-applied",
+    default=None,
+    help="Whether STEP took effect (one of the two is required).",
+)
+@click.option("--reason", required=True, help="How you know (kept in the history).")
+@click.option("--result", "result_text", help="With --applied: the step's result as JSON.")
+@wait_options
+@click.pass_context
+def resolve_command(
+    ctx: click.Context,
+    saga_id: str,
+    step: str,
+    applied: bool | None,
+    reason: str,
+    result_text: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Say whether STEP of an escalated saga took effect; the saga carries on from there
+    (forward if applied, compensating the steps before it if not)."""
+    if applied is None:
+        raise click.UsageError("say --applied or --not-applied")
+    try:
+        result = json.loads(result_text) if result_text is not None else None
+    except ValueError as exc:
+        raise click.UsageError(f"--result is not valid JSON: {exc}") from exc
+    client = client_of(ctx)
+    version = client.resolve(saga_id, step, applied, reason, result)
+    click.echo(f"saga {saga_id}: {step} resolved as {'applied' if applied else 'not applied'}")
+    if wait:
+        with err_console.status(f"saga {saga_id} running…"):
+            saga = client.wait(saga_id, timeout=timeout, newer_than=version)
+        console.print(render.saga_steps_table(saga))
+        console.print("state:", render.state_text(saga.state))
+        if saga.state in (SagaState.COMPENSATION_FAILED, SagaState.ESCALATED):
+            sys.exit(EXIT_ERROR)
+
+
 def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: int) -> None:
     with err_console.status(f"saga {saga_id} compensating…"):
         saga = client.wait(saga_id, timeout=timeout, newer_than=version)

@@ -19,7 +19,14 @@ from celery import Celery
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
-from sagaflow.machine import Ignored, SagaRecord, cancel, mark_compensated, retry_compensation
+from sagaflow.machine import (
+    Ignored,
+    SagaRecord,
+    cancel,
+    mark_compensated,
+    resolve,
+    retry_compensation,
+)
 from sagaflow.protocol import (
     MAX_INPUT_DEPTH,
     OPERATOR_TASK,
@@ -127,6 +134,27 @@ class SagaClient:
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot mark {step!r} of saga {saga_id}: {outcome.reason}")
         self._operate("mark_compensated", saga_id, step=step, reason=reason)
+        return saga.version
+
+    def resolve(
+        self, saga_id: str, step: str, applied: bool, reason: str, result: Any = None
+    ) -> int:
+        """Say whether the step an escalated saga stopped at took effect, with the reason.
+
+        Applied: the step counts as completed (with `result`) and the saga goes on. Not
+        applied: the steps before it are compensated (a retriable step is sent again).
+        Returns the version before."""
+        if not reason.strip():
+            raise InvalidOperation("a reason is required to resolve a step")
+        if result is not None:
+            validate_input({"result": result}, self.settings.max_input_bytes)
+        saga = self.store.get(saga_id)
+        outcome = resolve(saga, step, applied, reason, utcnow(), result)
+        if isinstance(outcome, Ignored):
+            raise InvalidOperation(f"cannot resolve {step!r} of saga {saga_id}: {outcome.reason}")
+        self._operate(
+            "resolve", saga_id, step=step, reason=reason, applied=applied, result=result
+        )
         return saga.version
 
     def _operate(self, action: str, saga_id: str, **kwargs: Any) -> None:

@@ -65,16 +65,21 @@ class StepStatus(str, enum.Enum):
     COMPENSATION_FAILED = "compensation_failed"  # compensation failed: needs an operator
     SKIPPED = "skipped"  # never ran because an earlier step failed
     WAITING_RETRY = "waiting_retry"  # a retriable step failed; sent again when its timer is due
+    VERIFYING = "verifying"  # the action timed out; its verify task says whether it took effect
+    OUTCOME_UNKNOWN = "outcome_unknown"  # timed out and not verified: an operator resolves it
 
 
 class Phase(str, enum.Enum):
     ACTION = "action"
     COMPENSATION = "compensation"
+    VERIFY = "verify"  # asks whether an action whose outcome is unknown took effect
 
 
-# What a step that timed out (outcome unknown) leads to: "compensate" it (it may have
-# half-happened; the default when it has a compensation) or "fail" it (take it as not done).
-ON_TIMEOUT = ("compensate", "fail")
+# What a step that timed out (its outcome unknown: it may have half-happened) leads to:
+# "compensate" it with the steps before it (the default when it has a compensation), "fail" it
+# (take it as not done), "verify" it (its `verify` task says whether it took effect) or
+# "escalate" (stop; an operator says what happened). See Step.
+ON_TIMEOUT = ("compensate", "fail", "verify", "escalate")
 MAX_RETRY_DELAY = 600.0  # retries wait in broker ETAs: keep them far below visibility_timeout
 
 
@@ -143,6 +148,12 @@ class Step:
     its action used up. `timeout` (seconds) fails an action that reported no outcome in time;
     `on_timeout` says whether that step is then compensated too (its outcome is unknown).
 
+    With `on_timeout="verify"` the `verify` task (on the step's queue, given the step's context
+    and its idempotency key) answers `{"applied": true|false, "result": ...}`: applied, the step
+    counts as completed with that result; not applied, as failed without effect (a retriable
+    step is sent again). A verify task that fails or answers anything else escalates: the saga
+    stops `escalated` until `sagaflow resolve` says what happened.
+
     `pivot` marks the point of no return: once it succeeded the saga can only go forward, so
     it has no compensation and every step after it is `retriable`: sent again (same
     idempotency key) until it succeeds, never compensated. A failed pivot compensates the
@@ -161,6 +172,7 @@ class Step:
     on_timeout: str | None = None
     pivot: bool = False
     retriable: bool = False
+    verify: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -196,8 +208,11 @@ class Step:
                 f"step {self.name!r}: timeout must be a positive number of seconds"
             )
         if self.on_timeout is None and self.timeout is not None:
-            # A step that timed out may have half-happened: undo it when we know how.
+            # A step that timed out may have half-happened: undo it when we know how. A pivot
+            # cannot be undone and may have happened: only an operator can say.
             default = "compensate" if self.compensation else "fail"
+            if self.pivot:
+                default = "verify" if self.verify else "escalate"
             object.__setattr__(self, "on_timeout", default)
         if self.on_timeout not in (None, *ON_TIMEOUT):
             raise DefinitionError(
@@ -206,6 +221,24 @@ class Step:
         if self.on_timeout == "compensate" and self.compensation is None:
             raise DefinitionError(
                 f"step {self.name!r}: on_timeout='compensate' needs a compensation"
+            )
+        if self.on_timeout in ("verify", "escalate") and self.timeout is None:
+            raise DefinitionError(
+                f"step {self.name!r}: on_timeout={self.on_timeout!r} needs a timeout (the "
+                "policy applies when the step times out)"
+            )
+        if self.on_timeout == "verify" and self.verify is None:
+            raise DefinitionError(
+                f"step {self.name!r}: on_timeout='verify' needs verify='<task name>', the task "
+                "that reports whether the action took effect"
+            )
+        if self.verify is not None and (
+            not isinstance(self.verify, str) or not self.verify.strip()
+        ):
+            raise DefinitionError(f"step {self.name!r}: verify must be a Celery task name")
+        if self.verify is not None and self.on_timeout != "verify":
+            raise DefinitionError(
+                f"step {self.name!r}: verify is used only with on_timeout='verify'"
             )
         if self.compensate_on_failure and self.compensation is None:
             raise DefinitionError(

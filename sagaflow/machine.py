@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sagaflow.definitions import Phase, SagaState, Step, StepStatus
 from sagaflow.records import (
@@ -39,6 +39,9 @@ from sagaflow.transitions import (
     compensation_succeeded,
     dispatch_action,
     dispatch_compensation,
+    dispatch_verify,
+    escalate,
+    resume,
     retry_delay,
     with_step,
 )
@@ -90,6 +93,14 @@ def apply(saga: SagaRecord, event: Event, now: datetime) -> Transition | Ignored
     if not 0 <= event.position < len(saga.steps):
         return Ignored(f"no step at position {event.position}")
     step = saga.steps[event.position]
+    if event.phase is Phase.VERIFY:
+        if step.status is not StepStatus.VERIFYING or saga.state is not SagaState.PENDING:
+            return Ignored(f"step {step.name!r} is {step.status.value}, not verifying")
+        if event.attempt != step.verify_attempts:
+            return Ignored(f"step {step.name!r} verify {event.attempt} is not the current one")
+        if (forged := _wrong_reporter(event, step.verify_task_id)) is not None:
+            return forged
+        return _verified(saga, step, event, now)
     if event.phase is Phase.ACTION:
         if step.status is not StepStatus.EXECUTING or saga.state is not SagaState.PENDING:
             return Ignored(f"step {step.name!r} action is {step.status.value}, not executing")
@@ -147,6 +158,9 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
         # A new attempt does not buy the step more time: its deadline stands.
         kept = replace(resent.saga.steps[step.position], deadline_at=step.deadline_at)
         return replace(resent, saga=with_step(resent.saga, kept))
+    if saga.state is SagaState.PENDING and step.status is StepStatus.VERIFYING:
+        entry = HistoryEntry("verify_redriven", saga.state, saga.state, step.name, detail)
+        return dispatch_verify(saga, step, now, (entry,), step.deadline_at)
     if saga.state is SagaState.COMPENSATING and step.status is StepStatus.COMPENSATING:
         entry = HistoryEntry("compensation_redriven", saga.state, saga.state, step.name, detail)
         return dispatch_compensation(saga, step, now, (entry,), frozenset())
@@ -160,6 +174,8 @@ def on_timer(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
     step = saga.steps[position]
     if step.status is StepStatus.WAITING_RETRY:
         return _retry_now(saga, step, now)
+    if step.status is StepStatus.VERIFYING and saga.state is SagaState.PENDING:
+        return _verify_timed_out(saga, step, now)
     return time_out(saga, position, now)
 
 
@@ -193,8 +209,87 @@ def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
         f"(on_timeout={step.on_timeout})",
         task_id=step.task_id,
     )
+    if step.on_timeout in ("verify", "escalate"):
+        timed_out = HistoryEntry(
+            "step_timed_out", saga.state, saga.state, step.name, {"error": error.to_json()}
+        )
+        step = replace(step, error=error, finished_at=now)
+        if step.on_timeout == "verify":
+            deadline = now + timedelta(seconds=step.timeout or 0)
+            return dispatch_verify(saga, step, now, (timed_out,), deadline)
+        unknown = replace(step, status=StepStatus.OUTCOME_UNKNOWN, deadline_at=None)
+        reason = "the step timed out and its outcome is unknown (on_timeout=escalate)"
+        return escalate(saga, unknown, error, now, reason, (timed_out,))
     step = replace(step, compensate_on_failure=step.on_timeout == "compensate")
     return action_failed(with_step(saga, step), step, error, now)
+
+
+def _verify_timed_out(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition | Ignored:
+    if step.deadline_at is None or step.deadline_at > now:
+        return Ignored(f"verify of step {step.name!r} is not overdue")
+    error = ErrorInfo(
+        "VerifyTimeout",
+        f"verify task {step.verify} gave no answer within {step.timeout:g}s",
+        task_id=step.verify_task_id,
+    )
+    unknown = replace(step, status=StepStatus.OUTCOME_UNKNOWN, deadline_at=None)
+    return escalate(saga, unknown, error, now, "the verify task did not answer in time", ())
+
+
+def _verified(
+    saga: SagaRecord, step: StepRecord, event: StepSucceeded | StepFailed, now: datetime
+) -> Transition:
+    unknown = replace(step, status=StepStatus.OUTCOME_UNKNOWN, deadline_at=None)
+    if isinstance(event, StepFailed):
+        return escalate(
+            saga, unknown, event.error, now, f"the verify task failed: {event.error}", ()
+        )
+    reply = event.result
+    if not (isinstance(reply, dict) and isinstance(reply.get("applied"), bool)):
+        error = ErrorInfo(
+            "InvalidVerifyReply",
+            f"verify task {step.verify} answered {str(reply)[:200]!r}, not "
+            '{"applied": true|false, "result": ...}',
+            task_id=event.task_id,
+        )
+        return escalate(saga, unknown, error, now, "the verify task's answer is not valid", ())
+    applied = reply["applied"]
+    entry = HistoryEntry("step_verified", saga.state, saga.state, step.name, {"applied": applied})
+    return resume(saga, step, applied, reply.get("result"), now, (entry,))
+
+
+def resolve(
+    saga: SagaRecord,
+    step_name: str,
+    applied: bool,
+    reason: str,
+    now: datetime,
+    result: JSON = None,
+) -> Transition | Ignored:
+    """Operator: say whether the escalated step took effect; the saga carries on as after a
+    verify (forward if applied; if not, the steps before it are compensated, or a retriable
+    step is sent again)."""
+    if saga.state is not SagaState.ESCALATED:
+        return Ignored(f"saga is {saga.state.value}: only an escalated saga is resolved")
+    step = saga.steps[saga.current_step] if saga.current_step is not None else None
+    if step is None or step.name != step_name:
+        waiting = repr(step.name) if step else "none"
+        return Ignored(f"step {step_name!r} is not the one waiting for an operator ({waiting})")
+    resumed = replace(
+        saga,
+        state=SagaState.PENDING,
+        finished_at=None,
+        updated_at=now,
+        error=saga.error if saga.cancel_requested_at is not None else None,
+    )
+    entry = HistoryEntry(
+        "step_resolved",
+        SagaState.ESCALATED,
+        SagaState.PENDING,
+        step.name,
+        {"applied": applied, "reason": reason},
+    )
+    return resume(resumed, step, applied, result, now, (entry,))
 
 
 def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
@@ -278,7 +373,7 @@ def forward_only(saga: SagaRecord) -> str | None:
     for step in saga.steps:
         if step.pivot and step.status is StepStatus.COMPLETED:
             return f"past its pivot step {step.name!r}: it can only go forward"
-        if step.pivot and step.status is StepStatus.EXECUTING:
+        if step.pivot and step.status in (StepStatus.EXECUTING, StepStatus.VERIFYING):
             return (
                 f"its pivot step {step.name!r} is in flight: once it succeeds the saga can "
                 "only go forward"
@@ -332,6 +427,7 @@ __all__ = [
     "on_timer",
     "redrive",
     "rejected_saga",
+    "resolve",
     "retry_compensation",
     "retry_delay",
     "task_id_for",

@@ -47,6 +47,7 @@ from sagaflow.machine import (
     on_timer,
     redrive,
     rejected_saga,
+    resolve,
     retry_compensation,
 )
 from sagaflow.protocol import (
@@ -199,9 +200,17 @@ class Orchestrator:
 
     # -- operator actions ------------------------------------------------------------------------
 
-    def operate(self, action: str, saga_id: str, step: str | None, reason: str | None) -> bool:
-        """Apply an operator action: `retry`, `mark_compensated` or `cancel`. False if it did
-        not apply."""
+    def operate(
+        self,
+        action: str,
+        saga_id: str,
+        step: str | None,
+        reason: str | None,
+        applied: bool | None = None,
+        result: Any = None,
+    ) -> bool:
+        """Apply an operator action: `retry`, `mark_compensated`, `cancel` or `resolve`. False
+        if it did not apply."""
         now = utcnow()
 
         def decide(saga: SagaRecord) -> Transition | Ignored:
@@ -211,6 +220,10 @@ class Orchestrator:
                 return mark_compensated(saga, step or "", reason or "", now)
             if action == "cancel":
                 return cancel(saga, reason or "", now)
+            if action == "resolve":
+                if not isinstance(applied, bool):
+                    return Ignored("resolve needs applied: true or false")
+                return resolve(saga, step or "", applied, reason or "", now, strict_json(result))
             return Ignored(f"unknown operator action {action!r}")
 
         decision = self._decide(saga_id, decide)
@@ -397,8 +410,15 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
             "republished": len(report.republished),
         }
 
-    def operator(action: str = "", saga_id: str = "", step: Any = None, reason: Any = None) -> None:
-        orchestrator.operate(action, saga_id, step, reason)
+    def operator(
+        action: str = "",
+        saga_id: str = "",
+        step: Any = None,
+        reason: Any = None,
+        applied: Any = None,
+        result: Any = None,
+    ) -> None:
+        orchestrator.operate(action, saga_id, step, reason, applied, result)
 
     app.task(name=OPERATOR_TASK, **retrying)(operator)
 

@@ -66,8 +66,9 @@ class StepRecord:
     on_timeout: str | None = None
     pivot: bool = False
     retriable: bool = False
+    verify: str | None = None  # the task asked whether an action that timed out took effect
     # The step's timer: an executing action times out after it, a step waiting to be retried
-    # is sent again after it.
+    # is sent again after it, a verify that has not answered by then escalates.
     deadline_at: datetime | None = None
     status: StepStatus = StepStatus.PENDING
     result: JSON = None
@@ -76,6 +77,8 @@ class StepRecord:
     compensation_attempts: int = 0
     task_id: str | None = None
     compensation_task_id: str | None = None
+    verify_attempts: int = 0
+    verify_task_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     compensation_started_at: datetime | None = None
@@ -99,6 +102,7 @@ class StepRecord:
             on_timeout=step.on_timeout,
             pivot=step.pivot,
             retriable=step.retriable,
+            verify=step.verify,
         )
 
 

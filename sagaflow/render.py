@@ -34,6 +34,8 @@ STEP_MARK = {
     StepStatus.COMPENSATION_FAILED: ("✓↩✗", "bold red"),
     StepStatus.SKIPPED: ("-", "dim"),
     StepStatus.WAITING_RETRY: ("↻", "yellow"),
+    StepStatus.VERIFYING: ("?…", "cyan"),
+    StepStatus.OUTCOME_UNKNOWN: ("?", "bold magenta"),
 }
 
 
@@ -52,6 +54,9 @@ def step_json(step: StepRecord) -> dict[str, Any]:
         "retriable": step.retriable,
         "timeout": step.timeout,
         "on_timeout": step.on_timeout,
+        "verify": step.verify,
+        "verify_attempts": step.verify_attempts,
+        "verify_task_id": step.verify_task_id,
         "deadline_at": _iso(step.deadline_at),
         "status": step.status.value,
         "result": step.result,

@@ -35,7 +35,11 @@ from sagaflow.schema import events, history, sagas, steps
 
 TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
 # Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
-TIMER_STATUSES = [StepStatus.EXECUTING.value, StepStatus.WAITING_RETRY.value]
+TIMER_STATUSES = [
+    StepStatus.EXECUTING.value,
+    StepStatus.WAITING_RETRY.value,
+    StepStatus.VERIFYING.value,
+]
 
 
 def utcnow() -> datetime:
@@ -303,7 +307,7 @@ class SagaStore:
 
     def timed_out(self, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
         """(saga id, position) of steps whose timer is due: executing actions past their
-        deadline, retriable steps due to be sent again."""
+        deadline, retriable steps due to be sent again, verify tasks that did not answer."""
         query = (
             sa.select(steps.c.saga_id, steps.c.position)
             .where(
@@ -535,6 +539,9 @@ def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
         "on_timeout": step.on_timeout,
         "pivot": step.pivot,
         "retriable": step.retriable,
+        "verify": step.verify,
+        "verify_attempts": step.verify_attempts,
+        "verify_task_id": step.verify_task_id,
         "deadline_at": _utc(step.deadline_at),
         "status": step.status.value,
         "result": step.result,
@@ -615,6 +622,9 @@ def _step_from_row(row: Any) -> StepRecord:
         on_timeout=row["on_timeout"],
         pivot=bool(row["pivot"]),
         retriable=bool(row["retriable"]),
+        verify=row["verify"],
+        verify_attempts=row["verify_attempts"],
+        verify_task_id=row["verify_task_id"],
         deadline_at=_aware(row["deadline_at"]),
         status=StepStatus(row["status"]),
         result=row["result"],

@@ -54,11 +54,17 @@ def step_context(saga: SagaRecord, step: StepRecord, phase: Phase) -> dict[str, 
         "step": step.name,
         "data": saga.data,
         "results": results,
-        "idempotency_key": idempotency_key(saga.saga_id, step.name, phase),
+        # A verify task checks for the action's effect, recorded under the action's key.
+        "idempotency_key": idempotency_key(
+            saga.saga_id, step.name, Phase.ACTION if phase is Phase.VERIFY else phase
+        ),
     }
     if phase is Phase.COMPENSATION:
         context["result"] = step.result
         context["error"] = step.error.to_json() if step.error else None
+    if phase is Phase.VERIFY:
+        context["verifying"] = {"task_id": step.task_id, "attempt": step.attempts}
+        return context
     policy = step.retry if phase is Phase.ACTION else step.compensation_retry
     if policy:
         context["retry"] = policy  # applied by the service with Celery's retry (SagaStepTask)
@@ -201,6 +207,68 @@ def retriable_failed(
     return Transition(saga, (), (failed, scheduled), frozenset({step.position}))
 
 
+def dispatch_verify(
+    saga: SagaRecord,
+    step: StepRecord,
+    now: datetime,
+    history: tuple[HistoryEntry, ...],
+    deadline: datetime | None,
+) -> Transition:
+    """Ask the step's verify task whether its action took effect."""
+    task = step.verify
+    assert task is not None
+    attempt = step.verify_attempts + 1
+    task_id = task_id_for(saga.saga_id, step.position, Phase.VERIFY, attempt)
+    step = replace(
+        step,
+        status=StepStatus.VERIFYING,
+        verify_attempts=attempt,
+        verify_task_id=task_id,
+        deadline_at=deadline,
+    )
+    saga = replace(with_step(saga, step), current_step=step.position, updated_at=now)
+    command = DispatchTask(
+        saga_id=saga.saga_id,
+        position=step.position,
+        phase=Phase.VERIFY,
+        attempt=attempt,
+        task_name=task,
+        queue=step.queue,
+        task_id=task_id,
+        context=step_context(saga, step, Phase.VERIFY),
+    )
+    entry = HistoryEntry(
+        "verify_dispatched",
+        saga.state,
+        saga.state,
+        step.name,
+        {"task": step.verify, "queue": step.queue, "task_id": task_id, "attempt": attempt},
+    )
+    return Transition(saga, (command,), (*history, entry), frozenset({step.position}))
+
+
+def resume(
+    saga: SagaRecord,
+    step: StepRecord,
+    applied: bool,
+    result: JSON,
+    now: datetime,
+    history: tuple[HistoryEntry, ...],
+) -> Transition:
+    """Carry on once we know whether a step whose outcome was unknown took effect: forward
+    with its result if it did; if not, as a step that failed without effect (a retriable
+    one is sent again)."""
+    if applied:
+        outcome = action_succeeded(saga, step, result, now)
+    elif step.retriable:
+        outcome = dispatch_action(saga, step.position, now, (), frozenset())
+    else:
+        error = step.error or ErrorInfo("NotApplied", "the step did not take effect")
+        undone = replace(step, compensate_on_failure=False)
+        outcome = action_failed(with_step(saga, undone), undone, error, now)
+    return replace(outcome, history=(*history, *outcome.history))
+
+
 def escalate(
     saga: SagaRecord,
     step: StepRecord,
@@ -214,7 +282,8 @@ def escalate(
         with_step(saga, step),
         state=SagaState.ESCALATED,
         current_step=step.position,
-        error=error,
+        # A cancel or a deadline keeps its reason; the step carries why it escalated.
+        error=saga.error if saga.cancel_requested_at is not None else error,
         updated_at=now,
         finished_at=now,
     )

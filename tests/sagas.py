@@ -131,3 +131,30 @@ pivoting = Saga(
         Step("r3", "svc.act", queue="svc_a", retriable=True),
     ],
 )
+
+
+def _unsure(saga_type: str, on_timeout: str) -> Saga:
+    """b2 may time out (when asked to be slow) with its effect in place or not. Its queue gets a
+    threads worker from the tests, so its verify task runs while a slow action still sleeps."""
+    verify = "svc.check" if on_timeout == "verify" else None
+    return Saga(
+        saga_type,
+        steps=[
+            _step("a1", "svc_a"),
+            Step(
+                "b2",
+                "svc.act",
+                "svc.undo",
+                queue="unsure",
+                compensation_queue="svc_b",
+                timeout=0.5,
+                on_timeout=on_timeout,
+                verify=verify,
+            ),
+            _step("a3", "svc_a"),
+        ],
+    )
+
+
+verifying = _unsure("verifying", "verify")
+escalating = _unsure("escalating", "escalate")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -99,6 +100,8 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
     if context["step"] in data.get("fail_at", ()):
         raise StepRefused(f"step {context['step']} refused as asked")
+    # Done, but the report comes too late: the step times out with its effect in place.
+    time.sleep(data.get("slow_after_effect", {}).get(context["step"], 0))
     if data.get("unencodable_result"):
         return {"tags": {"x"}, "thing": object()}  # kombu's JSON cannot encode either
     if data.get("odd_result"):
@@ -124,3 +127,23 @@ def undo(self: Any, context: dict[str, Any]) -> dict[str, Any]:
     if context["step"] in context["data"].get("fail_compensation_at", ()):
         raise CompensationRefused(f"compensation of {context['step']} refused as asked")
     return {"undone": context["step"], "result_was": context["result"]}
+
+
+@app.task(name="svc.check", bind=True)
+def check(self: Any, context: dict[str, Any]) -> Any:
+    """A verify task: did the step's action take effect? (Asked when it timed out.)"""
+    _record(context, "verify", self.request.id)
+    answers = context["data"].get("verify_answer", {})
+    if context["step"] in answers:
+        return answers[context["step"]]  # what a test wants the check to say, valid or not
+    with effects_engine().connect() as conn:
+        runs = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(executions)
+            .where(
+                executions.c.saga_id == context["saga_id"],
+                executions.c.step == context["step"],
+                executions.c.phase == "action",
+            )
+        ).scalar_one()
+    return {"applied": runs > 0, "result": {"checked": context["idempotency_key"]}}
