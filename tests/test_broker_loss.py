@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from benchmarks.chaos import RedisServer
+from benchmarks.chaos_cluster import RedisServer
 from sagaflow import SagaState
 from sagaflow.client import SagaClient
 from sagaflow.config import Settings, ensure_home

@@ -1,0 +1,258 @@
+"""The chaos run's processes: a redis-server of its own, a PostgreSQL database, the workers.
+
+Used by benchmarks/chaos.py and by tests that need a Redis they may kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from sagaflow import Settings
+from sagaflow.app import create_app
+from sagaflow.demo import SERVICES
+from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CHAOS_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server of our own, without persistence, that we may flush, stop and restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5)
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not on PATH: the chaos run starts its own Redis")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - inherited by the child
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(Exception):
+                if self.client().ping():
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def flushall(self) -> None:
+        self.client().flushall()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)  # no persistence: nothing to save
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+def create_database() -> str:
+    name = f"sagaflow_chaos_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
+
+
+def drop_database(url: str) -> None:
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (a prefork worker's pool processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (in parentheses) may hold spaces: the ppid follows the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+class Cluster:
+    """The orchestrator, the services and beat as processes, with a way to kill and revive."""
+
+    def __init__(self, settings: Settings, env: dict[str, str], logs: Path) -> None:
+        self.settings = settings
+        self.group = WorkerGroup(env, logs, cwd=ROOT)
+        self.env = env
+        self.logs = logs
+        self.beat: subprocess.Popen[bytes] | None = None
+        self.exits: list[str] = []  # workers that exited on their own, and why
+        self.specs = {
+            "orchestrator": WorkerSpec(
+                "orchestrator", "sagaflow.worker", [settings.queue], pool="prefork", concurrency=2
+            ),
+            **{
+                service: WorkerSpec(
+                    service, f"workers.{service}", [service], pool="prefork", concurrency=2
+                )
+                for service in SERVICES
+            },
+        }
+
+    def start(self) -> None:
+        for spec in self.specs.values():
+            self.group.start(spec)
+        self.wait_ready()
+        self.start_beat()
+
+    def start_beat(self) -> None:
+        log = open(self.logs / "beat.log", "ab")  # noqa: SIM115 - inherited by the child
+        command = [sys.executable, "-m", "celery", "-A", "sagaflow.worker", "beat", "-l", "info"]
+        command += ["-s", str(self.logs / "beat-schedule")]
+        self.beat = subprocess.Popen(
+            command,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.revive_exited()
+            # A fresh app each time: after a flush, a long-lived connection's cached
+            # declarations (the ping reply queue) would not be made again.
+            app = create_app("sagaflow-chaos-control", self.settings)
+            try:
+                self.group.wait_ready(app, timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except Exception:  # Redis just restarted, or a worker exited meanwhile: again
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                app.close()
+
+    def revive_exited(self) -> list[str]:
+        """Start again, as a supervisor would, any worker (or beat) that exited on its own."""
+        revived = []
+        for worker in list(self.group.workers):
+            if worker.alive:
+                continue
+            reason = next(
+                (
+                    line.strip()
+                    for line in reversed(worker.log_tail(400).splitlines())
+                    if "Unrecoverable error" in line or "CRITICAL" in line
+                ),
+                "no reason in its log",
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGKILL)  # its pool, if left behind
+            self.group.stop_worker(worker)
+            self.group.start(self.specs[worker.spec.name])
+            revived.append(
+                f"{worker.spec.name} exited with code {worker.process.returncode}: {reason[:300]}"
+            )
+        if self.beat is not None and self.beat.poll() is not None:
+            revived.append(f"beat exited with code {self.beat.returncode}")
+            self.start_beat()
+        self.exits += revived
+        return revived
+
+    def worker(self, name: str) -> WorkerProcess:
+        return next(w for w in self.group.workers if w.spec.name == name)
+
+    def kill(self, name: str) -> str:
+        """SIGKILL a worker's whole process group (leader and pool), then start it again."""
+        worker = self.worker(name)
+        pid = worker.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        worker.process.wait(timeout=30)
+        self.group.stop_worker(worker)
+        self.group.start(self.specs[name])
+        self.wait_ready()
+        return f"{name} (pid {pid}) and its pool"
+
+    def kill_child(self, name: str, rng: random.Random) -> str:
+        """SIGKILL one pool process of a worker; the worker replaces it."""
+        worker = self.worker(name)
+        deadline = time.monotonic() + 30
+        pool = children(worker.process.pid)
+        while not pool:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} has no pool processes to kill")
+            time.sleep(0.1)
+            pool = children(worker.process.pid)
+        pid = rng.choice(pool)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return f"{name} pool process {pid}"
+
+    def stop(self) -> None:
+        if self.beat is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.beat.pid, signal.SIGTERM)
+            try:
+                self.beat.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.beat.pid, signal.SIGKILL)
+                self.beat.wait(timeout=10)
+        leaders = [w.process.pid for w in self.group.workers]
+        self.group.stop()
+        for pid in leaders:  # pool processes a dead leader left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
