@@ -132,6 +132,12 @@ def client_of(ctx: click.Context) -> SagaClient:
 @click.option("--data", "data_text", default="{}", help="Saga input as a JSON object.")
 @click.option("--data-file", type=click.File("r"), help="Read the input JSON from a file ('-').")
 @click.option("--id", "saga_id", help="Saga id to use (default: a new UUID).")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds the saga may run before it is stopped and compensated (overrides the "
+    "definition's).",
+)
 @wait_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -141,6 +147,7 @@ def start(
     data_text: str,
     data_file: Any,
     saga_id: str | None,
+    deadline: float | None,
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -152,7 +159,7 @@ def start(
     except ValueError as exc:
         raise InvalidSagaInput(f"--data is not valid JSON: {exc}") from exc
     client = client_of(ctx)
-    new_id = client.start(saga_type, data, saga_id=saga_id)
+    new_id = client.start(saga_type, data, saga_id=saga_id, deadline=deadline)
     if not wait:
         if as_json:
             print_json({"saga_id": new_id})

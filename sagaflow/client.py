@@ -18,7 +18,8 @@ from celery import Celery
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaTimeout
+from sagaflow.definitions import check_deadline
+from sagaflow.errors import DefinitionError, InvalidSagaInput, SagaflowError, SagaTimeout
 from sagaflow.machine import (
     Ignored,
     SagaRecord,
@@ -73,11 +74,23 @@ class SagaClient:
             self._store = SagaStore(self.settings.database_url)
         return self._store
 
-    def start(self, saga_type: str, data: Mapping[str, Any], *, saga_id: str | None = None) -> str:
+    def start(
+        self,
+        saga_type: str,
+        data: Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
         """Enqueue a saga start and return its id. The saga is recorded by the orchestrator.
 
-        Raises InvalidSagaInput at once for input that is not a JSON object or is too large.
+        `deadline` (seconds from the start) overrides the definition's. Raises
+        InvalidSagaInput at once for input that is not a JSON object or is too large.
         """
+        try:
+            check_deadline("deadline", deadline)
+        except DefinitionError as exc:
+            raise InvalidSagaInput(str(exc)) from None
         if not isinstance(saga_type, str) or not saga_type:
             raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
         payload = validate_input(data, self.settings.max_input_bytes)
@@ -92,7 +105,12 @@ class SagaClient:
         try:
             self.app.send_task(
                 START_TASK,
-                kwargs={"saga_id": saga_id, "saga_type": saga_type, "data": payload},
+                kwargs={
+                    "saga_id": saga_id,
+                    "saga_type": saga_type,
+                    "data": payload,
+                    **({"deadline": deadline} if deadline is not None else {}),
+                },
                 queue=self.settings.queue,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
@@ -152,9 +170,7 @@ class SagaClient:
         outcome = resolve(saga, step, applied, reason, utcnow(), result)
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot resolve {step!r} of saga {saga_id}: {outcome.reason}")
-        self._operate(
-            "resolve", saga_id, step=step, reason=reason, applied=applied, result=result
-        )
+        self._operate("resolve", saga_id, step=step, reason=reason, applied=applied, result=result)
         return saga.version
 
     def _operate(self, action: str, saga_id: str, **kwargs: Any) -> None:

@@ -320,6 +320,17 @@ def _check_saga_type(saga_type: object) -> str:
     return saga_type
 
 
+def check_deadline(label: str, seconds: object) -> float | None:
+    """A deadline is a positive number of seconds, or None."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise DefinitionError(f"{label} must be a positive number of seconds, got {seconds!r}")
+    if seconds > 10 * 365 * 86400:
+        raise DefinitionError(f"{label} must be at most ten years, got {seconds!r}")
+    return float(seconds)
+
+
 InputValidator = Callable[[Mapping[str, Any]], None]
 
 
@@ -328,16 +339,20 @@ class Saga:
     """A declarative saga: a type name and a fixed list of steps.
 
     `validate`, if given, is called with the input before the saga starts; raising ValueError
-    or InvalidSagaInput rejects the saga with that message recorded.
+    or InvalidSagaInput rejects the saga with that message recorded. `deadline` (seconds from
+    the start) stops a saga still running forward by then and compensates what it did; it
+    ends `failed` with a DeadlineExceeded error. A saga past its pivot is let finish.
     """
 
     saga_type: str
     steps: Sequence[Step] = field(default_factory=tuple)
     validate: InputValidator | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         _check_saga_type(self.saga_type)
         object.__setattr__(self, "steps", validate_steps(self.saga_type, self.steps))
+        check_deadline(f"saga {self.saga_type!r}: deadline", self.deadline)
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         return list(self.steps)
@@ -355,6 +370,7 @@ class SagaOrchestrator:
     """
 
     saga_type: ClassVar[str]
+    deadline: ClassVar[float | None] = None  # as Saga.deadline
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         raise NotImplementedError
@@ -387,6 +403,7 @@ class Registry:
             return existing  # the same orchestrator class, loaded again
         if existing is not None and existing is not definition:
             raise DefinitionError(f"saga type {saga_type!r} is registered twice")
+        check_deadline(f"saga {saga_type!r}: deadline", getattr(definition, "deadline", None))
         self._definitions[saga_type] = definition
         return definition
 
@@ -409,6 +426,10 @@ class Registry:
         except (ValueError, InvalidSagaInput) as exc:
             raise InvalidSagaInput(f"invalid input for saga {saga_type!r}: {exc}") from exc
         return validate_steps(saga_type, definition.define_steps(data))
+
+    def deadline(self, saga_type: str) -> float | None:
+        """Seconds a saga of this type may run before it is stopped (None: no deadline)."""
+        return check_deadline("deadline", getattr(self.get(saga_type), "deadline", None))
 
     def __contains__(self, saga_type: object) -> bool:
         return saga_type in self._definitions

@@ -31,6 +31,7 @@ from sagaflow.records import (
     task_id_for,
 )
 from sagaflow.transitions import (
+    DEADLINE_EXCEEDED,
     RETRY_BACKOFF_MAX,
     action_failed,
     action_succeeded,
@@ -48,9 +49,16 @@ from sagaflow.transitions import (
 
 
 def new_saga(
-    saga_id: str, saga_type: str, data: JSON, steps: Sequence[Step], now: datetime
+    saga_id: str,
+    saga_type: str,
+    data: JSON,
+    steps: Sequence[Step],
+    now: datetime,
+    deadline: float | None = None,
 ) -> SagaRecord:
+    """A saga recorded as STARTED; `deadline` is in seconds from `now`."""
     return SagaRecord(
+        deadline_at=now + timedelta(seconds=deadline) if deadline else None,
         saga_id=saga_id,
         saga_type=saga_type,
         state=SagaState.STARTED,
@@ -292,6 +300,36 @@ def resolve(
     return resume(resumed, step, applied, result, now, (entry,))
 
 
+def pass_deadline(saga: SagaRecord, now: datetime) -> Transition | Ignored:
+    """The saga's deadline passed: stop it as a cancel does (the step in flight is waited for
+    and follows its timeout policy, completed steps are compensated); it ends `failed` with
+    a DeadlineExceeded error. A saga past its pivot goes on: its deadline is dropped."""
+    if saga.state is not SagaState.PENDING or saga.deadline_at is None:
+        return Ignored(f"saga is {saga.state.value}, with no deadline running")
+    if saga.deadline_at > now:
+        return Ignored(f"saga has until {saga.deadline_at.isoformat()}")
+    if saga.cancel_requested_at is not None:
+        return Ignored("saga is already being stopped")
+    step = saga.steps[saga.current_step] if saga.current_step is not None else None
+    name = step.name if step else None
+    if (forward := forward_only(saga)) is not None:
+        kept = replace(saga, deadline_at=None, updated_at=now)
+        entry = HistoryEntry("deadline_dropped", saga.state, saga.state, name, {"reason": forward})
+        return Transition(kept, (), (entry,), frozenset())
+    error = ErrorInfo(
+        DEADLINE_EXCEEDED, f"deadline exceeded: not finished by {saga.deadline_at.isoformat()}"
+    )
+    stopping = replace(saga, cancel_requested_at=now, error=error, updated_at=now)
+    entry = HistoryEntry(
+        "deadline_exceeded",
+        saga.state,
+        saga.state,
+        name,
+        {"deadline": saga.deadline_at.isoformat()},
+    )
+    return Transition(stopping, (), (entry,), frozenset())
+
+
 def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
     """Stop a running saga: nothing new is dispatched, what completed is compensated.
 
@@ -425,6 +463,7 @@ __all__ = [
     "mark_compensated",
     "new_saga",
     "on_timer",
+    "pass_deadline",
     "redrive",
     "rejected_saga",
     "resolve",

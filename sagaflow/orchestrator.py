@@ -19,9 +19,16 @@ from celery import Celery, signals
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.definitions import Phase, Registry, StepStatus, load_definitions
+from sagaflow.definitions import (
+    Phase,
+    Registry,
+    StepStatus,
+    check_deadline,
+    load_definitions,
+)
 from sagaflow.errors import (
     ConcurrencyConflict,
+    DefinitionError,
     InvalidSagaInput,
     SagaflowError,
     StoreUnavailable,
@@ -45,6 +52,7 @@ from sagaflow.machine import (
     mark_compensated,
     new_saga,
     on_timer,
+    pass_deadline,
     redrive,
     rejected_saga,
     resolve,
@@ -88,6 +96,7 @@ class RecoveryReport:
     republished: list[tuple[str, str]] = field(default_factory=list)  # saga, event
     timed_out: list[tuple[str, str]] = field(default_factory=list)  # saga, step
     retried: list[tuple[str, str]] = field(default_factory=list)  # saga, retriable step
+    deadline_exceeded: list[str] = field(default_factory=list)  # sagas being stopped
 
 
 class Orchestrator:
@@ -112,8 +121,12 @@ class Orchestrator:
 
     # -- starting ------------------------------------------------------------------------------
 
-    def start(self, saga_id: object, saga_type: object, data: object) -> str:
-        """Record a new saga and dispatch its first step; record a rejection on bad input."""
+    def start(
+        self, saga_id: object, saga_type: object, data: object, deadline: object = None
+    ) -> str:
+        """Record a new saga and dispatch its first step; record a rejection on bad input.
+
+        `deadline` (seconds) overrides the definition's."""
         now = utcnow()
         problem: str | None = None
         if not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id):
@@ -138,6 +151,12 @@ class Orchestrator:
                     f"saga input is {size} bytes of JSON, over the limit of {self.max_input_bytes}"
                 )
             steps = self.registry.plan(saga_type, data)
+            try:
+                seconds = check_deadline("deadline", deadline)
+            except DefinitionError as exc:
+                raise InvalidSagaInput(str(exc)) from exc
+            if seconds is None:
+                seconds = self.registry.deadline(saga_type)
         except Exception as exc:
             # Anything the definition raises (a bug in define_steps included) is recorded: a
             # start is never acknowledged without a trace in the store.
@@ -160,7 +179,7 @@ class Orchestrator:
             else:
                 logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
-        saga = new_saga(saga_id, saga_type, data, steps, now)
+        saga = new_saga(saga_id, saga_type, data, steps, now, seconds)
         transition = begin(saga, now)
         # One insert records the saga already running its first step; a saga id the store
         # already has (a redelivered or duplicated start) is refused by it, so nothing is sent.
@@ -260,6 +279,14 @@ class Orchestrator:
                     report.retried if step.status is StepStatus.WAITING_RETRY else report.timed_out
                 )
                 timers.append((saga_id, step.name))
+        for saga_id in self.store.overdue(now, limit):
+            try:
+                decision = self._decide(saga_id, lambda saga: pass_deadline(saga, utcnow()))
+            except ConcurrencyConflict:
+                continue
+            outcome = decision.outcome
+            if isinstance(outcome, Transition) and outcome.saga.cancel_requested_at is not None:
+                report.deadline_exceeded.append(saga_id)
         for saga_id in self.store.stalled(cutoff, limit):
             try:
                 decision = self._decide(saga_id, lambda saga: redrive(saga, cutoff, utcnow()))
@@ -278,12 +305,19 @@ class Orchestrator:
                 continue
             self.store.mark_published([event.id])
             report.republished.append((event.saga_id, event.name))
-        if report.redriven or report.republished or report.timed_out or report.retried:
+        if (
+            report.redriven
+            or report.republished
+            or report.timed_out
+            or report.retried
+            or report.deadline_exceeded
+        ):
             logger.warning(
-                "recovery: %d steps timed out, %d retried, re-drove %d stalled sagas, "
-                "republished %d events",
+                "recovery: %d steps timed out, %d retried, %d sagas past their deadline, "
+                "re-drove %d stalled sagas, republished %d events",
                 len(report.timed_out),
                 len(report.retried),
+                len(report.deadline_exceeded),
                 len(report.redriven),
                 len(report.republished),
             )
@@ -382,8 +416,10 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
         "ignore_result": True,
     }
 
-    def start(saga_id: Any = None, saga_type: Any = None, data: Any = None) -> None:
-        orchestrator.start(saga_id, saga_type, data)
+    def start(
+        saga_id: Any = None, saga_type: Any = None, data: Any = None, deadline: Any = None
+    ) -> None:
+        orchestrator.start(saga_id, saga_type, data, deadline)
 
     def step_succeeded(task: Any, result: Any = None, **kwargs: Any) -> None:
         # A link callback's parent is the step task that succeeded: only that task's report
@@ -406,6 +442,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
         return {
             "timed_out": len(report.timed_out),
             "retried": len(report.retried),
+            "deadline_exceeded": len(report.deadline_exceeded),
             "redriven": len(report.redriven),
             "republished": len(report.republished),
         }

@@ -120,6 +120,7 @@ class SagaRecord:
     updated_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested_at: datetime | None = None
+    deadline_at: datetime | None = None  # stopped and compensated if still running by then
 
     def step(self, position: int) -> StepRecord:
         return self.steps[position]

@@ -86,6 +86,7 @@ def saga_json(saga: SagaRecord, with_steps: bool = True) -> dict[str, Any]:
         "created_at": _iso(saga.created_at),
         "updated_at": _iso(saga.updated_at),
         "finished_at": _iso(saga.finished_at),
+        "deadline_at": _iso(saga.deadline_at),
     }
     if with_steps:
         data["steps"] = [step_json(s) for s in saga.steps]

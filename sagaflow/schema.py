@@ -24,12 +24,15 @@ sagas = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Column("cancel_requested_at", Timestamp, nullable=True),
+    sa.Column("deadline_at", Timestamp, nullable=True),
     # `sagaflow list` filters by state and/or type, newest first.
     sa.Index("ix_sagaflow_sagas_state_created", "state", "created_at"),
     sa.Index("ix_sagaflow_sagas_type_created", "saga_type", "created_at"),
     sa.Index("ix_sagaflow_sagas_created", "created_at"),
     # The recovery sweep looks for running sagas that have not moved for a while.
     sa.Index("ix_sagaflow_sagas_state_updated", "state", "updated_at"),
+    # ... and for running sagas past their deadline.
+    sa.Index("ix_sagaflow_sagas_deadline", "state", "deadline_at"),
 )
 
 steps = sa.Table(

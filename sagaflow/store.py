@@ -320,6 +320,21 @@ class SagaStore:
         with self._connect() as conn:
             return [(row[0], int(row[1])) for row in conn.execute(query)]
 
+    def overdue(self, now: datetime, limit: int = 500) -> list[str]:
+        """Ids of sagas running forward past their deadline and not being stopped yet."""
+        query = (
+            sa.select(sagas.c.id)
+            .where(
+                sagas.c.state == SagaState.PENDING.value,
+                sagas.c.deadline_at < _utc(now),
+                sagas.c.cancel_requested_at.is_(None),
+            )
+            .order_by(sagas.c.deadline_at)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
     def unpublished_events(self, before: datetime, limit: int = 500) -> list[EventRow]:
         """Recorded outcome events never marked published, created before `before`."""
         query = (
@@ -520,6 +535,7 @@ def _saga_row(saga: SagaRecord) -> dict[str, Any]:
         "updated_at": _utc(saga.updated_at) or utcnow(),
         "finished_at": _utc(saga.finished_at),
         "cancel_requested_at": _utc(saga.cancel_requested_at),
+        "deadline_at": _utc(saga.deadline_at),
     }
 
 
@@ -593,6 +609,7 @@ def _saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
         updated_at=_aware(row["updated_at"]),
         finished_at=_aware(row["finished_at"]),
         cancel_requested_at=_aware(row["cancel_requested_at"]),
+        deadline_at=_aware(row["deadline_at"]),
     )
 
 

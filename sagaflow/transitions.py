@@ -158,8 +158,10 @@ def action_failed(
     for later in saga.steps[step.position + 1 :]:
         steps[later.position] = replace(later, status=StepStatus.SKIPPED)
         changed.add(later.position)
+    # A saga being stopped (cancel, deadline) keeps that as its error; the step keeps its own.
+    stop = saga.error if saga.cancel_requested_at is not None else None
     saga = replace(
-        saga, steps=tuple(steps), state=SagaState.COMPENSATING, error=error, updated_at=now
+        saga, steps=tuple(steps), state=SagaState.COMPENSATING, error=stop or error, updated_at=now
     )
     history = (
         HistoryEntry(
@@ -302,6 +304,13 @@ def needs_compensation(step: StepRecord) -> bool:
     return step.status is StepStatus.FAILED and step.compensate_on_failure
 
 
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def deadline_exceeded(saga: SagaRecord) -> bool:
+    return saga.error is not None and saga.error.type == DEADLINE_EXCEEDED
+
+
 def compensate_from(
     saga: SagaRecord,
     position: int,
@@ -314,7 +323,8 @@ def compensate_from(
         if not needs_compensation(candidate):
             continue
         return dispatch_compensation(saga, candidate, now, history, changed)
-    cancelled = saga.cancel_requested_at is not None
+    # A saga stopped by its deadline failed; one stopped by an operator was cancelled.
+    cancelled = saga.cancel_requested_at is not None and not deadline_exceeded(saga)
     final = SagaState.CANCELLED if cancelled else SagaState.FAILED
     failed = replace(saga, state=final, current_step=None, updated_at=now, finished_at=now)
     entry = HistoryEntry(f"saga_{final.value}", SagaState.COMPENSATING, final)

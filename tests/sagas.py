@@ -158,3 +158,14 @@ def _unsure(saga_type: str, on_timeout: str) -> Saga:
 
 verifying = _unsure("verifying", "verify")
 escalating = _unsure("escalating", "escalate")
+
+# Stopped by its deadline while b2 waits where nobody listens; b2 then times out and is undone.
+hurried = Saga(
+    "hurried",
+    steps=[
+        _step("a1", "svc_a"),
+        Step("b2", "svc.act", "svc.undo", queue="nobody", compensation_queue="svc_b", timeout=1.5),
+        _step("a3", "svc_a"),
+    ],
+    deadline=0.3,
+)
