@@ -337,6 +337,12 @@ def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored
     compensation starts as for any failure. The saga ends `cancelled`. Compensations cannot be
     cancelled.
     """
+    if saga.state is SagaState.ESCALATED and saga.current_step is not None:
+        step_name = saga.steps[saga.current_step].name
+        return Ignored(
+            f"saga is escalated: resolve step {step_name!r} first (--not-applied compensates "
+            "the steps before it)"
+        )
     if saga.state.is_terminal:
         return Ignored(f"saga is {saga.state.value}: nothing to cancel")
     if saga.state is SagaState.COMPENSATING:

@@ -25,6 +25,7 @@ from sagaflow.machine import (
     cancel,
     new_saga,
     on_timer,
+    resolve,
     retry_delay,
 )
 from sagaflow.orchestrator import create_orchestrator_app
@@ -122,6 +123,21 @@ def test_a_non_retryable_failure_of_a_retriable_step_escalates() -> None:
     assert hopeless.history[-1].event == "saga_escalated"
     (event,) = hopeless.commands
     assert isinstance(event, PublishEvent) and event.name == "OrderEscalated"
+
+
+def test_resolving_a_hopeless_retriable_step() -> None:
+    past = ok(running(1), 1).saga
+    hopeless = failed(past, 2, ErrorInfo("Gone", "never", non_retryable=True)).saga
+    refused = cancel(hopeless, "stop", T0)
+    assert isinstance(refused, Ignored) and "resolve step 'ship' first" in refused.reason
+    again = resolve(hopeless, "ship", False, "fixed the address", T0)
+    assert isinstance(again, Transition)
+    assert again.saga.state is SagaState.PENDING
+    assert dispatched(again).task_id == "s.2.action.2"  # sent again, never compensated
+    by_hand = resolve(hopeless, "ship", True, "shipped by hand", T0, {"parcel": "p-1"})
+    assert isinstance(by_hand, Transition)
+    assert by_hand.saga.steps[2].status is StepStatus.COMPLETED
+    assert dispatched(by_hand).position == 3
 
 
 def test_a_timed_out_retriable_step_is_retried_not_compensated() -> None:
