@@ -202,7 +202,9 @@ def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
     """Fail an action that reported no outcome before its deadline.
 
     Its outcome is unknown: with on_timeout "compensate" the step itself is compensated too
-    (first), with "fail" only the steps before it. A late outcome of the step is ignored.
+    (first), with "fail" only the steps before it (a retriable step is sent again), with
+    "verify" its verify task is asked, with "escalate" the saga stops for an operator. A late
+    outcome of the step is ignored.
     """
     if saga.state is not SagaState.PENDING or not 0 <= position < len(saga.steps):
         return Ignored(f"saga is {saga.state.value}")
@@ -340,8 +342,8 @@ def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored
     if saga.state is SagaState.ESCALATED and saga.current_step is not None:
         step_name = saga.steps[saga.current_step].name
         return Ignored(
-            f"saga is escalated: resolve step {step_name!r} first (--not-applied compensates "
-            "the steps before it)"
+            f"saga is escalated: resolve step {step_name!r} first (sagaflow resolve says "
+            "whether it took effect)"
         )
     if saga.state.is_terminal:
         return Ignored(f"saga is {saga.state.value}: nothing to cancel")
