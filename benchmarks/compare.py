@@ -5,9 +5,10 @@
 
 Workload: 5 no-op steps per saga (and a variant where step 3 fails, so 2 compensations run).
 Redis broker, PostgreSQL store, one orchestrator worker and one service worker, both prefork -c 2;
-the chain runs on the same service worker. Figures: end-to-end throughput for N sagas enqueued at
-once, single-saga latency on an idle system (p50, p99), messages published and SQL commits per
-saga, orchestrator RSS. Raw figures go to benchmarks/results/latest.json.
+the chain runs on a stock Celery worker (benchmarks/chain_tasks.py) with the same settings.
+Figures: end-to-end throughput for N sagas enqueued at once, single-saga latency on an idle
+system (p50, p99), messages published and SQL commits per saga, orchestrator RSS. Raw figures go
+to benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -188,9 +189,9 @@ class ChainContender:
     name = "chain"
 
     def __init__(self, redis_url: str, logs: Path, settings: Settings) -> None:
-        from benchmarks import bench_tasks
+        from benchmarks import chain_tasks
 
-        self.tasks = bench_tasks
+        self.tasks = chain_tasks
         self.redis = redis.Redis.from_url(redis_url)
         env = {
             **os.environ,
@@ -199,10 +200,10 @@ class ChainContender:
             "BENCH_SIGNAL_URL": redis_url,
         }
         self.group = WorkerGroup(env, logs, cwd=ROOT)
-        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
-        self.app = bench_tasks.app
+        self.group.start(worker_spec("bench", "benchmarks.chain_tasks", "bench"))
+        self.app = chain_tasks.app
         self.group.wait_ready(self.app)
-        self.redis.delete(bench_tasks.DONE_LIST)
+        self.redis.delete(chain_tasks.DONE_LIST)
 
     def send(self, fail: bool) -> str:
         from celery import chain

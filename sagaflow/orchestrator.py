@@ -66,6 +66,7 @@ from sagaflow.protocol import (
     START_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
+    display_repr,
     input_problem,
     outcome_kwargs,
     strict_json,
@@ -359,13 +360,17 @@ class Orchestrator:
             command.attempt,
             str(command.context.get("step")),
         )
+        outcome_repr = display_repr(outcome)
         on_success = self.app.signature(
             STEP_SUCCEEDED_TASK,
             kwargs=outcome,
             queue=self.queue,
             retry_policy=CALLBACK_RETRY_POLICY,
+            kwargsrepr=outcome_repr,
         )
-        on_failure = self.app.signature(ERRBACK_TASK, kwargs=outcome, queue=self.queue)
+        on_failure = self.app.signature(
+            ERRBACK_TASK, kwargs=outcome, queue=self.queue, kwargsrepr=outcome_repr
+        )
         self.app.send_task(
             command.task_name,
             args=[command.context],
@@ -374,6 +379,8 @@ class Orchestrator:
             link=on_success,
             link_error=on_failure,
             retry=True,
+            argsrepr=display_repr([command.context]),
+            kwargsrepr="{}",
         )
 
 

@@ -414,19 +414,11 @@ def _load(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
     row lock re-reads only the locked row, so a join locking the saga would return the steps
     as they were before the lock holder committed.
     """
-    if lock and conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already serialises
-        locked = conn.execute(
-            sa.select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update()
-        ).first()
-        if locked is None:
-            return None
-    query = (
-        sa.select(*_SAGA_COLUMNS, *_STEP_COLUMNS)
-        .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
-        .where(sagas.c.id == saga_id)
-        .order_by(steps.c.position)
-    )
-    rows = conn.execute(query).mappings().all()
+    # SQLite needs no lock statement: BEGIN IMMEDIATE already serialises writers.
+    locking = lock and conn.dialect.name != "sqlite"
+    if locking and conn.execute(_LOCK_SAGA, {"saga_id": saga_id}).first() is None:
+        return None
+    rows = conn.execute(_LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
     if not rows:
         return None
     saga_row = {c.name: rows[0][f"saga_{c.name}"] for c in sagas.c}
@@ -438,6 +430,20 @@ def _load(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
     return _saga_from_row(saga_row, step_records)
 
 
+# Hot-path statements are built once: building a statement costs more Python time than
+# running it (SQLAlchemy caches the compiled form by the statement's structure).
+_LOCK_SAGA = sa.select(sagas.c.id).where(sagas.c.id == sa.bindparam("saga_id")).with_for_update()
+_LOAD_SAGA = (
+    sa.select(*_SAGA_COLUMNS, *_STEP_COLUMNS)
+    .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
+    .where(sagas.c.id == sa.bindparam("saga_id"))
+    .order_by(steps.c.position)
+)
+_UPDATE_SAGA = sagas.update().where(
+    sagas.c.id == sa.bindparam("key_id"), sagas.c.version == sa.bindparam("key_version")
+)
+# Never change after the saga is recorded: left out of every update (the input can be large).
+_FIXED_SAGA_COLUMNS = ("id", "saga_type", "data", "created_at")
 _UPDATE_STEP = steps.update().where(
     steps.c.saga_id == sa.bindparam("key_saga_id"),
     steps.c.position == sa.bindparam("key_position"),
@@ -453,11 +459,11 @@ def _write_transition(
     published: Sequence[PublishEvent],
 ) -> list[int]:
     now = after.updated_at or utcnow()
-    updated = conn.execute(
-        sagas.update()
-        .where(sagas.c.id == before.saga_id, sagas.c.version == before.version)
-        .values(**{**_saga_row(after), "version": before.version + 1})
-    )
+    row = _saga_row(after)
+    for column in _FIXED_SAGA_COLUMNS:
+        del row[column]
+    row.update(version=before.version + 1, key_id=before.saga_id, key_version=before.version)
+    updated = conn.execute(_UPDATE_SAGA, row)
     if updated.rowcount != 1:
         raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
     if changed_steps:

@@ -7,6 +7,11 @@ two readers can both copy a file when the temp folder is on another filesystem. 
 it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
 inside the same folder; bindings are updated under a lock file and replaced atomically.
 `filesystem://` URLs use this class in every sagaflow process.
+
+kombu's Redis transport, publishing through one client per channel: the stock channel builds a
+new `redis.Redis` for every message it sends (task messages and every task event), and that
+constructor, which copies the client's table of response callbacks, costs more than the publish
+itself. `redis://` and `rediss://` URLs use it in every sagaflow process.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.transport import redis as redis_transport
 
 PARTIAL_READ_DEADLINE = 5.0
 
@@ -117,5 +123,25 @@ class Transport(filesystem.Transport):
     Channel = Channel
 
 
+class RedisChannel(redis_transport.Channel):
+    _publish_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        client = self._publish_client
+        # A client is a handle on the pool (each command borrows a connection), safe to share;
+        # a new one only when the channel has replaced its pool.
+        if client is None or client.connection_pool is not self.pool:
+            client = self._publish_client = super()._create_client()  # type: ignore[no-untyped-call]
+        return client
+
+
+class RedisTransport(redis_transport.Transport):
+    Channel = RedisChannel
+
+
 def register() -> None:
     TRANSPORT_ALIASES["filesystem"] = "sagaflow.transport:Transport"
+    TRANSPORT_ALIASES["redis"] = "sagaflow.transport:RedisTransport"
+    TRANSPORT_ALIASES["rediss"] = "sagaflow.transport:RedisTransport"
