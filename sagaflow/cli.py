@@ -396,20 +396,25 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
                 ],
                 "republished": [{"saga_id": s, "event": e} for s, e in report.republished],
                 "timed_out": [{"saga_id": s, "step": step} for s, step in report.timed_out],
+                "retried": [{"saga_id": s, "step": step} for s, step in report.retried],
+                "deadline_exceeded": [{"saga_id": s} for s in report.deadline_exceeded],
             }
         )
         return
     for saga_id, step in report.timed_out:
-        console.print(
-            f"timed out {saga_id}: step {step!r} failed (no outcome in time)", highlight=False
-        )
+        console.print(f"timed out {saga_id}: step {step!r} (no outcome in time)", highlight=False)
+    for saga_id, step in report.retried:
+        console.print(f"retried {saga_id}: retriable step {step!r} sent again", highlight=False)
+    for saga_id in report.deadline_exceeded:
+        console.print(f"deadline passed for {saga_id}: stopping it", highlight=False)
     for saga_id, step, state in report.redriven:
         console.print(f"re-drove {saga_id}: step {step!r} sent again ({state})", highlight=False)
     for saga_id, event in report.republished:
         console.print(f"published {event} for {saga_id}", highlight=False)
     console.print(
-        f"{len(report.timed_out)} steps timed out, {len(report.redriven)} sagas re-driven, "
-        f"{len(report.republished)} events published"
+        f"{len(report.timed_out)} steps timed out, {len(report.retried)} retriable steps retried, "
+        f"{len(report.deadline_exceeded)} sagas past their deadline, "
+        f"{len(report.redriven)} sagas re-driven, {len(report.republished)} events published"
     )
 
 

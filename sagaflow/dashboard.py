@@ -38,6 +38,7 @@ STATE_CLASS = {
     "compensation_failed": "alarm",
     "rejected": "muted",
     "cancelled": "warn",
+    "escalated": "alarm",
 }
 
 
@@ -321,7 +322,10 @@ def _timeline(saga: Any) -> list[dict[str, Any]]:
     for step in saga.steps:
         action_kind = {
             StepStatus.EXECUTING: "running",
+            StepStatus.VERIFYING: "running",
             StepStatus.FAILED: "bad",
+            StepStatus.WAITING_RETRY: "bad",
+            StepStatus.OUTCOME_UNKNOWN: "bad",
         }.get(step.status, "ok")
         compensation_kind = {
             StepStatus.COMPENSATING: "running",

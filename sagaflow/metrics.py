@@ -180,7 +180,7 @@ class SagaMetrics(Collector):
             stuck.add_metric([saga_type], max(0.0, (now - moment).total_seconds()))
         waiting = GaugeMetricFamily(
             "sagaflow_sagas_needing_operator",
-            "Sagas stopped until an operator acts (compensation_failed), by type.",
+            "Sagas stopped until an operator acts (compensation_failed, escalated), by type.",
             labels=["saga_type"],
         )
         for saga_type, n in sorted(operator.items()):

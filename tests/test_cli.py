@@ -346,7 +346,9 @@ def test_recover_prints_what_it_did(stack: Stack) -> None:
     result = sagaflow("recover", "--older-than", "600", env=stack.env)
     assert result.returncode == 0, describe(result)
     assert re.search(
-        r"\d+ steps timed out, \d+ sagas re-driven, \d+ events published", result.stdout
+        r"\d+ steps timed out, \d+ retriable steps retried, \d+ sagas past their deadline, "
+        r"\d+ sagas re-driven, \d+ events published",
+        result.stdout,
     ), describe(result)
 
 

@@ -71,7 +71,7 @@ def test_datetime_input_names_the_offending_type(offline_client: SagaClient) -> 
 
 
 def test_deeply_nested_input_is_refused_clearly(offline_client: SagaClient) -> None:
-    with pytest.raises(InvalidSagaInput, match="nested too deeply"):
+    with pytest.raises(InvalidSagaInput, match="nested more than 64 levels deep"):
         offline_client.start("trip", nested(100_000))
 
 

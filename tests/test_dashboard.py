@@ -245,6 +245,10 @@ def test_metrics_count_sagas_and_step_durations(stack: Stack, web: FlaskClient) 
     refused = {"saga_type": "partial", "step": "a3", "phase": "action", "outcome": "failed"}
     assert value(after, "sagaflow_step_duration_seconds_count", **refused) >= 1
 
+    refused = stack.start("partial", {"fail_at": ["a3"], "fail_compensation_at": ["a1"]})
+    assert stack.wait_one(refused).state is SagaState.COMPENSATION_FAILED
+    assert value(samples(), "sagaflow_sagas_needing_operator", saga_type="partial") >= 1
+
     stuck = stack.start("orphan", {})  # its second step waits on a queue nobody consumes
     stack.wait_dispatched(stuck, 1)
     flight = samples()
