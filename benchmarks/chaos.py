@@ -8,7 +8,8 @@ orchestrator, the three example services (prefork) and beat (the recovery sweep,
 and stall timeout). It runs N orders of the demo's mix (some fail on purpose at stock, payment or
 shipping) and, while they run, injects K faults at random points: SIGKILL of a service worker
 (its whole process group) or of one of its pool children, SIGKILL of the orchestrator or of one
-of its children, FLUSHALL, and a Redis shutdown and restart. Killed workers are started again.
+of its children, FLUSHALL, and Redis killed and started again empty. Killed workers are started
+again, and so is any worker that exits on its own (as a supervisor would), which is reported.
 
 Then it audits every saga against the services' own effects table (`example_effects`, one row
 per idempotency key): a completed saga shows each action once and no compensation; a failed one
@@ -170,7 +171,6 @@ class Producer:
         self.resend_after = resend_after
         self.next = 0
         self.sent_at: dict[str, float] = {}  # open (not terminal) sagas -> when last sent
-        self.recorded: set[str] = set()
         self.finished = 0
         self.resent = 0
 
@@ -198,7 +198,6 @@ class Producer:
         for saga_id in open_ids:
             state = states.get(saga_id)
             if state is not None:
-                self.recorded.add(saga_id)
                 if SagaState(state).is_terminal:
                     del self.sent_at[saga_id]
                     self.finished += 1
