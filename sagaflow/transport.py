@@ -26,6 +26,7 @@ from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.transport import redis as redis_transport
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 PARTIAL_READ_DEADLINE = 5.0
 
@@ -135,6 +136,15 @@ class RedisChannel(redis_transport.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._publish_client = super()._create_client()  # type: ignore[no-untyped-call]
         return client
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # kombu clears a transport's client when its connection closes. Closing a channel after
+        # that (it restores its unacknowledged messages) or a late ack then failed with an
+        # AttributeError, which Celery takes as fatal: the worker exited when Redis went away
+        # with a task in flight. Raised as the connection error it is, Celery reconnects.
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("the Redis connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
 
 class RedisTransport(redis_transport.Transport):

@@ -6,8 +6,11 @@ Runs against a redis-server of its own (started and killed here), never the shar
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +78,31 @@ def test_step_finishing_while_redis_is_down_still_reports_success(tmp_path: Path
         store.dispose()
         redis.stop()
         drop_postgres_database(pg_url)
+
+
+def test_workers_survive_redis_restarts_with_tasks_in_flight(tmp_path: Path) -> None:
+    """kombu's Redis channel failed with an AttributeError when it closed (or acked) after its
+    connection was gone, and Celery took that as fatal: a worker with a task in flight when Redis
+    went away exited. The chaos run restarts such workers and lists them; here there are none."""
+    out = tmp_path / "chaos.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/chaos.py",
+            *("--sagas", "150", "--faults", "3", "--seed", "6", "--kinds", "redis_restart"),
+            *("--redis-downtime", "3", "--timeout", "180"),
+            *("--logs", str(tmp_path / "run"), "--json", str(out)),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    report = result.stdout[-4000:] + result.stderr[-2000:]
+    assert out.exists(), report
+    figures = json.loads(out.read_text())
+    assert figures["faults_by_kind"] == {"redis_restart": 3}, report
+    assert figures["unplanned_exits"] == [], report
+    assert figures["violations"] == [] and figures["terminal"] == 150, report

@@ -59,6 +59,7 @@ def test_no_saga_lost_or_doubled_under_faults(tmp_path: Path) -> None:
     assert figures["not_terminal_detail"] == [], report
     assert figures["terminal"] == SAGAS, report
     assert figures["faults_injected"] == FAULTS, report
+    assert figures["unplanned_exits"] == [], report  # no worker died of a fault it was not dealt
     assert set(figures["faults_by_kind"]) == {
         "service_worker",
         "service_child",
