@@ -30,6 +30,7 @@ DEFAULT_PORT = 8650
 PAGE_SIZE = 50
 
 STATE_CLASS = {
+    "requested": "running",
     "started": "running",
     "pending": "running",
     "compensating": "warn",
@@ -40,6 +41,10 @@ STATE_CLASS = {
     "cancelled": "warn",
     "escalated": "alarm",
 }
+
+
+class BadQuery(ValueError):
+    """A filter or paging argument that cannot be used: answered with 400 and the reason."""
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -106,8 +111,8 @@ def create_dashboard(
     def _invalid(exc: InvalidOperation) -> Any:
         return _error(str(exc), 409)
 
-    @app.errorhandler(ValueError)
-    def _bad_request(exc: ValueError) -> Any:
+    @app.errorhandler(BadQuery)
+    def _bad_request(exc: BadQuery) -> Any:
         return _error(str(exc), 400)
 
     # -- pages ---------------------------------------------------------------------------------
@@ -258,13 +263,17 @@ def _filters(args: Any) -> dict[str, Any]:
     state = args.get("state") or None
     if state is not None and state not in {s.value for s in SagaState}:
         known = ", ".join(s.value for s in SagaState)
-        raise ValueError(f"unknown state {state!r}: use one of {known}")
+        raise BadQuery(f"unknown state {state!r}: use one of {known}")
     since_text = args.get("since") or None
+    try:
+        since = parse_since(since_text) if since_text else None
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
     limit = _int_arg(args, "limit", PAGE_SIZE, 1, 1000)
     return {
         "state": state,
         "saga_type": args.get("type") or None,
-        "since": parse_since(since_text) if since_text else None,
+        "since": since,
         "limit": limit,
         "offset": _int_arg(args, "offset", 0, 0, 10**9),
     }
@@ -277,9 +286,9 @@ def _int_arg(args: Any, name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+        raise BadQuery(f"{name} must be an integer, got {text!r}") from None
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}")
+        raise BadQuery(f"{name} must be between {low} and {high}")
     return value
 
 
