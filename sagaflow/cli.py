@@ -372,14 +372,14 @@ def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: in
 @click.option(
     "--older-than",
     type=float,
-    help="Seconds without progress before a saga counts as stalled "
-    "(default SAGAFLOW_STALL_TIMEOUT, 300).",
+    help="Seconds without progress before a saga counts as stalled, or a requested saga as "
+    "not started (default SAGAFLOW_STALL_TIMEOUT, 300).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None:
-    """Time out overdue steps, re-drive stalled sagas, publish lost outcome events (what beat
-    runs periodically)."""
+    """Start requested sagas whose start was lost, time out overdue steps, re-drive stalled
+    sagas, publish lost outcome events (what beat runs periodically)."""
     from sagaflow.orchestrator import create_orchestrator_app
 
     settings = settings_of(ctx)
@@ -390,6 +390,7 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
     if as_json:
         print_json(
             {
+                "started": [{"saga_id": s} for s in report.started],
                 "redriven": [
                     {"saga_id": s, "step": step, "state": state}
                     for s, step, state in report.redriven
@@ -401,6 +402,8 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
             }
         )
         return
+    for saga_id in report.started:
+        console.print(f"started {saga_id}: its start message never came", highlight=False)
     for saga_id, step in report.timed_out:
         console.print(f"timed out {saga_id}: step {step!r} (no outcome in time)", highlight=False)
     for saga_id, step in report.retried:
@@ -412,6 +415,7 @@ def recover(ctx: click.Context, older_than: float | None, as_json: bool) -> None
     for saga_id, event in report.republished:
         console.print(f"published {event} for {saga_id}", highlight=False)
     console.print(
+        f"{len(report.started)} requested sagas started, "
         f"{len(report.timed_out)} steps timed out, {len(report.retried)} retriable steps retried, "
         f"{len(report.deadline_exceeded)} sagas past their deadline, "
         f"{len(report.redriven)} sagas re-driven, {len(report.republished)} events published"

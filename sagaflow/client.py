@@ -1,12 +1,15 @@
 """The producer's and operator's entry point: start sagas, read their state.
 
-Starting needs only the broker: the orchestrator records the saga when it takes the message.
-Reading needs the store.
+A start is recorded in the store as `requested`, then sent to the orchestrator: if the message
+is lost, the recovery sweep starts the saga from the store. A producer that cannot reach the
+store still starts sagas through the broker alone (the orchestrator records them when it takes
+the message), without that guarantee. Reading needs the store.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -18,9 +21,16 @@ from celery import Celery
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.definitions import check_deadline
-from sagaflow.errors import DefinitionError, InvalidSagaInput, SagaflowError, SagaTimeout
+from sagaflow.definitions import SagaState, check_deadline
+from sagaflow.errors import (
+    DefinitionError,
+    InvalidSagaInput,
+    SagaflowError,
+    SagaTimeout,
+    StoreUnavailable,
+)
 from sagaflow.machine import (
+    HistoryEntry,
     Ignored,
     SagaRecord,
     cancel,
@@ -37,7 +47,10 @@ from sagaflow.protocol import (
 )
 from sagaflow.store import HistoryRow, SagaStore, utcnow
 
+logger = logging.getLogger(__name__)
+
 MAX_SAGA_ID_LENGTH = 64
+MAX_SAGA_TYPE_LENGTH = 200  # the store's column
 
 
 class BrokerUnavailable(SagaflowError):
@@ -82,10 +95,16 @@ class SagaClient:
         saga_id: str | None = None,
         deadline: float | None = None,
     ) -> str:
-        """Enqueue a saga start and return its id. The saga is recorded by the orchestrator.
+        """Start a saga and return its id; the saga happens once, however often it is called
+        with the same `saga_id`.
 
-        `deadline` (seconds from the start) overrides the definition's. Raises
-        InvalidSagaInput at once for input that is not a JSON object or is too large.
+        The request is recorded in the store (state `requested`) before the start message is
+        sent, so a lost message delays the saga (the recovery sweep starts it) but never loses
+        it: once recorded, a broker that cannot be reached is only logged. Without the store,
+        the start goes through the broker alone and BrokerUnavailable means nothing was sent.
+
+        `deadline` (seconds from now) overrides the definition's. Raises InvalidSagaInput at
+        once for input that is not a JSON object or is too large.
         """
         try:
             check_deadline("deadline", deadline)
@@ -93,6 +112,10 @@ class SagaClient:
             raise InvalidSagaInput(str(exc)) from None
         if not isinstance(saga_type, str) or not saga_type:
             raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
+        if len(saga_type) > MAX_SAGA_TYPE_LENGTH:
+            raise InvalidSagaInput(
+                f"saga type {saga_type:.80}... is over {MAX_SAGA_TYPE_LENGTH} characters"
+            )
         payload = validate_input(data, self.settings.max_input_bytes)
         if saga_id is not None and (
             not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id)
@@ -102,6 +125,7 @@ class SagaClient:
                 "letters, digits and _.:@- (starting with a letter or digit)"
             )
         saga_id = saga_id or str(uuid.uuid4())
+        recorded = self._record_request(saga_id, saga_type, payload, deadline)
         try:
             self.app.send_task(
                 START_TASK,
@@ -118,8 +142,39 @@ class SagaClient:
         except SagaflowError:
             raise
         except Exception as exc:  # kombu raises transport-specific errors
-            raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
+            if not recorded:
+                raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
+            logger.warning(
+                "saga %s recorded but its start could not be sent (%s): the recovery sweep "
+                "will start it",
+                saga_id,
+                exc,
+            )
         return saga_id
+
+    def _record_request(
+        self, saga_id: str, saga_type: str, data: dict[str, Any], deadline: float | None
+    ) -> bool:
+        """Record the start as `requested`; True if the store has it (now or from an earlier
+        start with the same id), False if the store could not be reached."""
+        now = utcnow()
+        request = SagaRecord(
+            saga_id=saga_id,
+            saga_type=saga_type,
+            state=SagaState.REQUESTED,
+            data=data,
+            steps=(),
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timedelta(seconds=deadline) if deadline is not None else None,
+        )
+        try:
+            self.store.create(request, [HistoryEntry("saga_requested", None, request.state)])
+        except StoreUnavailable as exc:
+            # A producer without store access is a supported setup: not worth a warning.
+            logger.info("saga %s not recorded (%s): starting through the broker only", saga_id, exc)
+            return False
+        return True
 
     def cancel(self, saga_id: str, reason: str = "") -> int:
         """Cancel a running saga: the step in flight finishes, then what completed is

@@ -24,6 +24,9 @@ class SagaState(str, enum.Enum):
     """Where a saga is. Terminal for the engine: COMPLETED, FAILED, COMPENSATION_FAILED,
     REJECTED, CANCELLED, ESCALATED (the last two of which an operator can resume)."""
 
+    # Recorded by the producer (SagaClient.start), not planned yet: the orchestrator's start
+    # message or, if that message is lost, the recovery sweep starts it.
+    REQUESTED = "requested"
     STARTED = "started"  # recorded, first step not yet dispatched
     PENDING = "pending"  # steps are running forward
     COMPENSATING = "compensating"  # a step failed; completed steps are being undone in reverse

@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +22,8 @@ from sagaflow.config import Settings
 from sagaflow.definitions import (
     Phase,
     Registry,
+    SagaState,
+    Step,
     StepStatus,
     check_deadline,
     load_definitions,
@@ -98,6 +100,7 @@ class RecoveryReport:
     timed_out: list[tuple[str, str]] = field(default_factory=list)  # saga, step
     retried: list[tuple[str, str]] = field(default_factory=list)  # saga, retriable step
     deadline_exceeded: list[str] = field(default_factory=list)  # sagas being stopped
+    started: list[str] = field(default_factory=list)  # requested sagas whose start was lost
 
 
 class Orchestrator:
@@ -125,9 +128,17 @@ class Orchestrator:
     def start(
         self, saga_id: object, saga_type: object, data: object, deadline: object = None
     ) -> str:
-        """Record a new saga and dispatch its first step; record a rejection on bad input.
+        """Start a saga; record a rejection on bad input.
 
-        `deadline` (seconds) overrides the definition's."""
+        A saga the producer recorded as `requested` is started from its stored type, input
+        and deadline. Otherwise (a producer without the store) it is recorded here from the
+        message; `deadline` (seconds) overrides the definition's.
+        """
+        if isinstance(saga_id, str) and SAGA_ID_PATTERN.match(saga_id):
+            decision = self.store.promote(saga_id, self._begin_requested)
+            if decision.saga is not None:
+                self._after_promote(saga_id, decision)
+                return saga_id
         now = utcnow()
         problem: str | None = None
         if not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id):
@@ -141,31 +152,11 @@ class Orchestrator:
         try:
             if problem is not None:
                 raise InvalidSagaInput(problem)
-            if not isinstance(saga_type, str) or len(saga_type) > MAX_TYPE_LENGTH:
-                raise UnknownSagaType(f"unknown saga type {type_name[:MAX_TYPE_LENGTH]!r}")
-            unstorable = input_problem(data)
-            if unstorable is not None:
-                raise InvalidSagaInput(f"saga input refused: {unstorable}")
-            size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
-            if size > self.max_input_bytes:
-                raise InvalidSagaInput(
-                    f"saga input is {size} bytes of JSON, over the limit of {self.max_input_bytes}"
-                )
-            steps = self.registry.plan(saga_type, data)
-            try:
-                seconds = check_deadline("deadline", deadline)
-            except DefinitionError as exc:
-                raise InvalidSagaInput(str(exc)) from exc
-            if seconds is None:
-                seconds = self.registry.deadline(saga_type)
+            steps, seconds = self._plan(saga_type, data, deadline)
         except Exception as exc:
-            # Anything the definition raises (a bug in define_steps included) is recorded: a
-            # start is never acknowledged without a trace in the store.
-            if not isinstance(exc, (UnknownSagaType, InvalidSagaInput)):
-                logger.exception("saga %s: planning %r failed", saga_id, type_name)
+            error = self._planning_error(saga_id, type_name, exc)
             # What a producer sent is cleaned before it is stored, so the rejection itself can
             # be recorded whatever the input held.
-            error = ErrorInfo(type=type(exc).__name__, message=strict_json(str(exc)))
             type_name = strict_json(type_name)
             data = strict_json(data)
             stored_data = data if isinstance(data, dict) and problem is None else {"input": data}
@@ -180,6 +171,7 @@ class Orchestrator:
             else:
                 logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
+        assert isinstance(saga_type, str)
         saga = new_saga(saga_id, saga_type, data, steps, now, seconds)
         transition = begin(saga, now)
         # One insert records the saga already running its first step; a saga id the store
@@ -190,6 +182,81 @@ class Orchestrator:
             return saga_id
         self._execute(transition.commands, [])
         return saga_id
+
+    def _plan(
+        self, saga_type: object, data: object, deadline: object
+    ) -> tuple[list[Step], float | None]:
+        """The saga's steps and deadline (seconds); raises what makes the start a rejection."""
+        type_name = saga_type if isinstance(saga_type, str) else repr(saga_type)
+        if not isinstance(saga_type, str) or len(saga_type) > MAX_TYPE_LENGTH:
+            raise UnknownSagaType(f"unknown saga type {type_name[:MAX_TYPE_LENGTH]!r}")
+        unstorable = input_problem(data)
+        if unstorable is not None:
+            raise InvalidSagaInput(f"saga input refused: {unstorable}")
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self.max_input_bytes:
+            raise InvalidSagaInput(
+                f"saga input is {size} bytes of JSON, over the limit of {self.max_input_bytes}"
+            )
+        steps = list(self.registry.plan(saga_type, data))
+        try:
+            seconds = check_deadline("deadline", deadline)
+        except DefinitionError as exc:
+            raise InvalidSagaInput(str(exc)) from exc
+        if seconds is None:
+            seconds = self.registry.deadline(saga_type)
+        return steps, seconds
+
+    def _planning_error(self, saga_id: str, type_name: str, exc: Exception) -> ErrorInfo:
+        # Anything the definition raises (a bug in define_steps included) is recorded: a start
+        # is never acknowledged without a trace in the store.
+        if not isinstance(exc, (UnknownSagaType, InvalidSagaInput)):
+            logger.exception("saga %s: planning %r failed", saga_id, type_name)
+        return ErrorInfo(type=type(exc).__name__, message=strict_json(str(exc)))
+
+    def _begin_requested(self, request: SagaRecord, started_by: str = "start") -> Transition:
+        """The transition that starts (or rejects) a saga recorded as `requested`."""
+        now = utcnow()
+        try:
+            steps, seconds = self._plan(request.saga_type, request.data, None)
+        except Exception as exc:
+            error = self._planning_error(request.saga_id, request.saga_type, exc)
+            rejected = replace(
+                request,
+                state=SagaState.REJECTED,
+                error=error,
+                updated_at=now,
+                finished_at=now,
+                deadline_at=None,
+            )
+            entry = HistoryEntry(
+                "saga_rejected", request.state, rejected.state, None, {"error": error.to_json()}
+            )
+            return Transition(rejected, history=(entry,))
+        # The deadline counts from the request: the moment the producer was told the id.
+        requested_at = request.created_at or now
+        saga = replace(
+            new_saga(request.saga_id, request.saga_type, request.data, steps, now),
+            created_at=requested_at,
+            deadline_at=request.deadline_at
+            or (requested_at + timedelta(seconds=seconds) if seconds else None),
+        )
+        transition = begin(saga, now)
+        detail: dict[str, Any] | None = {"by": started_by} if started_by != "start" else None
+        recorded = HistoryEntry("saga_recorded", request.state, saga.state, None, detail)
+        return replace(transition, history=(recorded, *transition.history))
+
+    def _after_promote(self, saga_id: str, decision: Decision) -> bool:
+        """Send what starting a requested saga asks for. True if this call started it."""
+        outcome = decision.outcome
+        if not isinstance(outcome, Transition):
+            logger.info("saga %s already started: duplicate start ignored", saga_id)
+            return False
+        if outcome.saga.state is SagaState.REJECTED:
+            logger.warning("saga %s rejected: %s", saga_id, outcome.saga.error)
+            return False
+        self._execute(outcome.commands, decision.event_ids)
+        return True
 
     # -- step outcomes -------------------------------------------------------------------------
 
@@ -265,6 +332,17 @@ class Orchestrator:
         now = utcnow()
         cutoff = now - timedelta(seconds=stalled_for)
         report = RecoveryReport()
+        for saga_id in self.store.requested(cutoff, limit):
+            # Started from the stored request: the start message was lost (or is very late,
+            # and will find the saga started). The promote lock makes it start once.
+            try:
+                decision = self.store.promote(
+                    saga_id, lambda request: self._begin_requested(request, "recovery")
+                )
+            except ConcurrencyConflict:
+                continue
+            if decision.saga is not None and self._after_promote(saga_id, decision):
+                report.started.append(saga_id)
         for saga_id, position in self.store.timed_out(now, limit):
 
             def due(saga: SagaRecord, position: int = position) -> Transition | Ignored:
@@ -307,15 +385,17 @@ class Orchestrator:
             self.store.mark_published([event.id])
             report.republished.append((event.saga_id, event.name))
         if (
-            report.redriven
+            report.started
+            or report.redriven
             or report.republished
             or report.timed_out
             or report.retried
             or report.deadline_exceeded
         ):
             logger.warning(
-                "recovery: %d steps timed out, %d retried, %d sagas past their deadline, "
-                "re-drove %d stalled sagas, republished %d events",
+                "recovery: started %d requested sagas, %d steps timed out, %d retried, "
+                "%d sagas past their deadline, re-drove %d stalled sagas, republished %d events",
+                len(report.started),
                 len(report.timed_out),
                 len(report.retried),
                 len(report.deadline_exceeded),
@@ -447,6 +527,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     def recover() -> dict[str, int]:
         report = orchestrator.recover(orchestrator.stall_timeout)
         return {
+            "started": len(report.started),
             "timed_out": len(report.timed_out),
             "retried": len(report.retried),
             "deadline_exceeded": len(report.deadline_exceeded),

@@ -13,6 +13,7 @@ from sagaflow.machine import SagaRecord, StepRecord
 from sagaflow.store import HistoryRow
 
 STATE_STYLE = {
+    SagaState.REQUESTED: "dim cyan",
     SagaState.STARTED: "cyan",
     SagaState.PENDING: "cyan",
     SagaState.COMPENSATING: "yellow",

@@ -16,9 +16,15 @@ import sqlalchemy as sa
 
 from sagaflow.definitions import SagaState
 from sagaflow.schema import history, sagas, steps
-from sagaflow.store import SagaStore, _aware
+from sagaflow.store import SagaStore
+from sagaflow.store_rows import aware as _aware
 
-RUNNING_STATES = (SagaState.STARTED, SagaState.PENDING, SagaState.COMPENSATING)
+RUNNING_STATES = (
+    SagaState.REQUESTED,
+    SagaState.STARTED,
+    SagaState.PENDING,
+    SagaState.COMPENSATING,
+)
 
 
 @dataclass(frozen=True)

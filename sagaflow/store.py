@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,17 +21,35 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.definitions import SagaState, StepStatus
-from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
+from sagaflow.errors import SagaNotFound, StoreUnavailable
 from sagaflow.machine import (
-    ErrorInfo,
     HistoryEntry,
     Ignored,
     PublishEvent,
     SagaRecord,
-    StepRecord,
     Transition,
 )
 from sagaflow.schema import events, history, sagas, steps
+from sagaflow.store_rows import (
+    EventRow as EventRow,
+)
+from sagaflow.store_rows import (
+    HistoryRow as HistoryRow,
+)
+from sagaflow.store_rows import (
+    aware,
+    event_from_row,
+    insert_history,
+    load_saga,
+    saga_from_row,
+    saga_row,
+    step_row,
+    to_utc,
+    write_transition,
+)
+from sagaflow.store_rows import (
+    utcnow as utcnow,
+)
 
 TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
 # Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
@@ -40,46 +58,6 @@ TIMER_STATUSES = [
     StepStatus.WAITING_RETRY.value,
     StepStatus.VERIFYING.value,
 ]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite keeps the wall-clock digits and drops the offset: store every instant as UTC.
-    if value is not None and value.tzinfo is not None:
-        return value.astimezone(timezone.utc)
-    return value
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything sagaflow stores is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    id: int
-    saga_id: str
-    at: datetime
-    event: str
-    from_state: str | None
-    to_state: str
-    step: str | None
-    detail: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class EventRow:
-    id: int
-    saga_id: str
-    name: str
-    payload: dict[str, Any]
-    created_at: datetime
-    published_at: datetime | None
 
 
 def mask_url(url: str) -> str:
@@ -178,10 +156,10 @@ class SagaStore:
         now = saga.created_at or utcnow()
         try:
             with self._write() as conn:
-                conn.execute(sagas.insert().values(**_saga_row(saga)))
+                conn.execute(sagas.insert().values(**saga_row(saga)))
                 if saga.steps:
-                    conn.execute(steps.insert(), [_step_row(saga.saga_id, s) for s in saga.steps])
-                _insert_history(conn, saga.saga_id, now, history_entries)
+                    conn.execute(steps.insert(), [step_row(saga.saga_id, s) for s in saga.steps])
+                insert_history(conn, saga.saga_id, now, history_entries)
         except sa.exc.IntegrityError:
             return False
         return True
@@ -200,7 +178,7 @@ class SagaStore:
         version moved.
         """
         with self._write() as conn:
-            return _write_transition(conn, before, after, changed_steps, history_entries, published)
+            return write_transition(conn, before, after, changed_steps, history_entries, published)
 
     def transition(
         self, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
@@ -212,15 +190,38 @@ class SagaStore:
         the version check stays as a guard. `decide` must be pure: it may run again.
         """
         with self._write() as conn:
-            saga = _load(conn, saga_id, lock=True)
+            saga = load_saga(conn, saga_id, lock=True)
             if saga is None:
                 return Decision(None, None, [])
             outcome = decide(saga)
             if isinstance(outcome, Ignored):
                 return Decision(saga, outcome, [])
             publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
-            event_ids = _write_transition(
+            event_ids = write_transition(
                 conn, saga, outcome.saga, outcome.changed_steps, outcome.history, publishes
+            )
+            return Decision(saga, outcome, event_ids)
+
+    def promote(self, saga_id: str, plan: Callable[[SagaRecord], Transition]) -> Decision:
+        """Start a saga recorded as `requested`: `plan` turns the stored request into its
+        first transition (steps and all, or a rejection), stored in one transaction under the
+        same row lock as `transition`, so of concurrent starters exactly one promotes it.
+
+        The Decision's saga is None if no such saga is recorded; its outcome is Ignored if the
+        saga is already past `requested` (a duplicate start).
+        """
+        with self._write() as conn:
+            saga = load_saga(conn, saga_id, lock=True)
+            if saga is None:
+                return Decision(None, None, [])
+            if saga.state is not SagaState.REQUESTED:
+                return Decision(saga, Ignored(f"saga is already {saga.state.value}"), [])
+            outcome = plan(saga)
+            if outcome.saga.steps:
+                conn.execute(steps.insert(), [step_row(saga_id, s) for s in outcome.saga.steps])
+            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
+            event_ids = write_transition(
+                conn, saga, outcome.saga, frozenset(), outcome.history, publishes
             )
             return Decision(saga, outcome, event_ids)
 
@@ -230,7 +231,7 @@ class SagaStore:
             state = conn.execute(
                 sa.select(sagas.c.state).where(sagas.c.id == saga_id)
             ).scalar_one_or_none()
-            _insert_history(
+            insert_history(
                 conn,
                 saga_id,
                 utcnow(),
@@ -259,7 +260,7 @@ class SagaStore:
 
     def load(self, saga_id: str) -> SagaRecord | None:
         with self._connect() as conn:
-            return _load(conn, saga_id, lock=False)
+            return load_saga(conn, saga_id, lock=False)
 
     def get(self, saga_id: str) -> SagaRecord:
         saga = self.load(saga_id)
@@ -285,20 +286,32 @@ class SagaStore:
         if saga_type is not None:
             query = query.where(sagas.c.saga_type == saga_type)
         if since is not None:
-            query = query.where(sagas.c.created_at >= _utc(since))
+            query = query.where(sagas.c.created_at >= to_utc(since))
         if id_prefix:
             query = query.where(sagas.c.id.startswith(id_prefix, autoescape=True))
         query = query.limit(limit).offset(offset)
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [_saga_from_row(r, []) for r in rows]
+        return [saga_from_row(r, []) for r in rows]
 
     def stalled(self, before: datetime, limit: int = 500) -> list[str]:
         """Ids of running sagas whose last change is older than `before`, oldest first."""
         running = [SagaState.STARTED.value, SagaState.PENDING.value, SagaState.COMPENSATING.value]
         query = (
             sa.select(sagas.c.id)
-            .where(sagas.c.state.in_(running), sagas.c.updated_at < _utc(before))
+            .where(sagas.c.state.in_(running), sagas.c.updated_at < to_utc(before))
+            .order_by(sagas.c.updated_at)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def requested(self, before: datetime, limit: int = 500) -> list[str]:
+        """Ids of sagas recorded as `requested` before `before` and still not started (their
+        start message was lost or is late), oldest first."""
+        query = (
+            sa.select(sagas.c.id)
+            .where(sagas.c.state == SagaState.REQUESTED.value, sagas.c.updated_at < to_utc(before))
             .order_by(sagas.c.updated_at)
             .limit(limit)
         )
@@ -312,7 +325,7 @@ class SagaStore:
             sa.select(steps.c.saga_id, steps.c.position)
             .where(
                 steps.c.status.in_(TIMER_STATUSES),
-                steps.c.deadline_at < _utc(now),
+                steps.c.deadline_at < to_utc(now),
             )
             .order_by(steps.c.deadline_at)
             .limit(limit)
@@ -326,7 +339,7 @@ class SagaStore:
             sa.select(sagas.c.id)
             .where(
                 sagas.c.state == SagaState.PENDING.value,
-                sagas.c.deadline_at < _utc(now),
+                sagas.c.deadline_at < to_utc(now),
                 sagas.c.cancel_requested_at.is_(None),
             )
             .order_by(sagas.c.deadline_at)
@@ -339,13 +352,13 @@ class SagaStore:
         """Recorded outcome events never marked published, created before `before`."""
         query = (
             sa.select(events)
-            .where(events.c.published_at.is_(None), events.c.created_at < _utc(before))
+            .where(events.c.published_at.is_(None), events.c.created_at < to_utc(before))
             .order_by(events.c.created_at)
             .limit(limit)
         )
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def count_by_state(self, saga_ids: Sequence[str] | None = None) -> dict[str, int]:
         query = sa.select(sagas.c.state, sa.func.count()).group_by(sagas.c.state)
@@ -367,7 +380,7 @@ class SagaStore:
             HistoryRow(
                 id=r["id"],
                 saga_id=r["saga_id"],
-                at=_aware(r["at"]) or utcnow(),
+                at=aware(r["at"]) or utcnow(),
                 event=r["event"],
                 from_state=r["from_state"],
                 to_state=r["to_state"],
@@ -386,7 +399,7 @@ class SagaStore:
                 .mappings()
                 .all()
             )
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def ping(self) -> None:
         with self._connect() as conn:
@@ -403,92 +416,6 @@ class Decision:
 
 
 _WRITE_OPTION = "sagaflow_write"
-_SAGA_COLUMNS = [c.label(f"saga_{c.name}") for c in sagas.c]
-_STEP_COLUMNS = [c.label(f"step_{c.name}") for c in steps.c]
-
-
-def _load(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
-    """The saga and its steps in one query; with `lock`, after taking the saga's row lock.
-
-    The lock is a statement of its own: under READ COMMITTED, a statement that waited for a
-    row lock re-reads only the locked row, so a join locking the saga would return the steps
-    as they were before the lock holder committed.
-    """
-    # SQLite needs no lock statement: BEGIN IMMEDIATE already serialises writers.
-    locking = lock and conn.dialect.name != "sqlite"
-    if locking and conn.execute(_LOCK_SAGA, {"saga_id": saga_id}).first() is None:
-        return None
-    rows = conn.execute(_LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
-    if not rows:
-        return None
-    saga_row = {c.name: rows[0][f"saga_{c.name}"] for c in sagas.c}
-    step_records = [
-        _step_from_row({c.name: row[f"step_{c.name}"] for c in steps.c})
-        for row in rows
-        if row["step_position"] is not None
-    ]
-    return _saga_from_row(saga_row, step_records)
-
-
-# Hot-path statements are built once: building a statement costs more Python time than
-# running it (SQLAlchemy caches the compiled form by the statement's structure).
-_LOCK_SAGA = sa.select(sagas.c.id).where(sagas.c.id == sa.bindparam("saga_id")).with_for_update()
-_LOAD_SAGA = (
-    sa.select(*_SAGA_COLUMNS, *_STEP_COLUMNS)
-    .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
-    .where(sagas.c.id == sa.bindparam("saga_id"))
-    .order_by(steps.c.position)
-)
-_UPDATE_SAGA = sagas.update().where(
-    sagas.c.id == sa.bindparam("key_id"), sagas.c.version == sa.bindparam("key_version")
-)
-# Never change after the saga is recorded: left out of every update (the input can be large).
-_FIXED_SAGA_COLUMNS = ("id", "saga_type", "data", "created_at")
-_UPDATE_STEP = steps.update().where(
-    steps.c.saga_id == sa.bindparam("key_saga_id"),
-    steps.c.position == sa.bindparam("key_position"),
-)
-
-
-def _write_transition(
-    conn: Connection,
-    before: SagaRecord,
-    after: SagaRecord,
-    changed_steps: Sequence[int] | frozenset[int],
-    history_entries: Sequence[HistoryEntry],
-    published: Sequence[PublishEvent],
-) -> list[int]:
-    now = after.updated_at or utcnow()
-    row = _saga_row(after)
-    for column in _FIXED_SAGA_COLUMNS:
-        del row[column]
-    row.update(version=before.version + 1, key_id=before.saga_id, key_version=before.version)
-    updated = conn.execute(_UPDATE_SAGA, row)
-    if updated.rowcount != 1:
-        raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
-    if changed_steps:
-        rows = []
-        for position in sorted(changed_steps):
-            row = _step_row(after.saga_id, after.steps[position])
-            del row["saga_id"], row["position"]
-            rows.append({**row, "key_saga_id": after.saga_id, "key_position": position})
-        conn.execute(_UPDATE_STEP, rows)
-    _insert_history(conn, after.saga_id, now, history_entries)
-    event_ids: list[int] = []
-    for event in published:
-        result = conn.execute(
-            events.insert().values(
-                saga_id=after.saga_id,
-                name=event.name,
-                payload=event.payload,
-                created_at=_utc(now),
-                published_at=None,
-            )
-        )
-        pk = result.inserted_primary_key
-        if pk is not None:
-            event_ids.append(int(pk[0]))
-    return event_ids
 
 
 def _create_engine(url: str, echo: bool) -> Engine:
@@ -526,138 +453,3 @@ def _create_engine(url: str, echo: bool) -> Engine:
     # No pre-ping round trip per checkout: a connection that went stale fails its statement,
     # the caller gets StoreUnavailable and retries on a fresh connection.
     return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=5)
-
-
-def _saga_row(saga: SagaRecord) -> dict[str, Any]:
-    return {
-        "id": saga.saga_id,
-        "saga_type": saga.saga_type,
-        "state": saga.state.value,
-        "data": saga.data,
-        "current_step": saga.current_step,
-        "version": saga.version,
-        "error": saga.error.to_json() if saga.error else None,
-        "created_at": _utc(saga.created_at) or utcnow(),
-        "updated_at": _utc(saga.updated_at) or utcnow(),
-        "finished_at": _utc(saga.finished_at),
-        "cancel_requested_at": _utc(saga.cancel_requested_at),
-        "deadline_at": _utc(saga.deadline_at),
-    }
-
-
-def _step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
-    return {
-        "saga_id": saga_id,
-        "position": step.position,
-        "name": step.name,
-        "action": step.action,
-        "compensation": step.compensation,
-        "queue": step.queue,
-        "compensation_queue": step.compensation_queue,
-        "compensate_on_failure": step.compensate_on_failure,
-        "retry": step.retry,
-        "compensation_retry": step.compensation_retry,
-        "timeout": step.timeout,
-        "on_timeout": step.on_timeout,
-        "pivot": step.pivot,
-        "retriable": step.retriable,
-        "verify": step.verify,
-        "verify_attempts": step.verify_attempts,
-        "verify_task_id": step.verify_task_id,
-        "deadline_at": _utc(step.deadline_at),
-        "status": step.status.value,
-        "result": step.result,
-        "error": step.error.to_json() if step.error else None,
-        "attempts": step.attempts,
-        "compensation_attempts": step.compensation_attempts,
-        "task_id": step.task_id,
-        "compensation_task_id": step.compensation_task_id,
-        "started_at": _utc(step.started_at),
-        "finished_at": _utc(step.finished_at),
-        "compensation_started_at": _utc(step.compensation_started_at),
-        "compensated_at": _utc(step.compensated_at),
-    }
-
-
-def _insert_history(
-    conn: Connection, saga_id: str, now: datetime, entries: Sequence[HistoryEntry]
-) -> None:
-    if not entries:
-        return
-    conn.execute(
-        history.insert(),
-        [
-            {
-                "saga_id": saga_id,
-                "at": _utc(now),
-                "event": e.event,
-                "from_state": e.from_state.value if e.from_state else None,
-                "to_state": e.to_state.value,
-                "step": e.step,
-                "detail": e.detail,
-            }
-            for e in entries
-        ],
-    )
-
-
-def _saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
-    return SagaRecord(
-        saga_id=row["id"],
-        saga_type=row["saga_type"],
-        state=SagaState(row["state"]),
-        data=row["data"],
-        steps=tuple(step_records),
-        version=row["version"],
-        current_step=row["current_step"],
-        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
-        created_at=_aware(row["created_at"]),
-        updated_at=_aware(row["updated_at"]),
-        finished_at=_aware(row["finished_at"]),
-        cancel_requested_at=_aware(row["cancel_requested_at"]),
-        deadline_at=_aware(row["deadline_at"]),
-    )
-
-
-def _event_from_row(row: Any) -> EventRow:
-    return EventRow(
-        id=row["id"],
-        saga_id=row["saga_id"],
-        name=row["name"],
-        payload=row["payload"],
-        created_at=_aware(row["created_at"]) or utcnow(),
-        published_at=_aware(row["published_at"]),
-    )
-
-
-def _step_from_row(row: Any) -> StepRecord:
-    return StepRecord(
-        position=row["position"],
-        name=row["name"],
-        action=row["action"],
-        compensation=row["compensation"],
-        queue=row["queue"],
-        compensation_queue=row["compensation_queue"],
-        compensate_on_failure=bool(row["compensate_on_failure"]),
-        retry=row["retry"],
-        compensation_retry=row["compensation_retry"],
-        timeout=row["timeout"],
-        on_timeout=row["on_timeout"],
-        pivot=bool(row["pivot"]),
-        retriable=bool(row["retriable"]),
-        verify=row["verify"],
-        verify_attempts=row["verify_attempts"],
-        verify_task_id=row["verify_task_id"],
-        deadline_at=_aware(row["deadline_at"]),
-        status=StepStatus(row["status"]),
-        result=row["result"],
-        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
-        attempts=row["attempts"],
-        compensation_attempts=row["compensation_attempts"],
-        task_id=row["task_id"],
-        compensation_task_id=row["compensation_task_id"],
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
-        compensation_started_at=_aware(row["compensation_started_at"]),
-        compensated_at=_aware(row["compensated_at"]),
-    )

@@ -132,7 +132,12 @@ class Stack:
 
         def dispatched() -> SagaRecord | None:
             saga = self.store.load(saga_id)
-            if saga and saga.steps[position].status is StepStatus.EXECUTING:
+            # A saga still `requested` has no steps yet.
+            if (
+                saga
+                and position < len(saga.steps)
+                and saga.steps[position].status is StepStatus.EXECUTING
+            ):
                 return saga
             return None
 

@@ -161,8 +161,13 @@ def test_get_of_a_finished_saga_returns_its_steps(stack_client: SagaClient) -> N
     assert [s.name for s in saga.steps] == ["a1", "b2", "a3", "b4"]
     assert all(s.status is StepStatus.COMPLETED for s in saga.steps)
     assert saga.steps[0].result == {"step": "a1", "saw": []}
-    events = [h.event for h in stack_client.history(saga_id)]
-    assert events[0] == "saga_recorded" and events[-1] == "saga_completed"
+    rows = stack_client.history(saga_id)
+    events = [h.event for h in rows]
+    # Recorded by the client, then planned and started by the orchestrator.
+    assert events[:3] == ["saga_requested", "saga_recorded", "saga_started"]
+    assert (rows[0].from_state, rows[0].to_state) == (None, "requested")
+    assert (rows[1].from_state, rows[1].to_state) == ("requested", "started")
+    assert events[-1] == "saga_completed"
     listed = stack_client.list_sagas(saga_type="trip", state="completed", limit=10_000)
     assert saga_id in [s.saga_id for s in listed]
 

@@ -198,6 +198,7 @@ def test_a_saga_past_its_pivot_finishes_after_its_deadline(stack: Stack) -> None
     poll(
         lambda: (
             (saga := stack.store.load(saga_id)) is not None
+            and len(saga.steps) > 2
             and saga.steps[2].status is StepStatus.WAITING_RETRY
         ),
         30,

@@ -231,6 +231,7 @@ def test_cancel_past_the_pivot_is_refused_with_the_reason(stack: Stack) -> None:
     poll(
         lambda: (
             (saga := stack.store.load(saga_id)) is not None
+            and len(saga.steps) > 2
             and saga.steps[2].status is StepStatus.WAITING_RETRY
         ),
         30,

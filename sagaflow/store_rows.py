@@ -1,0 +1,288 @@
+"""The store's SQL rows: statements built once, row <-> record conversion, the transition write.
+
+Used by sagaflow.store only (and read-only queries in sagaflow.stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sagaflow.definitions import SagaState, StepStatus
+from sagaflow.errors import ConcurrencyConflict
+from sagaflow.machine import (
+    ErrorInfo,
+    HistoryEntry,
+    PublishEvent,
+    SagaRecord,
+    StepRecord,
+)
+from sagaflow.schema import events, history, sagas, steps
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_utc(value: datetime | None) -> datetime | None:
+    # SQLite keeps the wall-clock digits and drops the offset: store every instant as UTC.
+    if value is not None and value.tzinfo is not None:
+        return value.astimezone(timezone.utc)
+    return value
+
+
+def aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything sagaflow stores is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    id: int
+    saga_id: str
+    at: datetime
+    event: str
+    from_state: str | None
+    to_state: str
+    step: str | None
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    saga_id: str
+    name: str
+    payload: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+
+
+SAGA_COLUMNS = [c.label(f"saga_{c.name}") for c in sagas.c]
+STEP_COLUMNS = [c.label(f"step_{c.name}") for c in steps.c]
+
+
+def load_saga(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
+    """The saga and its steps in one query; with `lock`, after taking the saga's row lock.
+
+    The lock is a statement of its own: under READ COMMITTED, a statement that waited for a
+    row lock re-reads only the locked row, so a join locking the saga would return the steps
+    as they were before the lock holder committed.
+    """
+    # SQLite needs no lock statement: BEGIN IMMEDIATE already serialises writers.
+    locking = lock and conn.dialect.name != "sqlite"
+    if locking and conn.execute(LOCK_SAGA, {"saga_id": saga_id}).first() is None:
+        return None
+    rows = conn.execute(LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
+    if not rows:
+        return None
+    saga_row = {c.name: rows[0][f"saga_{c.name}"] for c in sagas.c}
+    step_records = [
+        step_from_row({c.name: row[f"step_{c.name}"] for c in steps.c})
+        for row in rows
+        if row["step_position"] is not None
+    ]
+    return saga_from_row(saga_row, step_records)
+
+
+# Hot-path statements are built once: building a statement costs more Python time than
+# running it (SQLAlchemy caches the compiled form by the statement's structure).
+LOCK_SAGA = sa.select(sagas.c.id).where(sagas.c.id == sa.bindparam("saga_id")).with_for_update()
+LOAD_SAGA = (
+    sa.select(*SAGA_COLUMNS, *STEP_COLUMNS)
+    .select_from(sagas.outerjoin(steps, steps.c.saga_id == sagas.c.id))
+    .where(sagas.c.id == sa.bindparam("saga_id"))
+    .order_by(steps.c.position)
+)
+UPDATE_SAGA = sagas.update().where(
+    sagas.c.id == sa.bindparam("key_id"), sagas.c.version == sa.bindparam("key_version")
+)
+# Never change after the saga is recorded: left out of every update (the input can be large).
+FIXED_SAGA_COLUMNS = ("id", "saga_type", "data", "created_at")
+UPDATE_STEP = steps.update().where(
+    steps.c.saga_id == sa.bindparam("key_saga_id"),
+    steps.c.position == sa.bindparam("key_position"),
+)
+
+
+def write_transition(
+    conn: Connection,
+    before: SagaRecord,
+    after: SagaRecord,
+    changed_steps: Sequence[int] | frozenset[int],
+    history_entries: Sequence[HistoryEntry],
+    published: Sequence[PublishEvent],
+) -> list[int]:
+    now = after.updated_at or utcnow()
+    row = saga_row(after)
+    for column in FIXED_SAGA_COLUMNS:
+        del row[column]
+    row.update(version=before.version + 1, key_id=before.saga_id, key_version=before.version)
+    updated = conn.execute(UPDATE_SAGA, row)
+    if updated.rowcount != 1:
+        raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
+    if changed_steps:
+        rows = []
+        for position in sorted(changed_steps):
+            row = step_row(after.saga_id, after.steps[position])
+            del row["saga_id"], row["position"]
+            rows.append({**row, "key_saga_id": after.saga_id, "key_position": position})
+        conn.execute(UPDATE_STEP, rows)
+    insert_history(conn, after.saga_id, now, history_entries)
+    event_ids: list[int] = []
+    for event in published:
+        result = conn.execute(
+            events.insert().values(
+                saga_id=after.saga_id,
+                name=event.name,
+                payload=event.payload,
+                created_at=to_utc(now),
+                published_at=None,
+            )
+        )
+        pk = result.inserted_primary_key
+        if pk is not None:
+            event_ids.append(int(pk[0]))
+    return event_ids
+
+
+def saga_row(saga: SagaRecord) -> dict[str, Any]:
+    return {
+        "id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "state": saga.state.value,
+        "data": saga.data,
+        "current_step": saga.current_step,
+        "version": saga.version,
+        "error": saga.error.to_json() if saga.error else None,
+        "created_at": to_utc(saga.created_at) or utcnow(),
+        "updated_at": to_utc(saga.updated_at) or utcnow(),
+        "finished_at": to_utc(saga.finished_at),
+        "cancel_requested_at": to_utc(saga.cancel_requested_at),
+        "deadline_at": to_utc(saga.deadline_at),
+    }
+
+
+def step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "position": step.position,
+        "name": step.name,
+        "action": step.action,
+        "compensation": step.compensation,
+        "queue": step.queue,
+        "compensation_queue": step.compensation_queue,
+        "compensate_on_failure": step.compensate_on_failure,
+        "retry": step.retry,
+        "compensation_retry": step.compensation_retry,
+        "timeout": step.timeout,
+        "on_timeout": step.on_timeout,
+        "pivot": step.pivot,
+        "retriable": step.retriable,
+        "verify": step.verify,
+        "verify_attempts": step.verify_attempts,
+        "verify_task_id": step.verify_task_id,
+        "deadline_at": to_utc(step.deadline_at),
+        "status": step.status.value,
+        "result": step.result,
+        "error": step.error.to_json() if step.error else None,
+        "attempts": step.attempts,
+        "compensation_attempts": step.compensation_attempts,
+        "task_id": step.task_id,
+        "compensation_task_id": step.compensation_task_id,
+        "started_at": to_utc(step.started_at),
+        "finished_at": to_utc(step.finished_at),
+        "compensation_started_at": to_utc(step.compensation_started_at),
+        "compensated_at": to_utc(step.compensated_at),
+    }
+
+
+def insert_history(
+    conn: Connection, saga_id: str, now: datetime, entries: Sequence[HistoryEntry]
+) -> None:
+    if not entries:
+        return
+    conn.execute(
+        history.insert(),
+        [
+            {
+                "saga_id": saga_id,
+                "at": to_utc(now),
+                "event": e.event,
+                "from_state": e.from_state.value if e.from_state else None,
+                "to_state": e.to_state.value,
+                "step": e.step,
+                "detail": e.detail,
+            }
+            for e in entries
+        ],
+    )
+
+
+def saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
+    return SagaRecord(
+        saga_id=row["id"],
+        saga_type=row["saga_type"],
+        state=SagaState(row["state"]),
+        data=row["data"],
+        steps=tuple(step_records),
+        version=row["version"],
+        current_step=row["current_step"],
+        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
+        finished_at=aware(row["finished_at"]),
+        cancel_requested_at=aware(row["cancel_requested_at"]),
+        deadline_at=aware(row["deadline_at"]),
+    )
+
+
+def event_from_row(row: Any) -> EventRow:
+    return EventRow(
+        id=row["id"],
+        saga_id=row["saga_id"],
+        name=row["name"],
+        payload=row["payload"],
+        created_at=aware(row["created_at"]) or utcnow(),
+        published_at=aware(row["published_at"]),
+    )
+
+
+def step_from_row(row: Any) -> StepRecord:
+    return StepRecord(
+        position=row["position"],
+        name=row["name"],
+        action=row["action"],
+        compensation=row["compensation"],
+        queue=row["queue"],
+        compensation_queue=row["compensation_queue"],
+        compensate_on_failure=bool(row["compensate_on_failure"]),
+        retry=row["retry"],
+        compensation_retry=row["compensation_retry"],
+        timeout=row["timeout"],
+        on_timeout=row["on_timeout"],
+        pivot=bool(row["pivot"]),
+        retriable=bool(row["retriable"]),
+        verify=row["verify"],
+        verify_attempts=row["verify_attempts"],
+        verify_task_id=row["verify_task_id"],
+        deadline_at=aware(row["deadline_at"]),
+        status=StepStatus(row["status"]),
+        result=row["result"],
+        error=ErrorInfo.from_json(row["error"]) if row["error"] else None,
+        attempts=row["attempts"],
+        compensation_attempts=row["compensation_attempts"],
+        task_id=row["task_id"],
+        compensation_task_id=row["compensation_task_id"],
+        started_at=aware(row["started_at"]),
+        finished_at=aware(row["finished_at"]),
+        compensation_started_at=aware(row["compensation_started_at"]),
+        compensated_at=aware(row["compensated_at"]),
+    )
