@@ -18,9 +18,10 @@ reverse order, and nothing for the failing step or the steps after it. Each saga
 input says (a failing order fails at its step) and the balances, stock and shipments must equal
 what the audit predicts. Exit 1 on any violation or any saga not terminal by the deadline.
 
-Starts are the producer's until the orchestrator has recorded them: a start message lost with
-Redis is sent again by this producer (same saga id; the store refuses a duplicate) once it has
-not been recorded for the stall timeout. Their number is reported.
+SagaClient.start records each saga as requested before sending its start, and the sweep starts
+one whose message was lost with Redis. A start made while the database was away went through
+Redis alone: this producer sends it again (same saga id; the store refuses a duplicate) once it
+has not been recorded for the stall timeout. Their number is reported.
 """
 
 from __future__ import annotations
