@@ -501,6 +501,9 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
         "max_retries": None,
         "acks_late": True,
         "ignore_result": True,
+        # This app's tasks only: Celery's default (shared) would also register them, bound to
+        # this orchestrator, on every other app the process creates.
+        "shared": False,
     }
 
     def start(
@@ -548,7 +551,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     app.task(name=OPERATOR_TASK, **retrying)(operator)
 
     # Run by `celery -A sagaflow.worker beat` (schedule below) or `sagaflow recover`.
-    app.task(name=RECOVER_TASK, acks_late=True, ignore_result=True)(recover)
+    app.task(name=RECOVER_TASK, acks_late=True, ignore_result=True, shared=False)(recover)
     # The errback also lands here when the failing worker lacks sagaflow's service support.
     install_service_support(app, orchestrator.queue)
 

@@ -138,7 +138,8 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
                 error = {"type": "UnknownError", "message": repr(exc), "task_id": task_id}
         report(outcome, error)
 
-    app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True)(errback)
+    # shared=False: registered on this app only, not on every app the process creates later.
+    app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True, shared=False)(errback)
 
     def on_unknown_task(
         sender: Any = None, message: Any = None, name: str = "", id: str = "", **_: Any
