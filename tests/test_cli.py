@@ -216,6 +216,7 @@ def test_status_of_a_running_saga_says_which_step_it_waits_on(stack: Stack) -> N
         ["cancel"],
         ["retry"],
         ["mark-compensated", "{id}", "a1", "--reason", "done by hand"],
+        ["resolve", "{id}", "a1", "--applied", "--reason", "seen in the ledger"],
     ],
     ids=lambda c: c[0],
 )
@@ -239,6 +240,7 @@ def test_unknown_saga_exits_3_with_one_line(stack: Stack, command: list[str]) ->
         ["cancel", "some-id"],
         ["retry", "some-id"],
         ["mark-compensated", "some-id", "s1", "--reason", "by hand"],
+        ["resolve", "some-id", "s1", "--not-applied", "--reason", "by hand"],
         ["recover"],
         ["dashboard"],
     ],
@@ -423,6 +425,7 @@ def test_every_command_is_covered_by_the_help_test() -> None:
         "cancel",
         "retry",
         "mark-compensated",
+        "resolve",
         "recover",
         "db",
         "db upgrade",
