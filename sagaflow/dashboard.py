@@ -133,7 +133,7 @@ def create_dashboard(
             offset=filters["offset"],
             limit=filters["limit"],
             now=datetime.now(timezone.utc),
-            page_url=lambda offset: url_for("index", **{**request.args, "offset": offset}),
+            page_url=lambda offset: url_for("index", **_list_args(request.args), offset=offset),
         )
 
     @app.get("/sagas/<saga_id>")
@@ -277,6 +277,11 @@ def _filters(args: Any) -> dict[str, Any]:
         "limit": limit,
         "offset": _int_arg(args, "offset", 0, 0, 10**9),
     }
+
+
+def _list_args(args: Any) -> dict[str, Any]:
+    """The list page's own arguments, for its paging links (url_for takes some names itself)."""
+    return {k: args[k] for k in ("q", "state", "type", "since", "limit") if args.get(k)}
 
 
 def _int_arg(args: Any, name: str, default: int, low: int, high: int) -> int:

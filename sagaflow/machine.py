@@ -42,6 +42,7 @@ from sagaflow.transitions import (
     dispatch_compensation,
     dispatch_verify,
     escalate,
+    event_payload,
     resume,
     retry_delay,
     with_step,
@@ -354,6 +355,20 @@ def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored
     if saga.cancel_requested_at is not None:
         return Ignored("cancel already requested")
     error = ErrorInfo(type="Cancelled", message=reason or "cancelled by an operator")
+    if saga.state is SagaState.REQUESTED:
+        # Not started yet: nothing ran, so it ends here, and a later start finds it finished.
+        done = replace(
+            saga, state=SagaState.CANCELLED, error=error, updated_at=now, finished_at=now
+        )
+        entry = HistoryEntry(
+            "saga_cancelled",
+            SagaState.REQUESTED,
+            SagaState.CANCELLED,
+            None,
+            {"reason": error.message},
+        )
+        publish = PublishEvent(event_name(saga.saga_type, "Cancelled"), event_payload(done))
+        return Transition(done, (publish,), (entry,), frozenset())
     waiting = replace(saga, cancel_requested_at=now, error=error, updated_at=now)
     step = saga.steps[saga.current_step] if saga.current_step is not None else None
     entry = HistoryEntry(

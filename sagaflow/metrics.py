@@ -102,7 +102,9 @@ class SagaMetrics(Collector):
                     return
 
     def _count(self, fact: HistoryFact) -> None:
-        if fact.from_state is None:  # the row that recorded the saga (started or rejected)
+        if fact.event == "outcome_ignored":  # a note on the saga, not a change of its state
+            return
+        if fact.from_state is None:  # the row that recorded the saga (requested or rejected)
             self._started[fact.saga_type] = self._started.get(fact.saga_type, 0) + 1
         if fact.from_state != fact.to_state and _is_terminal(fact.to_state):
             key = (fact.saga_type, fact.to_state)

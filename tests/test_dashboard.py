@@ -245,6 +245,15 @@ def test_metrics_count_sagas_and_step_durations(stack: Stack, web: FlaskClient) 
     refused = {"saga_type": "partial", "step": "a3", "phase": "action", "outcome": "failed"}
     assert value(after, "sagaflow_step_duration_seconds_count", **refused) >= 1
 
+    # A late or duplicate outcome is noted in the history; it neither starts nor finishes a saga.
+    stack.store.record_ignored(ids[0], "a1", {"reason": "duplicate outcome"})
+    noted = samples()
+    for name, labels in (
+        ("sagaflow_sagas_started_total", {"saga_type": "partial"}),
+        ("sagaflow_sagas_finished_total", {"saga_type": "partial", "state": "completed"}),
+    ):
+        assert value(noted, name, **labels) == value(after, name, **labels), name
+
     refused = stack.start("partial", {"fail_at": ["a3"], "fail_compensation_at": ["a1"]})
     assert stack.wait_one(refused).state is SagaState.COMPENSATION_FAILED
     assert value(samples(), "sagaflow_sagas_needing_operator", saga_type="partial") >= 1

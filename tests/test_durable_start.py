@@ -97,6 +97,40 @@ def test_a_start_whose_message_is_lost_is_started_by_the_sweep(
     assert [h.detail for h in recorded] == [{"by": "recovery"}]
 
 
+def test_a_requested_saga_cancelled_before_it_starts_never_runs(
+    stack: Stack, broker_down_client: SagaClient
+) -> None:
+    saga_id = new_id("cancelled-request")
+    broker_down_client.start("trip", {"n": 2}, saga_id=saga_id)
+    assert stack.store.get(saga_id).state is SagaState.REQUESTED
+    stack.client.cancel(saga_id, "customer changed their mind")
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.CANCELLED and saga.steps == ()
+    assert saga.error is not None and saga.error.message == "customer changed their mind"
+    # A sweep (or the start message, arriving late) finds it finished and starts nothing.
+    result = subprocess.run(
+        [sys.executable, "-m", "sagaflow.cli", "recover", "--older-than", "0", "--json"],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {"saga_id": saga_id} not in json.loads(result.stdout)["started"]
+    stack.client.app.send_task(
+        "sagaflow.start",
+        kwargs={"saga_id": saga_id, "saga_type": "trip", "data": {"n": 2}},
+        queue=stack.settings.queue,
+    )
+    barrier = stack.wait_one(stack.start("trip", {}))  # the late start was taken before it
+    assert barrier.state is SagaState.COMPLETED
+    assert stack.store.get(saga_id).state is SagaState.CANCELLED
+    assert stack.executions(saga_id) == []
+    assert events_of(stack, saga_id) == ["saga_requested", "saga_cancelled"]
+    assert [e.name for e in stack.store.events(saga_id)] == ["TripCancelled"]
+
+
 def test_the_sweep_leaves_a_fresh_request_to_its_start_message(
     stack: Stack, broker_down_client: SagaClient
 ) -> None:
