@@ -183,6 +183,17 @@ class Stack:
         )
         return ignored()
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `sagaflow ARGS` against this stack, in a process of its own."""
+        return subprocess.run(
+            [sys.executable, "-m", "sagaflow.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def start_worker(self, spec: WorkerSpec) -> WorkerProcess:
         worker = self.group.start(spec)
         self.group.wait_ready(self.client.app, timeout=60)
@@ -308,3 +319,33 @@ def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def query_plans(run: Callable[[SagaStore], Any]) -> list[str]:
+    """PostgreSQL's plan of every SELECT that `run(store)` issues, against a new empty store.
+
+    Sequential scans are switched off for the EXPLAIN: on empty tables the planner would pick
+    them anyway, so this says whether an index can serve the query.
+    """
+    url = create_postgres_database()
+    store = SagaStore(url)
+    try:
+        store.upgrade()
+        captured: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                captured.append((statement, params))
+
+        sa.event.listen(store.engine, "before_cursor_execute", capture)
+        run(store)
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            return [
+                "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {statement}", params))
+                for statement, params in captured
+            ]
+    finally:
+        store.dispose()
+        drop_postgres_database(url)

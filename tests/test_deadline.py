@@ -214,34 +214,13 @@ def test_a_saga_past_its_pivot_finishes_after_its_deadline(stack: Stack) -> None
 
 
 def test_the_sweeps_lookups_use_their_indexes_on_postgresql() -> None:
-    import sqlalchemy as sa
+    from tests.conftest import query_plans
 
-    from sagaflow.store import SagaStore
-    from tests.conftest import create_postgres_database, drop_postgres_database
-
-    url = create_postgres_database()
-    store = SagaStore(url)
-    try:
-        store.upgrade()
-        captured: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-            if statement.lstrip().upper().startswith("SELECT"):
-                captured.append((statement, params))
-
-        sa.event.listen(store.engine, "before_cursor_execute", capture)
+    def lookups(store: Any) -> None:
         store.overdue(T0)
         store.timed_out(T0)
-        sa.event.remove(store.engine, "before_cursor_execute", capture)
-        plans = []
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: say if usable
-            for statement, params in captured:
-                rows = conn.exec_driver_sql(f"EXPLAIN {statement}", params).all()
-                plans.append("\n".join(r[0] for r in rows))
-        assert len(plans) == 2
-        assert "ix_sagaflow_sagas_deadline" in plans[0], plans[0]
-        assert "ix_sagaflow_steps_deadline" in plans[1], plans[1]
-    finally:
-        store.dispose()
-        drop_postgres_database(url)
+
+    plans = query_plans(lookups)
+    assert len(plans) == 2
+    assert "ix_sagaflow_sagas_deadline" in plans[0], plans[0]
+    assert "ix_sagaflow_steps_deadline" in plans[1], plans[1]

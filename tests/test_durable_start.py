@@ -4,8 +4,6 @@ start message lost with the broker is started by the recovery sweep instead of v
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,13 +12,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from sagaflow import SagaState
 from sagaflow.client import BrokerUnavailable, SagaClient
 from sagaflow.orchestrator import RecoveryReport, create_orchestrator_app
-from sagaflow.store import SagaStore
-from tests.conftest import ROOT, Stack, create_postgres_database, drop_postgres_database
+from tests.conftest import Stack, query_plans
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 UNREACHABLE_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/sagaflow"
@@ -77,14 +73,7 @@ def test_a_start_whose_message_is_lost_is_started_by_the_sweep(
     request = stack.store.get(saga_id)
     assert request.state is SagaState.REQUESTED and request.steps == ()
     assert request.deadline_at is not None and request.created_at is not None
-    result = subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", "recover", "--older-than", "0", "--json"],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = stack.cli("recover", "--older-than", "0", "--json")
     assert result.returncode == 0, result.stderr
     assert {"saga_id": saga_id} in json.loads(result.stdout)["started"]
     saga = stack.wait_one(saga_id)
@@ -108,14 +97,7 @@ def test_a_requested_saga_cancelled_before_it_starts_never_runs(
     assert saga.state is SagaState.CANCELLED and saga.steps == ()
     assert saga.error is not None and saga.error.message == "customer changed their mind"
     # A sweep (or the start message, arriving late) finds it finished and starts nothing.
-    result = subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", "recover", "--older-than", "0", "--json"],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = stack.cli("recover", "--older-than", "0", "--json")
     assert result.returncode == 0, result.stderr
     assert {"saga_id": saga_id} not in json.loads(result.stdout)["started"]
     stack.client.app.send_task(
@@ -257,23 +239,6 @@ def test_promote_of_an_unknown_saga_changes_nothing(stack: Stack) -> None:
 
 
 def test_the_requested_lookup_uses_its_index_on_postgresql() -> None:
-    url = create_postgres_database()
-    store = SagaStore(url)
-    try:
-        store.upgrade()
-        captured: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-            captured.append((statement, params))
-
-        sa.event.listen(store.engine, "before_cursor_execute", capture)
-        store.requested(datetime(2026, 1, 1, tzinfo=timezone.utc))
-        sa.event.remove(store.engine, "before_cursor_execute", capture)
-        ((statement, params),) = captured
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: say if usable
-            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {statement}", params))
-        assert "ix_sagaflow_sagas_state_updated" in plan, plan
-    finally:
-        store.dispose()
-        drop_postgres_database(url)
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    (plan,) = query_plans(lambda store: store.requested(since))
+    assert "ix_sagaflow_sagas_state_updated" in plan, plan

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import datetime, timezone
 
 from sagaflow import SagaState, Step, StepStatus
@@ -25,7 +24,7 @@ from sagaflow.machine import (
     retry_compensation,
 )
 from sagaflow.processes import WorkerSpec
-from tests.conftest import ROOT, Stack, poll
+from tests.conftest import Stack, poll
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
@@ -90,14 +89,7 @@ def test_operator_actions_refuse_sagas_they_do_not_apply_to() -> None:
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", *args],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return stack.cli(*args)
 
 
 def test_retry_resumes_compensation_from_where_it_stopped(stack: Stack) -> None:

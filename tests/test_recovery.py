@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -26,7 +24,7 @@ from sagaflow.machine import (
 from sagaflow.orchestrator import create_orchestrator_app
 from sagaflow.processes import WorkerSpec
 from sagaflow.schema import events, sagas
-from tests.conftest import ROOT, Stack
+from tests.conftest import Stack
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 STEPS = [
@@ -124,14 +122,7 @@ def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) 
     age(stack, saga_id, timedelta(hours=1))
     later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "sagaflow.cli", "recover", "--older-than", "600", "--json"],
-            cwd=ROOT,
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = stack.cli("recover", "--older-than", "600", "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert {"saga_id": saga_id, "step": "l2", "state": "pending"} in report["redriven"]
