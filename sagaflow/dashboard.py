@@ -24,7 +24,6 @@ from sagaflow.config import Settings
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.errors import ConfigurationError, SagaflowError, SagaNotFound, StoreUnavailable
 from sagaflow.metrics import SagaMetrics
-from sagaflow.stats import StoreStats
 
 DEFAULT_PORT = 8650
 PAGE_SIZE = 50
@@ -71,7 +70,6 @@ def create_dashboard(
             "operator actions need authentication: set SAGAFLOW_DASHBOARD_AUTH=user:password"
         )
     client = client or SagaClient(settings)
-    stats = StoreStats(client.store)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SagaMetrics(client.store, lag=metrics_lag))
     flower = flower_url.rstrip("/") if flower_url else None
@@ -127,7 +125,7 @@ def create_dashboard(
         return render_template(
             "index.html",
             sagas=sagas,
-            counts=_ordered_counts(stats.count_by_state()),
+            counts=_ordered_counts(client.store.count_by_state()),
             args=request.args,
             query=query,
             offset=filters["offset"],
@@ -177,7 +175,7 @@ def create_dashboard(
 
     @app.get("/api/counts")
     def api_counts() -> Any:
-        return jsonify(_ordered_counts(stats.count_by_state()))
+        return jsonify(_ordered_counts(client.store.count_by_state()))
 
     @app.post("/api/sagas/<saga_id>/<action>")
     def api_action(saga_id: str, action: str) -> Any:

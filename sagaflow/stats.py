@@ -1,9 +1,9 @@
-"""Read-only aggregate queries over the saga store, for the dashboard and the metrics.
+"""Read-only aggregate queries over the saga store, for the metrics.
 
 Every query here runs on an index or reads only history rows newer than a cursor, so its cost
 follows the number of running sagas and the work done since the last call, not the number of
-sagas ever stored (the one exception, `counts_by_type_and_state`, is run once per dashboard
-process and on the overview page).
+sagas ever stored (the one exception, `counts_by_type_and_state`, runs once per process, at
+the first scrape).
 """
 
 from __future__ import annotations
@@ -73,9 +73,6 @@ class StoreStats:
                     )
                 ).all()
         return {(t, s): int(n) for t, s, n in rows}, int(last_id or 0)
-
-    def count_by_state(self) -> dict[str, int]:
-        return self.store.count_by_state()
 
     def running(self) -> list[RunningGroup]:
         """Per type and running state: how many, and the oldest last progress (the state and
