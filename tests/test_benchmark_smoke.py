@@ -1,4 +1,4 @@
-"""The comparison benchmark runs and prints its table (a tiny run; no timing is asserted)."""
+"""The comparison benchmark runs and prints its tables (a tiny run; no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, require_redis
 
 
+@pytest.mark.timeout(600)  # three sagaflow contenders, two waiting out PostgreSQL's stats flushes
 def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
     require_redis()
     out = tmp_path / "latest.json"
@@ -25,7 +28,9 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
             "--latency-runs",
             "3",
             "--contenders",
-            "sagaflow,chain",
+            "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain",
+            "--prefill",
+            "500",
             "--out",
             str(out),
         ],
@@ -33,16 +38,40 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=570,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ratios (sagaflow / other)" in result.stdout
+    for title in ("ratios (measured in the same run)", "targets", "finished sagas already stored"):
+        assert title in result.stdout, result.stdout
+    for label in ("sagaflow / chain", "sagaflow_sqlite / sagaflow", "2 orchestrators / 1"):
+        assert label in result.stdout, result.stdout
     figures = json.loads(out.read_text())
-    for name in ("sagaflow", "chain"):
+    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "chain"):
         assert figures[name]["throughput_per_s"] > 0
+        assert figures[name]["throughput_per_s_fail"] > 0
         assert figures[name]["p50_ms"] > 0
-    assert figures["sagaflow"]["sql_writes_per_saga"] >= 6  # a saga of 5 steps is durable
-    assert figures["sagaflow"]["messages_per_saga"] >= 10
+    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch"):
+        assert figures[name]["messages_per_saga"] >= 10
+        assert 0 < figures[name]["p50_ms_8"] <= figures[name]["p99_ms_8"]
+    for name in ("sagaflow", "sagaflow_2orch"):
+        assert figures[name]["sql_writes_per_saga"] >= 6  # a saga of 5 steps is durable
+    assert "sql_commits_per_saga" not in figures["sagaflow_sqlite"]  # PostgreSQL's counter only
+    # The second contender really ran two orchestrators, and both took work.
+    tasks = figures["sagaflow_2orch"]["orchestrator_tasks"]
+    assert sorted(node.split("@")[0] for node in tasks) == ["orchestrator1", "orchestrator2"]
+    assert all(count > 0 for count in tasks.values()), tasks
+    assert len(figures["sagaflow"]["orchestrator_tasks"]) == 1
+    ratios = figures["ratios"]
+    for key in (
+        "sagaflow_vs_chain_throughput",
+        "sqlite_vs_postgres_throughput",
+        "two_vs_one_orchestrator_throughput",
+        "sagaflow_sqlite_p99_vs_p50_8_in_flight",
+    ):
+        assert ratios[key] > 0
+    (row,) = figures["scale"]
+    assert row["stored_sagas"] == 500
+    assert row["throughput_per_s"] > 0 and row["status_p50_ms"] > 0 and row["list_p50_ms"] > 0
     assert figures["machine"]["cores"] >= 1
 
 
