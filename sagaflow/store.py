@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
+from sagaflow import store_pg
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.errors import SagaNotFound, StoreUnavailable
 from sagaflow.machine import (
@@ -156,9 +157,15 @@ class SagaStore:
         now = saga.created_at or utcnow()
         try:
             with self._write() as conn:
+                step_rows = [step_row(saga.saga_id, s) for s in saga.steps]
+                if store_pg.uses_pipeline(conn):
+                    at = to_utc(now)
+                    entries = [store_pg.history_row(saga.saga_id, at, e) for e in history_entries]
+                    store_pg.insert(conn, saga_row(saga), step_rows, entries)
+                    return True
                 conn.execute(sagas.insert().values(**saga_row(saga)))
-                if saga.steps:
-                    conn.execute(steps.insert(), [step_row(saga.saga_id, s) for s in saga.steps])
+                if step_rows:
+                    conn.execute(steps.insert(), step_rows)
                 insert_history(conn, saga.saga_id, now, history_entries)
         except sa.exc.IntegrityError:
             return False
@@ -217,11 +224,10 @@ class SagaStore:
             if saga.state is not SagaState.REQUESTED:
                 return Decision(saga, Ignored(f"saga is already {saga.state.value}"), [])
             outcome = plan(saga)
-            if outcome.saga.steps:
-                conn.execute(steps.insert(), [step_row(saga_id, s) for s in outcome.saga.steps])
+            new_steps = [step_row(saga_id, s) for s in outcome.saga.steps]
             publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
             event_ids = write_transition(
-                conn, saga, outcome.saga, frozenset(), outcome.history, publishes
+                conn, saga, outcome.saga, frozenset(), outcome.history, publishes, new_steps
             )
             return Decision(saga, outcome, event_ids)
 
@@ -452,4 +458,7 @@ def _create_engine(url: str, echo: bool) -> Engine:
         return engine
     # No pre-ping round trip per checkout: a connection that went stale fails its statement,
     # the caller gets StoreUnavailable and retries on a fresh connection.
-    return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=5)
+    engine = sa.create_engine(url, echo=echo, pool_size=5, max_overflow=5)
+    if parsed.get_backend_name() == "postgresql" and engine.dialect.driver == "psycopg":
+        sa_event.listen(engine, "connect", lambda dbapi_conn, _: store_pg.configure(dbapi_conn))
+    return engine

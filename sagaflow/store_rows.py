@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from sagaflow import store_pg
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.errors import ConcurrencyConflict
 from sagaflow.machine import (
@@ -76,11 +77,15 @@ def load_saga(conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | Non
     row lock re-reads only the locked row, so a join locking the saga would return the steps
     as they were before the lock holder committed.
     """
-    # SQLite needs no lock statement: BEGIN IMMEDIATE already serialises writers.
-    locking = lock and conn.dialect.name != "sqlite"
-    if locking and conn.execute(LOCK_SAGA, {"saga_id": saga_id}).first() is None:
-        return None
-    rows = conn.execute(LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
+    rows: Sequence[Any]
+    if lock and store_pg.uses_pipeline(conn):
+        rows = store_pg.load_locked(conn, saga_id) or []
+    else:
+        # SQLite needs no lock statement: BEGIN IMMEDIATE already serialises writers.
+        locking = lock and conn.dialect.name != "sqlite"
+        if locking and conn.execute(LOCK_SAGA, {"saga_id": saga_id}).first() is None:
+            return None
+        rows = conn.execute(LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
     if not rows:
         return None
     saga_row = {c.name: rows[0][f"saga_{c.name}"] for c in sagas.c}
@@ -119,22 +124,37 @@ def write_transition(
     changed_steps: Sequence[int] | frozenset[int],
     history_entries: Sequence[HistoryEntry],
     published: Sequence[PublishEvent],
+    new_steps: Sequence[dict[str, Any]] = (),
 ) -> list[int]:
+    """Store a transition (and, for a saga being started, its new step rows); the ids of the
+    event rows recorded. ConcurrencyConflict if the saga's version moved."""
     now = after.updated_at or utcnow()
     row = saga_row(after)
     for column in FIXED_SAGA_COLUMNS:
         del row[column]
     row.update(version=before.version + 1, key_id=before.saga_id, key_version=before.version)
+    step_updates = []
+    for position in sorted(changed_steps):
+        step = step_row(after.saga_id, after.steps[position])
+        del step["saga_id"], step["position"]
+        step_updates.append({**step, "key_saga_id": after.saga_id, "key_position": position})
+    if store_pg.uses_pipeline(conn):
+        at = to_utc(now)
+        return store_pg.write(
+            conn,
+            row,
+            step_updates,
+            [store_pg.history_row(after.saga_id, at, e) for e in history_entries],
+            [store_pg.event_row(after.saga_id, at, e) for e in published],
+            new_steps,
+        )
     updated = conn.execute(UPDATE_SAGA, row)
     if updated.rowcount != 1:
         raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
-    if changed_steps:
-        rows = []
-        for position in sorted(changed_steps):
-            row = step_row(after.saga_id, after.steps[position])
-            del row["saga_id"], row["position"]
-            rows.append({**row, "key_saga_id": after.saga_id, "key_position": position})
-        conn.execute(UPDATE_STEP, rows)
+    if new_steps:
+        conn.execute(steps.insert(), list(new_steps))
+    if step_updates:
+        conn.execute(UPDATE_STEP, step_updates)
     insert_history(conn, after.saga_id, now, history_entries)
     event_ids: list[int] = []
     for event in published:

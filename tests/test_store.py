@@ -743,3 +743,53 @@ def test_downgrading_and_upgrading_keeps_the_data(backend: Backend, tmp_path: Pa
     assert len(store.get(saga_id).steps) == len(STEPS)
     if sqlite:
         store.dispose()
+
+
+# -- PostgreSQL's pipelined writes ---------------------------------------------------------------
+
+
+def test_json_none_is_stored_as_json_null_on_every_backend(store: SagaStore) -> None:
+    # SQLAlchemy's JSON type writes None as JSON null; PostgreSQL's pipelined path must too, so
+    # a query on these columns means the same on both backends.
+    saga_id = create_running(store)
+    before = store.get(saga_id)
+    commit(store, before, succeed(before, 0, None))
+    with store.engine.connect() as conn:
+        sql_nulls = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM sagaflow_steps WHERE saga_id = :id AND "
+                "(error IS NULL OR result IS NULL OR retry IS NULL)"
+            ),
+            {"id": saga_id},
+        ).scalar_one()
+    assert sql_nulls == 0
+    assert store.get(saga_id).steps[0].result is None
+
+
+def test_a_store_connection_the_server_dropped_fails_once_then_recovers(backend: Backend) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("terminates PostgreSQL backends")
+    store = SagaStore(backend.url)
+    try:
+        saga_id = create_running(store)
+        admin = sa.create_engine(backend.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            dropped = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        admin.dispose()
+        assert dropped >= 1
+
+        def decide(saga: SagaRecord) -> Transition:
+            return succeed(saga, 0, {"reservation": "r-1"})
+
+        with pytest.raises(StoreUnavailable, match="unavailable"):
+            store.transition(saga_id, decide)
+        store.transition(saga_id, decide)  # on a new connection
+        saga = store.get(saga_id)
+        assert saga.version == 1 and saga.steps[0].result == {"reservation": "r-1"}
+    finally:
+        store.dispose()

@@ -1,0 +1,241 @@
+"""PostgreSQL's hot path: a transition in two round trips (lock and load; write and commit).
+
+Through SQLAlchemy, each statement waits for its reply before the next is sent: a transition
+cost eight round trips (BEGIN, lock, load, saga, steps, history, events, COMMIT), and on a
+2-core machine each one is a context switch to the server and back. psycopg's pipeline mode
+sends several statements before reading any reply. SQLAlchemy reads every result as it
+executes, so these statements run on the driver connection, inside the transaction SQLAlchemy
+opened; they are compiled once from the same tables. The writes carry their own COMMIT (the
+transaction SQLAlchemy then ends is already committed), or roll back with it on any error.
+
+Used by sagaflow.store_rows when the engine's driver is psycopg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sagaflow.errors import ConcurrencyConflict
+from sagaflow.machine import HistoryEntry, PublishEvent
+from sagaflow.schema import events, history, sagas, steps
+
+T = TypeVar("T")
+
+LOAD_NAMES = [f"saga_{c.name}" for c in sagas.c] + [f"step_{c.name}" for c in steps.c]
+HISTORY_KEYS = ["saga_id", "at", "event", "from_state", "to_state", "step", "detail"]
+EVENT_KEYS = ["saga_id", "name", "payload", "created_at", "published_at"]
+
+
+def uses_pipeline(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def configure(dbapi_connection: Any) -> None:
+    """Per new connection: JSON null, in most of a saga's JSON columns, is read without
+    calling the JSON parser (22 parses per load, most of them of `null`)."""
+    from psycopg.types.json import JsonbLoader
+
+    class NullFirstJsonbLoader(JsonbLoader):
+        def load(self, data: Any) -> Any:
+            if data == b"null":
+                return None
+            return super().load(data)
+
+    dbapi_connection.adapters.register_loader("jsonb", NullFirstJsonbLoader)
+
+
+def _sql(statement: Any, keys: Sequence[str] | None = None) -> str:
+    from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+
+    dialect = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+    return str(statement.compile(dialect=dialect, column_keys=keys))
+
+
+@cache
+def _read_statements() -> tuple[str, str]:
+    from sagaflow.store_rows import LOAD_SAGA, LOCK_SAGA
+
+    return _sql(LOCK_SAGA), _sql(LOAD_SAGA)
+
+
+@cache
+def _update_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The parameters of store_rows' saga and step updates, in the order it builds them."""
+    from sagaflow.store_rows import FIXED_SAGA_COLUMNS
+
+    saga_keys = [c.name for c in sagas.c if c.name not in FIXED_SAGA_COLUMNS]
+    step_keys = [c.name for c in steps.c if c.name not in ("saga_id", "position")]
+    return (*saga_keys, "key_id", "key_version"), (*step_keys, "key_saga_id", "key_position")
+
+
+@cache
+def _write_statements(saga_keys: tuple[str, ...], step_keys: tuple[str, ...]) -> dict[str, str]:
+    from sagaflow.store_rows import UPDATE_SAGA, UPDATE_STEP
+
+    return {
+        "new_saga": _sql(sagas.insert(), [c.name for c in sagas.c]),
+        "new_step": _sql(steps.insert(), [c.name for c in steps.c]),
+        # The version check fails the statement, so the COMMIT sent behind it in the same
+        # pipeline never applies a transition whose saga moved (see write).
+        "saga": f"WITH updated AS ({_sql(UPDATE_SAGA, saga_keys)} RETURNING 1) "
+        "SELECT 1 / count(*) FROM updated",
+        "step": _sql(UPDATE_STEP, step_keys),
+        "history": _sql(history.insert().inline(), HISTORY_KEYS),
+        "event": _sql(events.insert().returning(events.c.id), EVENT_KEYS),
+    }
+
+
+def _json_columns(table: sa.Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.c if isinstance(c.type, sa.JSON))
+
+
+JSON_COLUMNS = _json_columns(sagas) | _json_columns(steps) | _json_columns(history)
+JSON_COLUMNS |= _json_columns(events)
+
+
+def _params(row: dict[str, Any]) -> dict[str, Any]:
+    from psycopg.types.json import Jsonb
+
+    # SQLAlchemy's JSON type stores None as JSON null, not SQL NULL: so does this path.
+    return {k: Jsonb(v) if k in JSON_COLUMNS else v for k, v in row.items()}
+
+
+def _driver_errors(conn: Connection, statement: str, action: Callable[[], T]) -> T:
+    """Run `action`, raising driver errors as SQLAlchemy's (what the store's callers handle),
+    and dropping the connection from the pool if the error means it is gone."""
+    import psycopg
+
+    try:
+        return action()
+    except psycopg.Error as exc:
+        if conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None):  # type: ignore[arg-type]
+            # As SQLAlchemy does on a disconnect: this connection and every pooled one (a
+            # restarted server dropped them all) are replaced on their next checkout.
+            conn.invalidate(exc)
+            conn.engine.dispose(close=False)
+        raise sa.exc.DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=conn.invalidated
+        ) from exc
+
+
+def load_locked(conn: Connection, saga_id: str) -> list[dict[str, Any]] | None:
+    """The saga's row lock, then the saga joined with its steps, in one round trip. The load
+    is a statement of its own, after the lock (see store_rows.load_saga). None if no saga."""
+    lock_sql, load_sql = _read_statements()
+    raw = conn.connection.driver_connection
+    assert raw is not None
+
+    def run() -> list[dict[str, Any]] | None:
+        with raw.pipeline():
+            lock = raw.cursor()
+            lock.execute(lock_sql, {"saga_id": saga_id})
+            load = raw.cursor()
+            load.execute(load_sql, {"saga_id": saga_id})
+            if lock.fetchone() is None:
+                return None
+            # The labels are known: reading cursor.description builds 40 column objects.
+            return [dict(zip(LOAD_NAMES, row, strict=True)) for row in load.fetchall()]
+
+    return _driver_errors(conn, load_sql, run)
+
+
+def insert(
+    conn: Connection,
+    saga: dict[str, Any],
+    step_rows: Sequence[dict[str, Any]],
+    history_rows: Sequence[dict[str, Any]],
+) -> None:
+    """A new saga, its steps and history, sent together with the COMMIT (IntegrityError if
+    the id is taken)."""
+    sql = _write_statements(*_update_keys())
+    raw = conn.connection.driver_connection
+    assert raw is not None
+
+    def run() -> None:
+        with raw.pipeline():
+            cursor = raw.cursor()
+            cursor.execute(sql["new_saga"], _params(saga))
+            for row in step_rows:
+                cursor.execute(sql["new_step"], _params(row))
+            for row in history_rows:
+                cursor.execute(sql["history"], _params(row))
+            raw.commit()
+
+    _driver_errors(conn, sql["new_saga"], run)
+
+
+def write(
+    conn: Connection,
+    saga_update: dict[str, Any],
+    step_updates: Sequence[dict[str, Any]],
+    history_rows: Sequence[dict[str, Any]],
+    event_rows: Sequence[dict[str, Any]],
+    new_steps: Sequence[dict[str, Any]] = (),
+) -> list[int]:
+    """A transition's writes (and the steps of a saga being started), sent together with the
+    COMMIT: one round trip. The ids of the event rows. Raises ConcurrencyConflict, and nothing
+    commits, if the saga's version moved."""
+    sql = _write_statements(*_update_keys())
+    raw = conn.connection.driver_connection
+    assert raw is not None
+
+    def run() -> list[int]:
+        with raw.pipeline():
+            raw.cursor().execute(sql["saga"], _params(saga_update))
+            cursor = raw.cursor()
+            for row in new_steps:
+                cursor.execute(sql["new_step"], _params(row))
+            for row in step_updates:
+                cursor.execute(sql["step"], _params(row))
+            for row in history_rows:
+                cursor.execute(sql["history"], _params(row))
+            event_cursors = []
+            for row in event_rows:
+                event_cursor = raw.cursor()
+                event_cursor.execute(sql["event"], _params(row))
+                event_cursors.append(event_cursor)
+            raw.commit()
+        ids = []
+        for event_cursor in event_cursors:
+            fetched = event_cursor.fetchone()
+            if fetched is not None:
+                ids.append(int(fetched[0]))
+        return ids
+
+    import psycopg
+
+    try:
+        return _driver_errors(conn, sql["saga"], run)
+    except sa.exc.DataError as exc:
+        if not isinstance(exc.orig, psycopg.errors.DivisionByZero):
+            raise
+        raise ConcurrencyConflict(
+            f"saga {saga_update['key_id']} changed since version {saga_update['key_version']}"
+        ) from None
+
+
+def history_row(saga_id: str, at: Any, entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "at": at,
+        "event": entry.event,
+        "from_state": entry.from_state.value if entry.from_state else None,
+        "to_state": entry.to_state.value,
+        "step": entry.step,
+        "detail": entry.detail,
+    }
+
+
+def event_row(saga_id: str, at: Any, event: PublishEvent) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "name": event.name,
+        "payload": event.payload,
+        "created_at": at,
+        "published_at": None,
+    }
