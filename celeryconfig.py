@@ -23,5 +23,5 @@ accept_content = ["json"]  # never pickle
 task_acks_late = True  # acknowledge after the task ran, not before
 task_reject_on_worker_lost = True  # a killed worker's task is redelivered, not dropped
 worker_prefetch_multiplier = 1
-worker_send_task_events = True  # Flower sees every task
+worker_send_task_events = True  # Flower sees every step task (orchestrator: see README)
 task_send_sent_event = False  # True shows queued tasks in Flower, at one message per task

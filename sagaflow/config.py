@@ -23,6 +23,15 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (true or false), not {value!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a sagaflow process needs to know about its surroundings."""
@@ -38,6 +47,10 @@ class Settings:
     # A running saga that has not moved for this long is re-driven by the recovery sweep.
     stall_timeout: float = 300.0
     recover_interval: float = 15.0  # how late a step timeout can be noticed
+    # Task events for the orchestrator's own tasks (start, step outcomes): off, because the
+    # saga history records every transition and each task's three events cost the orchestrator
+    # a tenth of its throughput. Step tasks on service workers send theirs either way.
+    orchestrator_task_events: bool = False
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -72,6 +85,10 @@ class Settings:
                 except ValueError:
                     kind_name = "an integer" if kind is int else "a number"
                     raise ConfigurationError(f"{name} must be {kind_name}") from None
+        if "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS" in env:
+            values["orchestrator_task_events"] = _flag(
+                "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS", env["SAGAFLOW_ORCHESTRATOR_TASK_EVENTS"]
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -98,6 +115,7 @@ class Settings:
             "SAGAFLOW_MAX_INPUT_BYTES": str(self.max_input_bytes),
             "SAGAFLOW_STALL_TIMEOUT": str(self.stall_timeout),
             "SAGAFLOW_RECOVER_INTERVAL": str(self.recover_interval),
+            "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": "1" if self.orchestrator_task_events else "0",
         }
         if self.result_backend:
             env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend
@@ -119,8 +137,9 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One message at a time per process: prefetched messages wait behind a slow task.
         "worker_prefetch_multiplier": 1,
-        # Task events on, so Flower sees every task. "Sent" events (queued tasks in Flower) cost
-        # one more message per dispatch: off here, turn them on in celeryconfig if wanted.
+        # Task events on, so Flower sees every step task (the orchestrator's own tasks follow
+        # Settings.orchestrator_task_events). "Sent" events (queued tasks in Flower) cost one
+        # more message per dispatch: off here, turn them on in celeryconfig if wanted.
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "task_track_started": True,

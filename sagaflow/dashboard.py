@@ -353,4 +353,3 @@ def _timeline(saga: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
-

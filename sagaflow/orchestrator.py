@@ -567,6 +567,8 @@ def create_orchestrator_app(
     settings = settings or Settings.from_env()
     app = create_app("sagaflow", settings)
     app.conf.task_default_queue = settings.queue
+    # `celery worker -E` still turns them on for one run.
+    app.conf.worker_send_task_events = settings.orchestrator_task_events
     if registry is None:
         registry = load_definitions(settings.definitions)
     orchestrator = Orchestrator(

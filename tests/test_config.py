@@ -11,6 +11,7 @@ import pytest
 
 from sagaflow.app import CONFIG_MODULE_ENV, create_app
 from sagaflow.config import Settings, celery_settings
+from sagaflow.definitions import Registry
 from sagaflow.errors import ConfigurationError
 from tests.conftest import ROOT
 
@@ -98,6 +99,7 @@ def test_overrides_win_over_the_environment_and_none_is_ignored() -> None:
             events_exchange="events",
             definitions=("a.b", "c.d"),
             max_input_bytes=4096,
+            orchestrator_task_events=True,
         ),
     ],
     ids=["defaults", "everything-set"],
@@ -106,6 +108,34 @@ def test_to_env_round_trips(settings: Settings) -> None:
     env = settings.to_env()
     assert all(k.startswith("SAGAFLOW_") and isinstance(v, str) for k, v in env.items())
     assert Settings.from_env(env) == settings
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), ("0", False), ("off", False)]
+)
+def test_orchestrator_task_events_is_a_flag(value: str, expected: bool) -> None:
+    env = {"SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": value}
+    assert Settings.from_env(env).orchestrator_task_events is expected
+
+
+def test_a_bad_orchestrator_task_events_flag_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="SAGAFLOW_ORCHESTRATOR_TASK_EVENTS must be 1"):
+        Settings.from_env({"SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": "sometimes"})
+
+
+def test_only_the_orchestrator_sends_no_task_events_unless_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sagaflow.orchestrator import create_orchestrator_app
+    from sagaflow.service import create_service_app
+
+    monkeypatch.setenv(CONFIG_MODULE_ENV, "")
+    registry = Registry()
+    default = create_orchestrator_app(settings, registry=registry)
+    assert default.conf.worker_send_task_events is False
+    asked = settings.with_overrides(orchestrator_task_events=True)
+    assert create_orchestrator_app(asked, registry=registry).conf.worker_send_task_events is True
+    assert create_service_app("svc", settings).conf.worker_send_task_events is True
 
 
 # -- Celery settings --------------------------------------------------------------------------

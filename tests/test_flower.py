@@ -66,6 +66,16 @@ def flower(stack: Stack) -> Iterator[str]:
             60,
             lambda: "Flower never listed the workers",
         )
+        # The orchestrator sends task events only when asked. Flower asks every 5 s; asking
+        # now, as Flower would, keeps the test from racing Flower's timer.
+        subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "sagaflow.worker", "control", "enable_events"],
+            cwd=ROOT,
+            env=stack.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield base
     finally:
         process.terminate()
@@ -87,7 +97,8 @@ def test_flower_finds_every_task_of_a_saga_by_its_id(stack: Stack, flower: str) 
 
     tasks = poll(found, 30, lambda: f"Flower does not list all of {sorted(step_task_ids)}")
     names = {t["name"] for t in tasks.values()}
-    # The step tasks and the orchestrator's own tasks all carry the saga id.
+    # The step tasks and the orchestrator's own tasks (their events enabled, as Flower does)
+    # all carry the saga id.
     assert {"svc.act", "svc.undo", "sagaflow.start", "sagaflow.step_succeeded"} <= names
     assert "sagaflow.step_failed" in names
 
