@@ -43,6 +43,7 @@ from sagaflow.protocol import (
     OPERATOR_TASK,
     SAGA_ID_PATTERN,
     START_TASK,
+    display_repr,
     input_problem,
 )
 from sagaflow.store import HistoryRow, SagaStore, utcnow
@@ -126,15 +127,18 @@ class SagaClient:
             )
         saga_id = saga_id or str(uuid.uuid4())
         recorded = self._record_request(saga_id, saga_type, payload, deadline)
+        kwargs = {
+            "saga_id": saga_id,
+            "saga_type": saga_type,
+            "data": payload,
+            **({"deadline": deadline} if deadline is not None else {}),
+        }
         try:
             self.app.send_task(
                 START_TASK,
-                kwargs={
-                    "saga_id": saga_id,
-                    "saga_type": saga_type,
-                    "data": payload,
-                    **({"deadline": deadline} if deadline is not None else {}),
-                },
+                kwargs=kwargs,
+                argsrepr="()",
+                kwargsrepr=display_repr(kwargs),
                 queue=self.settings.queue,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},

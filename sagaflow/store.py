@@ -256,6 +256,9 @@ class SagaStore:
         if not event_ids:
             return
         with self._write() as conn:
+            if store_pg.uses_pipeline(conn):
+                store_pg.mark_published(conn, event_ids, utcnow())
+                return
             conn.execute(
                 events.update()
                 .where(events.c.id.in_(list(event_ids)))

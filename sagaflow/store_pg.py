@@ -219,6 +219,20 @@ def write(
         ) from None
 
 
+def mark_published(conn: Connection, event_ids: Sequence[int], at: Any) -> None:
+    """The outbox rows' publication, sent with its COMMIT."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    sql = "UPDATE sagaflow_events SET published_at = %(at)s WHERE id = ANY(%(ids)s)"
+
+    def run() -> None:
+        with raw.pipeline():
+            raw.cursor().execute(sql, {"at": at, "ids": list(event_ids)})
+            raw.commit()
+
+    _driver_errors(conn, sql, run)
+
+
 def history_row(saga_id: str, at: Any, entry: HistoryEntry) -> dict[str, Any]:
     return {
         "saga_id": saga_id,

@@ -185,8 +185,15 @@ class Stack:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `sagaflow ARGS` against this stack, in a process of its own."""
+        return self.run("sagaflow.cli", *args)
+
+    def celery(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `celery -A sagaflow.worker ARGS` against this stack."""
+        return self.run("celery", "-A", "sagaflow.worker", *args)
+
+    def run(self, module: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "sagaflow.cli", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,

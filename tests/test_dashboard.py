@@ -168,9 +168,7 @@ def test_retry_from_the_dashboard_resumes_compensation(
 
     # a form posted from another site, or with no origin at all, is refused
     for origin in ({"Origin": "http://evil.example"}, {}):
-        refused = operator_web.post(
-            f"/sagas/{saga_id}/retry", headers={**basic(*AUTH), **origin}
-        )
+        refused = operator_web.post(f"/sagas/{saga_id}/retry", headers={**basic(*AUTH), **origin})
         assert refused.status_code == 403
     assert stack.store.get(saga_id).state is SagaState.COMPENSATION_FAILED
 
@@ -191,9 +189,7 @@ def test_retry_from_the_dashboard_resumes_compensation(
 def test_cancel_from_the_api(stack: Stack, operator_web: FlaskClient) -> None:
     saga_id = stack.start("detour", {})
     stack.wait_dispatched(saga_id, 1)  # l2 waits on a queue nobody consumes yet
-    as_form = operator_web.post(
-        f"/api/sagas/{saga_id}/cancel", data="x", headers=basic(*AUTH)
-    )
+    as_form = operator_web.post(f"/api/sagas/{saga_id}/cancel", data="x", headers=basic(*AUTH))
     assert as_form.status_code == 415  # JSON only: a cross-site form cannot send it
     accepted = operator_web.post(f"/api/sagas/{saga_id}/cancel", json={}, headers=basic(*AUTH))
     assert accepted.status_code == 202, accepted.json
@@ -233,9 +229,9 @@ def test_metrics_count_sagas_and_step_durations(stack: Stack, web: FlaskClient) 
         value(before, "sagaflow_sagas_started_total", saga_type="partial") + 2
     )
     for state in ("completed", "failed"):
-        assert value(
-            after, "sagaflow_sagas_finished_total", saga_type="partial", state=state
-        ) == (value(before, "sagaflow_sagas_finished_total", saga_type="partial", state=state) + 1)
+        assert value(after, "sagaflow_sagas_finished_total", saga_type="partial", state=state) == (
+            value(before, "sagaflow_sagas_finished_total", saga_type="partial", state=state) + 1
+        )
     labels = {"saga_type": "partial", "step": "a1", "phase": "action", "outcome": "succeeded"}
     count = value(after, "sagaflow_step_duration_seconds_count", **labels)
     assert count - value(before, "sagaflow_step_duration_seconds_count", **labels) == 2

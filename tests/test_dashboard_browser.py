@@ -87,9 +87,10 @@ def test_follow_a_failed_saga_from_the_list_to_its_compensations(
     # the compensations: b2 and a1 undone, a3 (which failed) and b4 (never ran) not
     compensations = page.locator("tr.step-comp")
     expect(compensations).to_have_count(2)
-    assert [
-        compensations.nth(i).get_attribute("data-compensation") for i in range(2)
-    ] == ["a1", "b2"]
+    assert [compensations.nth(i).get_attribute("data-compensation") for i in range(2)] == [
+        "a1",
+        "b2",
+    ]
     for row in ("a1", "b2"):
         expect(page.locator(f'tr.step-comp[data-compensation="{row}"]')).to_contain_text(
             "compensated"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -37,7 +35,7 @@ from sagaflow.machine import (
 )
 from sagaflow.orchestrator import create_orchestrator_app
 from sagaflow.processes import WorkerSpec
-from tests.conftest import ROOT, Stack, poll
+from tests.conftest import Stack, poll
 from tests.test_pivot import sweep_until
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -160,14 +158,7 @@ def test_the_definitions_deadline_stops_the_saga_and_its_step_follows_its_timeou
 
 
 def test_a_deadline_given_at_start_waits_for_the_step_in_flight(stack: Stack) -> None:
-    started = subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", "start", "detour", "--deadline", "0.2"],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    started = stack.cli("start", "detour", "--deadline", "0.2")
     assert started.returncode == 0, started.stderr
     saga_id = started.stdout.strip()
     stack.wait_dispatched(saga_id, 1)  # l2 waits on a queue nobody consumes yet

@@ -68,14 +68,8 @@ def flower(stack: Stack) -> Iterator[str]:
         )
         # The orchestrator sends task events only when asked. Flower asks every 5 s; asking
         # now, as Flower would, keeps the test from racing Flower's timer.
-        subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "sagaflow.worker", "control", "enable_events"],
-            cwd=ROOT,
-            env=stack.env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        enabled = stack.celery("control", "enable_events")
+        assert enabled.returncode == 0, enabled.stderr
         yield base
     finally:
         process.terminate()
