@@ -32,7 +32,16 @@ EVENT_KEYS = ["saga_id", "name", "payload", "created_at", "published_at"]
 
 
 def uses_pipeline(conn: Connection) -> bool:
-    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+    return conn.dialect.driver == "psycopg" and _pipeline_supported()
+
+
+@cache
+def _pipeline_supported() -> bool:
+    # Pipeline mode needs libpq 14 or newer (psycopg[binary] bundles one); with an older
+    # system libpq the store takes SQLAlchemy's statement-by-statement path.
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def configure(dbapi_connection: Any) -> None:
