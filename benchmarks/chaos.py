@@ -8,7 +8,9 @@ orchestrator, the three example services (prefork) and beat (the recovery sweep,
 and stall timeout). It runs N orders of the demo's mix (some fail on purpose at stock, payment or
 shipping) and, while they run, injects K faults at random points: SIGKILL of a service worker
 (its whole process group) or of one of its pool children, SIGKILL of the orchestrator or of one
-of its children, FLUSHALL, and Redis killed and started again empty. Killed workers are started
+of its children, FLUSHALL, Redis killed and started again empty, and PostgreSQL dropping every
+connection sagaflow holds (the orchestrator's, beat's and this producer's; the services' own
+effects table is left alone). Killed workers are started
 again, and so is any worker that exits on its own (as a supervisor would), which is reported.
 
 Then it audits every saga against the services' own effects table (`example_effects`, one row
@@ -48,7 +50,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.chaos_audit import SEED_BALANCES, SEED_STOCK, audit, read_services  # noqa: E402
-from benchmarks.chaos_cluster import Cluster, RedisServer, create_database, drop_database  # noqa: E402
+from benchmarks.chaos_cluster import (  # noqa: E402
+    Cluster,
+    RedisServer,
+    create_database,
+    drop_database,
+    drop_store_connections,
+)
 from sagaflow import SagaRecord, SagaState, Settings  # noqa: E402
 from sagaflow.client import SagaClient  # noqa: E402
 from sagaflow.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
@@ -64,6 +72,7 @@ FAULT_KINDS = (
     "orchestrator_child",
     "redis_flush",
     "redis_restart",
+    "postgres_drop",
 )
 
 
@@ -128,7 +137,12 @@ def plan_faults(
 
 
 def inject(
-    kind: str, cluster: Cluster, redis: RedisServer, rng: random.Random, max_downtime: float
+    kind: str,
+    cluster: Cluster,
+    redis: RedisServer,
+    rng: random.Random,
+    max_downtime: float,
+    database_url: str,
 ) -> Fault:
     if kind == "service_worker":
         return Fault(0, kind, cluster.kill(rng.choice(SERVICES)))
@@ -141,6 +155,8 @@ def inject(
     if kind == "redis_flush":
         redis.flushall()
         return Fault(0, kind, "FLUSHALL")
+    if kind == "postgres_drop":
+        return Fault(0, kind, drop_store_connections(database_url))
     if kind == "redis_restart":
         downtime = round(rng.uniform(0.2, max_downtime), 2)
         redis.stop()
@@ -289,7 +305,7 @@ def run(args: argparse.Namespace) -> RunFigures:
             if plan and producer.finished >= plan[0][0]:
                 _, kind = plan.pop(0)
                 at = now - started
-                fault = inject(kind, cluster, redis, rng, args.redis_downtime)
+                fault = inject(kind, cluster, redis, rng, args.redis_downtime, database_url)
                 fault.at = round(at, 2)
                 figures.faults.append(fault)
                 console.print(

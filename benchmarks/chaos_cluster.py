@@ -109,6 +109,23 @@ def drop_database(url: str) -> None:
     admin.dispose()
 
 
+def drop_store_connections(url: str) -> str:
+    """Have PostgreSQL terminate every connection sagaflow's store holds to this database
+    (they carry application_name 'sagaflow'), as a server restart or a proxy would."""
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :name AND application_name = 'sagaflow'"
+            ),
+            {"name": name},
+        ).scalar_one()
+    admin.dispose()
+    return f"pg_terminate_backend of {dropped} sagaflow connections"
+
+
 def children(pid: int) -> list[int]:
     """Pids whose parent is `pid` (a prefork worker's pool processes)."""
     found = []

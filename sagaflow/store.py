@@ -461,7 +461,12 @@ def _create_engine(url: str, echo: bool) -> Engine:
         return engine
     # No pre-ping round trip per checkout: a connection that went stale fails its statement,
     # the caller gets StoreUnavailable and retries on a fresh connection.
-    engine = sa.create_engine(url, echo=echo, pool_size=5, max_overflow=5)
+    # Named in pg_stat_activity (unless the URL names it), so operators can tell sagaflow's
+    # connections apart.
+    connect_args = {} if "application_name" in parsed.query else {"application_name": "sagaflow"}
+    engine = sa.create_engine(
+        url, echo=echo, pool_size=5, max_overflow=5, connect_args=connect_args
+    )
     if parsed.get_backend_name() == "postgresql" and engine.dialect.driver == "psycopg":
         sa_event.listen(engine, "connect", lambda dbapi_conn, _: store_pg.configure(dbapi_conn))
     return engine

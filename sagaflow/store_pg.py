@@ -47,6 +47,11 @@ def _pipeline_supported() -> bool:
 def configure(dbapi_connection: Any) -> None:
     """Per new connection: JSON null, in most of a saga's JSON columns, is read without
     calling the JSON parser (22 parses per load, most of them of `null`)."""
+    dbapi_connection.adapters.register_loader("jsonb", _null_first_jsonb_loader())
+
+
+@cache
+def _null_first_jsonb_loader() -> type:
     from psycopg.types.json import JsonbLoader
 
     class NullFirstJsonbLoader(JsonbLoader):
@@ -55,7 +60,7 @@ def configure(dbapi_connection: Any) -> None:
                 return None
             return super().load(data)
 
-    dbapi_connection.adapters.register_loader("jsonb", NullFirstJsonbLoader)
+    return NullFirstJsonbLoader
 
 
 def _sql(statement: Any, keys: Sequence[str] | None = None) -> str:
@@ -73,19 +78,14 @@ def _read_statements() -> tuple[str, str]:
 
 
 @cache
-def _update_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The parameters of store_rows' saga and step updates, in the order it builds them."""
-    from sagaflow.store_rows import FIXED_SAGA_COLUMNS
+def _write_statements() -> dict[str, str]:
+    from sagaflow.store_rows import FIXED_SAGA_COLUMNS, UPDATE_SAGA, UPDATE_STEP
 
+    # The parameters store_rows.write_transition gives the saga and step updates.
     saga_keys = [c.name for c in sagas.c if c.name not in FIXED_SAGA_COLUMNS]
+    saga_keys += ["key_id", "key_version"]
     step_keys = [c.name for c in steps.c if c.name not in ("saga_id", "position")]
-    return (*saga_keys, "key_id", "key_version"), (*step_keys, "key_saga_id", "key_position")
-
-
-@cache
-def _write_statements(saga_keys: tuple[str, ...], step_keys: tuple[str, ...]) -> dict[str, str]:
-    from sagaflow.store_rows import UPDATE_SAGA, UPDATE_STEP
-
+    step_keys += ["key_saga_id", "key_position"]
     return {
         "new_saga": _sql(sagas.insert(), [c.name for c in sagas.c]),
         "new_step": _sql(steps.insert(), [c.name for c in steps.c]),
@@ -103,15 +103,17 @@ def _json_columns(table: sa.Table) -> frozenset[str]:
     return frozenset(c.name for c in table.c if isinstance(c.type, sa.JSON))
 
 
-JSON_COLUMNS = _json_columns(sagas) | _json_columns(steps) | _json_columns(history)
-JSON_COLUMNS |= _json_columns(events)
+SAGA_JSON = _json_columns(sagas)
+STEP_JSON = _json_columns(steps)
+HISTORY_JSON = _json_columns(history)
+EVENT_JSON = _json_columns(events)
 
 
-def _params(row: dict[str, Any]) -> dict[str, Any]:
+def _params(row: dict[str, Any], json_columns: frozenset[str]) -> dict[str, Any]:
     from psycopg.types.json import Jsonb
 
     # SQLAlchemy's JSON type stores None as JSON null, not SQL NULL: so does this path.
-    return {k: Jsonb(v) if k in JSON_COLUMNS else v for k, v in row.items()}
+    return {k: Jsonb(v) if k in json_columns else v for k, v in row.items()}
 
 
 def _driver_errors(conn: Connection, statement: str, action: Callable[[], T]) -> T:
@@ -161,18 +163,18 @@ def insert(
 ) -> None:
     """A new saga, its steps and history, sent together with the COMMIT (IntegrityError if
     the id is taken)."""
-    sql = _write_statements(*_update_keys())
+    sql = _write_statements()
     raw = conn.connection.driver_connection
     assert raw is not None
 
     def run() -> None:
         with raw.pipeline():
             cursor = raw.cursor()
-            cursor.execute(sql["new_saga"], _params(saga))
+            cursor.execute(sql["new_saga"], _params(saga, SAGA_JSON))
             for row in step_rows:
-                cursor.execute(sql["new_step"], _params(row))
+                cursor.execute(sql["new_step"], _params(row, STEP_JSON))
             for row in history_rows:
-                cursor.execute(sql["history"], _params(row))
+                cursor.execute(sql["history"], _params(row, HISTORY_JSON))
             raw.commit()
 
     _driver_errors(conn, sql["new_saga"], run)
@@ -189,24 +191,24 @@ def write(
     """A transition's writes (and the steps of a saga being started), sent together with the
     COMMIT: one round trip. The ids of the event rows. Raises ConcurrencyConflict, and nothing
     commits, if the saga's version moved."""
-    sql = _write_statements(*_update_keys())
+    sql = _write_statements()
     raw = conn.connection.driver_connection
     assert raw is not None
 
     def run() -> list[int]:
         with raw.pipeline():
-            raw.cursor().execute(sql["saga"], _params(saga_update))
+            raw.cursor().execute(sql["saga"], _params(saga_update, SAGA_JSON))
             cursor = raw.cursor()
             for row in new_steps:
-                cursor.execute(sql["new_step"], _params(row))
+                cursor.execute(sql["new_step"], _params(row, STEP_JSON))
             for row in step_updates:
-                cursor.execute(sql["step"], _params(row))
+                cursor.execute(sql["step"], _params(row, STEP_JSON))
             for row in history_rows:
-                cursor.execute(sql["history"], _params(row))
+                cursor.execute(sql["history"], _params(row, HISTORY_JSON))
             event_cursors = []
             for row in event_rows:
                 event_cursor = raw.cursor()
-                event_cursor.execute(sql["event"], _params(row))
+                event_cursor.execute(sql["event"], _params(row, EVENT_JSON))
                 event_cursors.append(event_cursor)
             raw.commit()
         ids = []

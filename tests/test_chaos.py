@@ -18,7 +18,9 @@ import pytest
 from tests.conftest import ROOT
 
 SAGAS = 200
-FAULTS = 6  # one of each kind: service worker, pool child, orchestrator, its child, flush, restart
+# One of each kind: service worker, pool child, orchestrator, its child, Redis flushed, Redis
+# restarted, PostgreSQL dropping the store's connections.
+FAULTS = 7
 SEED = 20261125
 
 
@@ -67,6 +69,7 @@ def test_no_saga_lost_or_doubled_under_faults(tmp_path: Path) -> None:
         "orchestrator_child",
         "redis_flush",
         "redis_restart",
+        "postgres_drop",
     }
     # The demo's mix: some orders fail on purpose, so compensation ran under the faults too.
     assert figures["completed"] > 0 and figures["failed"] > 0, report

@@ -813,3 +813,19 @@ def test_postgres_without_pipeline_mode_stores_the_same_transitions(
         commit(store, before, fail(before, 0))
     assert store.get(saga_id) == after
     assert [h.event for h in store.history(saga_id)][-1] == t.history[-1].event
+
+
+def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
+    backend: Backend,
+) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("application_name is PostgreSQL's")
+    url = sa.make_url(backend.url).update_query_dict({"application_name": "billing"})
+    named = SagaStore(url.render_as_string(hide_password=False))
+    try:
+        for store, expected in ((backend.store, "sagaflow"), (named, "billing")):
+            with store.engine.connect() as conn:
+                name = conn.execute(sa.text("SHOW application_name")).scalar_one()
+            assert name == expected
+    finally:
+        named.dispose()
