@@ -172,8 +172,14 @@ class SagaClient:
             updated_at=now,
             deadline_at=now + timedelta(seconds=deadline) if deadline is not None else None,
         )
+        history = [HistoryEntry("saga_requested", None, request.state)]
         try:
-            self.store.create(request, [HistoryEntry("saga_requested", None, request.state)])
+            try:
+                self.store.create(request, history)
+            except StoreUnavailable:
+                # Once more, on a new connection: a pooled one the server dropped (a restart,
+                # a proxy's idle timeout) fails once; a database that is down fails again.
+                self.store.create(request, history)
         except StoreUnavailable as exc:
             # A producer without store access is a supported setup: not worth a warning.
             logger.info("saga %s not recorded (%s): starting through the broker only", saga_id, exc)

@@ -12,10 +12,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from sagaflow import SagaState
 from sagaflow.client import BrokerUnavailable, SagaClient
 from sagaflow.orchestrator import RecoveryReport, create_orchestrator_app
+from sagaflow.store import SagaStore
 from tests.conftest import Stack, query_plans
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -242,3 +244,24 @@ def test_the_requested_lookup_uses_its_index_on_postgresql() -> None:
     since = datetime(2026, 1, 1, tzinfo=timezone.utc)
     (plan,) = query_plans(lambda store: store.requested(since))
     assert "ix_sagaflow_sagas_state_updated" in plan, plan
+
+
+def test_a_start_right_after_the_database_dropped_the_producers_connection_is_recorded(
+    stack: Stack,
+) -> None:
+    if not stack.settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL drops the connection")
+    store = SagaStore(stack.settings.database_url)
+    # The broker is unreachable too: only the store can keep this start.
+    client = SagaClient(replace(stack.settings, broker_url=UNREACHABLE_REDIS), store=store)
+    try:
+        client.start("trip", {"n": 1}, saga_id=new_id("warm"))  # the pool now holds a connection
+        with store.engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with stack.store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        saga_id = client.start("trip", {"n": 2}, saga_id=new_id("dropped"))
+        assert store.get(saga_id).state is SagaState.REQUESTED
+    finally:
+        client.app.close()
+        store.dispose()
