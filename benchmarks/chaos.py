@@ -29,7 +29,6 @@ has not been recorded for the stall timeout. Their number is reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -202,15 +201,19 @@ class Producer:
     def tick(self) -> None:
         open_ids = list(self.sent_at)
         states: dict[str, str] = {}
+        read_all = True
         for chunk in range(0, len(open_ids), 500):
             part = open_ids[chunk : chunk + 500]
-            with contextlib.suppress(Exception), self.store.engine.connect() as conn:
-                states.update(
-                    (row.id, row.state)
-                    for row in conn.execute(
-                        sa.select(sagas.c.id, sagas.c.state).where(sagas.c.id.in_(part))
+            try:
+                with self.store.engine.connect() as conn:
+                    states.update(
+                        (row.id, row.state)
+                        for row in conn.execute(
+                            sa.select(sagas.c.id, sagas.c.state).where(sagas.c.id.in_(part))
+                        )
                     )
-                )
+            except Exception:
+                read_all = False  # the database away: unknown is not "never recorded"
         now = time.monotonic()
         for saga_id in open_ids:
             state = states.get(saga_id)
@@ -218,7 +221,7 @@ class Producer:
                 if SagaState(state).is_terminal:
                     del self.sent_at[saga_id]
                     self.finished += 1
-            elif now - self.sent_at[saga_id] > self.resend_after:
+            elif read_all and now - self.sent_at[saga_id] > self.resend_after:
                 if self.send(self.index[saga_id]):
                     self.resent += 1
                 self.sent_at[saga_id] = now
