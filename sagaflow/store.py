@@ -40,6 +40,7 @@ from sagaflow.store_rows import (
 from sagaflow.store_rows import (
     aware,
     event_from_row,
+    history_row,
     insert_history,
     load_saga,
     saga_from_row,
@@ -159,8 +160,7 @@ class SagaStore:
             with self._write() as conn:
                 step_rows = [step_row(saga.saga_id, s) for s in saga.steps]
                 if store_pg.uses_pipeline(conn):
-                    at = to_utc(now)
-                    entries = [store_pg.history_row(saga.saga_id, at, e) for e in history_entries]
+                    entries = [history_row(saga.saga_id, now, e) for e in history_entries]
                     store_pg.insert(conn, saga_row(saga), step_rows, entries)
                     return True
                 conn.execute(sagas.insert().values(**saga_row(saga)))

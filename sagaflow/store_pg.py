@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sagaflow.errors import ConcurrencyConflict
-from sagaflow.machine import HistoryEntry, PublishEvent
 from sagaflow.schema import events, history, sagas, steps
 
 T = TypeVar("T")
@@ -242,25 +241,3 @@ def mark_published(conn: Connection, event_ids: Sequence[int], at: Any) -> None:
             raw.commit()
 
     _driver_errors(conn, sql, run)
-
-
-def history_row(saga_id: str, at: Any, entry: HistoryEntry) -> dict[str, Any]:
-    return {
-        "saga_id": saga_id,
-        "at": at,
-        "event": entry.event,
-        "from_state": entry.from_state.value if entry.from_state else None,
-        "to_state": entry.to_state.value,
-        "step": entry.step,
-        "detail": entry.detail,
-    }
-
-
-def event_row(saga_id: str, at: Any, event: PublishEvent) -> dict[str, Any]:
-    return {
-        "saga_id": saga_id,
-        "name": event.name,
-        "payload": event.payload,
-        "created_at": at,
-        "published_at": None,
-    }

@@ -138,16 +138,10 @@ def write_transition(
         step = step_row(after.saga_id, after.steps[position])
         del step["saga_id"], step["position"]
         step_updates.append({**step, "key_saga_id": after.saga_id, "key_position": position})
+    history_rows = [history_row(after.saga_id, now, e) for e in history_entries]
+    event_rows = [event_row(after.saga_id, now, e) for e in published]
     if store_pg.uses_pipeline(conn):
-        at = to_utc(now)
-        return store_pg.write(
-            conn,
-            row,
-            step_updates,
-            [store_pg.history_row(after.saga_id, at, e) for e in history_entries],
-            [store_pg.event_row(after.saga_id, at, e) for e in published],
-            new_steps,
-        )
+        return store_pg.write(conn, row, step_updates, history_rows, event_rows, new_steps)
     updated = conn.execute(UPDATE_SAGA, row)
     if updated.rowcount != 1:
         raise ConcurrencyConflict(f"saga {before.saga_id} changed since version {before.version}")
@@ -155,18 +149,11 @@ def write_transition(
         conn.execute(steps.insert(), list(new_steps))
     if step_updates:
         conn.execute(UPDATE_STEP, step_updates)
-    insert_history(conn, after.saga_id, now, history_entries)
+    if history_rows:
+        conn.execute(history.insert(), history_rows)
     event_ids: list[int] = []
-    for event in published:
-        result = conn.execute(
-            events.insert().values(
-                saga_id=after.saga_id,
-                name=event.name,
-                payload=event.payload,
-                created_at=to_utc(now),
-                published_at=None,
-            )
-        )
+    for event in event_rows:
+        result = conn.execute(events.insert().values(**event))
         pk = result.inserted_primary_key
         if pk is not None:
             event_ids.append(int(pk[0]))
@@ -224,26 +211,33 @@ def step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
     }
 
 
+def history_row(saga_id: str, at: datetime, entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "at": to_utc(at),
+        "event": entry.event,
+        "from_state": entry.from_state.value if entry.from_state else None,
+        "to_state": entry.to_state.value,
+        "step": entry.step,
+        "detail": entry.detail,
+    }
+
+
+def event_row(saga_id: str, at: datetime, event: PublishEvent) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "name": event.name,
+        "payload": event.payload,
+        "created_at": to_utc(at),
+        "published_at": None,
+    }
+
+
 def insert_history(
     conn: Connection, saga_id: str, now: datetime, entries: Sequence[HistoryEntry]
 ) -> None:
-    if not entries:
-        return
-    conn.execute(
-        history.insert(),
-        [
-            {
-                "saga_id": saga_id,
-                "at": to_utc(now),
-                "event": e.event,
-                "from_state": e.from_state.value if e.from_state else None,
-                "to_state": e.to_state.value,
-                "step": e.step,
-                "detail": e.detail,
-            }
-            for e in entries
-        ],
-    )
+    if entries:
+        conn.execute(history.insert(), [history_row(saga_id, now, e) for e in entries])
 
 
 def saga_from_row(row: Any, step_records: list[StepRecord]) -> SagaRecord:
