@@ -328,6 +328,16 @@ def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]
         process.wait(timeout=15)
 
 
+def drop_pooled_connection(store: SagaStore, server: sa.Engine) -> None:
+    """Have PostgreSQL terminate the connection `store`'s pool holds (its only one: it is used
+    one call at a time), as a server restart would; `server` is another engine on the server."""
+    with store.engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with server.connect() as conn:
+        dropped = conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert dropped.scalar_one() is True
+
+
 def query_plans(run: Callable[[SagaStore], Any]) -> list[str]:
     """PostgreSQL's plan of every SELECT that `run(store)` issues, against a new empty store.
 

@@ -12,13 +12,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from sagaflow import SagaState
 from sagaflow.client import BrokerUnavailable, SagaClient
 from sagaflow.orchestrator import RecoveryReport, create_orchestrator_app
 from sagaflow.store import SagaStore
-from tests.conftest import Stack, query_plans
+from tests.conftest import Stack, drop_pooled_connection, query_plans
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 UNREACHABLE_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/sagaflow"
@@ -256,10 +255,7 @@ def test_a_start_right_after_the_database_dropped_the_producers_connection_is_re
     client = SagaClient(replace(stack.settings, broker_url=UNREACHABLE_REDIS), store=store)
     try:
         client.start("trip", {"n": 1}, saga_id=new_id("warm"))  # the pool now holds a connection
-        with store.engine.connect() as conn:
-            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        with stack.store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        drop_pooled_connection(store, stack.store.engine)
         saga_id = client.start("trip", {"n": 2}, saga_id=new_id("dropped"))
         assert store.get(saga_id).state is SagaState.REQUESTED
     finally:

@@ -40,6 +40,7 @@ from sagaflow.machine import (
 from sagaflow.migrate import VERSION_TABLE, current_revision, head_revision
 from sagaflow.schema import metadata
 from sagaflow.store import SagaStore
+from tests.conftest import drop_pooled_connection
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -772,13 +773,7 @@ def test_a_store_connection_the_server_dropped_fails_once_then_recovers(backend:
     store = SagaStore(backend.url)
     try:
         saga_id = create_running(store)
-        with store.engine.connect() as conn:  # the pool's one connection, back in the pool after
-            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        admin = sa.create_engine(backend.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            dropped = conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            assert dropped.scalar_one() is True
-        admin.dispose()
+        drop_pooled_connection(store, backend.store.engine)
 
         def decide(saga: SagaRecord) -> Transition:
             return succeed(saga, 0, {"reservation": "r-1"})
