@@ -139,10 +139,16 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+# Modules every benchmark worker also imports (`celery worker -I`): breakdown.py's probe.
+WORKER_INCLUDES: list[str] = []
+
+
 def worker_spec(name: str, app: str, queue: str) -> WorkerSpec:
     """Every contender's workers: prefork, 2 processes."""
-    level = os.environ.get("BENCH_LOG_LEVEL", "warning")
-    return WorkerSpec(name, app, [queue], pool="prefork", concurrency=2, extra_args=["-l", level])
+    extra = ["-l", os.environ.get("BENCH_LOG_LEVEL", "warning")]
+    if WORKER_INCLUDES:
+        extra += ["-I", ",".join(WORKER_INCLUDES)]
+    return WorkerSpec(name, app, [queue], pool="prefork", concurrency=2, extra_args=extra)
 
 
 # -- sagaflow ------------------------------------------------------------------------------------
@@ -587,6 +593,19 @@ def run_sagaflow(
             drop_database(args.postgres_url, database)
 
 
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """--redis-url and --postgres-url (an admin URL: each contender gets a database of its own)."""
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+
+
 def sizes(text: str) -> list[int]:
     """--prefill's value: store sizes, comma-separated, smallest first."""
     values = sorted(int(part) for part in text.split(",") if part.strip())
@@ -616,15 +635,7 @@ def main() -> int:
         default=[],
         help="finished sagas to store before measuring again, e.g. 10000,1000000",
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-    )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_connection_args(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
     args = parser.parse_args()
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]

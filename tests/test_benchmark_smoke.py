@@ -1,4 +1,4 @@
-"""The comparison benchmark runs and prints its tables (a tiny run; no timing is asserted)."""
+"""The benchmarks run and print their tables (tiny runs; no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -13,34 +13,35 @@ import pytest
 from tests.conftest import ROOT, require_redis
 
 
-@pytest.mark.timeout(600)  # three sagaflow contenders, two waiting out PostgreSQL's stats flushes
-def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
+def run_benchmark(
+    tmp_path: Path, script: str, *arguments: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """benchmarks/SCRIPT with these arguments, on its own Redis database; asserts it exited 0."""
     require_redis()
-    out = tmp_path / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")}
     env |= {"BENCH_LOGS": str(tmp_path / "logs"), "BENCH_REDIS_URL": "redis://127.0.0.1:6379/12"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/compare.py",
-            "--sagas",
-            "20",
-            "--latency-runs",
-            "3",
-            "--contenders",
-            "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain",
-            "--prefill",
-            "500",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, f"benchmarks/{script}", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=570,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.timeout(600)  # three sagaflow contenders, two waiting out PostgreSQL's stats flushes
+def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    result = run_benchmark(
+        tmp_path,
+        "compare.py",
+        *("--sagas", "20", "--latency-runs", "3", "--prefill", "500", "--out", str(out)),
+        *("--contenders", "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain"),
+        timeout=570,
+    )
     for title in ("ratios (measured in the same run)", "targets", "finished sagas already stored"):
         assert title in result.stdout, result.stdout
     for label in ("sagaflow / chain", "sagaflow_sqlite / sagaflow", "2 orchestrators / 1"):
@@ -87,3 +88,29 @@ def test_scale_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = json.loads(out.read_text())["rows"]
     assert row["stored_sagas"] == 500 and row["status_p50_ms"] > 0 and row["list_p50_ms"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
+    out = tmp_path / "breakdown.json"
+    result = run_benchmark(
+        tmp_path,
+        "breakdown.py",
+        *("--single", "3", "--sagas", "10", "--contenders", "sagaflow,chain", "--out", str(out)),
+        timeout=280,
+    )
+    assert "one saga at a time" in result.stdout and "CPU ms per saga" in result.stdout
+    figures = json.loads(out.read_text())
+    path, cpu = figures["path"], figures["cpu"]
+    # Start, 5 steps and 5 outcome callbacks; the chain's 5 steps and its last task.
+    assert path["sagaflow"]["tasks_on_path"] == 11
+    assert path["chain"]["tasks_on_path"] == 6
+    orchestrator = "orchestrator tasks (store, state machine, next message)"
+    assert path["sagaflow"][orchestrator] > 0 and path["chain"][orchestrator] == 0
+    for name in ("sagaflow", "chain"):
+        assert path[name]["broker to worker (main process)"] > 0
+        assert path[name]["step tasks (body, next message)"] > 0
+    assert cpu["sagaflow"]["orchestrator worker, pool processes"] > 0
+    assert cpu["sagaflow"]["PostgreSQL"] > 0
+    assert cpu["chain"]["orchestrator worker, pool processes"] == 0
+    assert cpu["chain"]["service worker, pool processes"] > 0

@@ -1,0 +1,353 @@
+"""Where a saga's time and CPU go: sagaflow against the plain chain (and DBOS), part by part.
+
+    python benchmarks/breakdown.py                          # 50 single sagas, 600 at once
+    python benchmarks/breakdown.py --single 20 --sagas 200 --contenders sagaflow,chain
+
+The same workers, settings and workload as benchmarks/compare.py (5 no-op steps, Redis broker,
+PostgreSQL store, prefork workers of 2 processes), measured two ways:
+
+- path: one saga at a time on an idle system. Every process timestamps Celery's task signals
+  (benchmarks/probe.py, loaded into the workers with `celery worker -I`), and each saga's
+  critical path, from the producer's call to the benchmark seeing the outcome, is cut into
+  parts: the producer, sending messages, broker to worker, worker to pool process, and the task
+  bodies. Mean ms per saga; the parts add up to the total.
+- CPU: N sagas enqueued at once; the CPU time of every process (from /proc) per saga, by role.
+
+Raw figures go to benchmarks/results/breakdown.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks import compare  # noqa: E402
+from benchmarks.compare import (  # noqa: E402
+    ChainContender,
+    Contender,
+    DbosContender,
+    SagaflowContender,
+    add_connection_args,
+    console,
+    create_database,
+    drop_database,
+    machine,
+)
+from sagaflow.config import Settings  # noqa: E402
+
+CONTENDERS = ("sagaflow", "chain", "dbos")
+TIMED = ("sagaflow", "chain")  # DBOS sends no Celery messages: CPU only
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+PRODUCER = "producer, until its message is sent"
+SENDING = "sending messages"
+BROKER = "broker to worker (main process)"
+POOL = "worker main process to pool process"
+ORCHESTRATOR = "orchestrator tasks (store, state machine, next message)"
+STEPS = "step tasks (body, next message)"
+LAST = "last task, until the benchmark sees the outcome"
+PARTS = (PRODUCER, SENDING, BROKER, POOL, ORCHESTRATOR, STEPS, LAST)
+
+ROLES = (
+    "orchestrator worker, main process",
+    "orchestrator worker, pool processes",
+    "service worker, main process",
+    "service worker, pool processes",
+    "PostgreSQL",
+    "Redis",
+    "benchmark process (producer; DBOS itself)",
+)
+
+
+# -- the path of one saga ------------------------------------------------------------------------
+
+
+@dataclass
+class Marks:
+    """What the probe saw of one task: times in ns, and the pool process that ran it."""
+
+    name: str = "-"
+    at: dict[str, int] = field(default_factory=dict)
+    run_pid: int | None = None
+    publish_pid: int | None = None
+
+
+def read_probe(path: Path) -> list[tuple[int, int, str, str, str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        ns, pid, kind, name, task_id = line.split(" ", 4)
+        rows.append((int(ns), int(pid), kind, name, task_id))
+    return sorted(rows)
+
+
+def saga_windows(
+    rows: list[tuple[int, int, str, str, str]],
+) -> list[list[tuple[int, int, str, str, str]]]:
+    """The records between each `start` mark and the `done` mark after it."""
+    windows: list[list[tuple[int, int, str, str, str]]] = []
+    current: list[tuple[int, int, str, str, str]] | None = None
+    for row in rows:
+        if row[2] == "start":
+            current = [row]
+        elif current is not None:
+            current.append(row)
+            if row[2] == "done":
+                windows.append(current)
+                current = None
+    return windows
+
+
+def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[str, float], int]:
+    """One saga's time in ms by part, and the number of tasks on its path. The path follows
+    each task to the message its pool process sent while running it (the next step, the
+    outcome callback, the next link of the chain)."""
+    start, done = window[0][0], window[-1][0]
+    tasks: dict[str, Marks] = {}
+    for ns, pid, kind, name, task_id in window[1:-1]:
+        marks = tasks.setdefault(task_id, Marks())
+        marks.name = name if name != "-" else marks.name
+        marks.at.setdefault(kind, ns)
+        if kind == "run":
+            marks.run_pid = pid
+        elif kind == "publish":
+            marks.publish_pid = pid
+    sent = sorted((m.at["publish"], task_id) for task_id, m in tasks.items() if "publish" in m.at)
+    if not sent:
+        raise RuntimeError("no task message recorded between a start and its outcome")
+    parts: defaultdict[str, float] = defaultdict(float)
+    ms = 1e-6
+    first_at, current = sent[0]
+    parts[PRODUCER] += (first_at - start) * ms
+    hops = 0
+    while True:
+        m = tasks[current]
+        missing = {"publish", "published", "received", "run"} - set(m.at)
+        if missing:
+            raise RuntimeError(f"task {m.name} {current}: no {', '.join(sorted(missing))} record")
+        hops += 1
+        parts[SENDING] += (m.at["published"] - m.at["publish"]) * ms
+        parts[BROKER] += (m.at["received"] - m.at["published"]) * ms
+        parts[POOL] += (m.at["run"] - m.at["received"]) * ms
+        ended = m.at.get("ran", done)
+        following = [
+            (at, task_id)
+            for at, task_id in sent
+            if m.at["run"] <= at <= ended and tasks[task_id].publish_pid == m.run_pid
+        ]
+        if not following:
+            parts[LAST] += (done - m.at["run"]) * ms
+            return parts, hops
+        next_at, current = following[0]
+        body = ORCHESTRATOR if m.name.startswith("sagaflow.") else STEPS
+        parts[body] += (next_at - m.at["run"]) * ms
+
+
+def measure_path(contender: Contender, probe_file: Path, runs: int) -> dict[str, Any]:
+    from benchmarks import probe
+
+    contender.run(min(20, runs), False)  # warm up: connections, imports, first queries
+    probe_file.write_text("")
+    totals = []
+    for _ in range(runs):
+        probe.record("start")
+        seconds, _states = contender.run(1, False)
+        probe.record("done")
+        totals.append(seconds * 1000)
+    windows = saga_windows(read_probe(probe_file))
+    if len(windows) != runs:
+        raise RuntimeError(f"{contender.name}: {len(windows)} sagas recorded of {runs}")
+    paths = [critical_path(w) for w in windows]
+    hops = {h for _parts, h in paths}
+    if len(hops) != 1:
+        raise RuntimeError(f"{contender.name}: sagas took {sorted(hops)} tasks on their path")
+    result: dict[str, Any] = {
+        part: round(statistics.fmean(p.get(part, 0.0) for p, _h in paths), 2) for part in PARTS
+    }
+    result["total_ms"] = round(sum(result[part] for part in PARTS), 2)
+    result["p50_ms"] = round(statistics.median(totals), 2)
+    result["tasks_on_path"] = hops.pop()
+    return result
+
+
+# -- CPU by process ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Process:
+    cmdline: str
+    ppid: int
+    cpu_s: float
+
+
+def processes() -> dict[int, Process]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
+        found[int(entry)] = Process(cmdline, int(fields[1]), cpu)
+    return found
+
+
+def role(pid: int, table: dict[int, Process]) -> str | None:
+    process = table[pid]
+    program = process.cmdline.split(" ", 1)[0]
+    if "postgres" in program:
+        return "PostgreSQL"
+    if "redis-server" in program:
+        return "Redis"
+    for marker, label in (("orchestrator", "orchestrator worker"), ("bench@", "service worker")):
+        if marker in process.cmdline and " worker " in process.cmdline:
+            parent = table.get(process.ppid)
+            pool = parent is not None and parent.cmdline == process.cmdline
+            return f"{label}, {'pool processes' if pool else 'main process'}"
+    return None
+
+
+def measure_cpu(contender: Contender, n: int) -> dict[str, Any]:
+    contender.run(min(20, n), False)  # warm up
+    before = processes()
+    own = time.process_time()
+    seconds, states = contender.run(n, False)
+    own = time.process_time() - own
+    after = processes()
+    if states.count("completed") != n:
+        raise RuntimeError(f"{contender.name}: expected {n} completed, got {states[:5]}...")
+    by_role: defaultdict[str, float] = defaultdict(float)
+    for pid, process in after.items():
+        if pid in before and (label := role(pid, after)) is not None:
+            by_role[label] += process.cpu_s - before[pid].cpu_s
+    by_role["benchmark process (producer; DBOS itself)"] = own
+    result: dict[str, Any] = {label: round(by_role[label] * 1000 / n, 1) for label in ROLES}
+    total = sum(by_role.values())
+    result["total_ms"] = round(total * 1000 / n, 1)
+    result["throughput_per_s"] = round(n / seconds, 1)
+    result["cores_busy"] = round(total / seconds, 2)
+    return result
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--single", type=int, default=50, help="sagas timed one at a time")
+    parser.add_argument("--sagas", type=int, default=600, help="sagas at once for the CPU")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    add_connection_args(parser)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/breakdown.json")
+    args = parser.parse_args()
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = sorted(set(contenders) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contenders {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
+
+    logs = Path(os.environ.get("BENCH_LOGS", "/tmp/sagaflow-bench")) / "breakdown"
+    logs.mkdir(parents=True, exist_ok=True)
+    probe_file = logs / "probe.log"
+    # Read by the probe at import, here and in every worker (they inherit the environment).
+    os.environ["BENCH_PROBE_FILE"] = str(probe_file)
+    os.environ["SAGAFLOW_BROKER_URL"] = args.redis_url  # for the chain's producer app
+    compare.WORKER_INCLUDES.append("benchmarks.probe")
+    r = redis.Redis.from_url(args.redis_url)
+    r.flushdb()
+    run_id = uuid.uuid4().hex[:8]
+    paths: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+
+    for name in contenders:
+        database = f"{name}_breakdown_{run_id}"
+        url = create_database(args.postgres_url, database) if name != "chain" else None
+        contender: Contender
+        try:
+            if name == "sagaflow":
+                assert url is not None
+                contender = SagaflowContender(name, args.redis_url, url, logs / name)
+            elif name == "chain":
+                settings = Settings(home=logs / "home", broker_url=args.redis_url)
+                contender = ChainContender(args.redis_url, logs / name, settings)
+            else:
+                assert url is not None
+                contender = DbosContender(url)
+            try:
+                if name in TIMED:
+                    with console.status(f"{name}: {args.single} sagas one at a time"):
+                        paths[name] = measure_path(contender, probe_file, args.single)
+                with console.status(f"{name}: CPU of {args.sagas} sagas at once"):
+                    cpu[name] = measure_cpu(contender, args.sagas)
+            finally:
+                contender.close()
+        finally:
+            if url is not None:
+                drop_database(args.postgres_url, database)
+
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "single": args.single,
+        "sagas": args.sagas,
+        "machine": machine(),
+        "path": paths,
+        "cpu": cpu,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_tables(report)
+    console.print(f"raw figures: {args.out}")
+    return 0
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    paths = report["path"]
+    if paths:
+        table = Table(
+            title=f"one saga at a time, mean ms along its path over {report['single']} sagas"
+        )
+        table.add_column("part", no_wrap=True)
+        for name in paths:
+            table.add_column(name, justify="right")
+        for part in PARTS:
+            table.add_row(part, *(f"{paths[name][part]:.2f}" for name in paths))
+        table.add_row("total", *(f"{paths[name]['total_ms']:.2f}" for name in paths))
+        table.add_row("p50, end to end", *(f"{paths[name]['p50_ms']:.2f}" for name in paths))
+        table.add_row("tasks on the path", *(str(paths[name]["tasks_on_path"]) for name in paths))
+        console.print(table)
+    cpu = report["cpu"]
+    if cpu:
+        table = Table(title=f"CPU ms per saga, {report['sagas']} sagas enqueued at once")
+        table.add_column("process", no_wrap=True)
+        for name in cpu:
+            table.add_column(name, justify="right")
+        for label in ROLES:
+            table.add_row(label, *(f"{cpu[name][label]:.1f}" for name in cpu))
+        table.add_row("total", *(f"{cpu[name]['total_ms']:.1f}" for name in cpu))
+        table.add_row("sagas/s", *(f"{cpu[name]['throughput_per_s']:.1f}" for name in cpu))
+        table.add_row("cores busy", *(f"{cpu[name]['cores_busy']:.2f}" for name in cpu))
+        console.print(table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
