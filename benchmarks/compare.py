@@ -3,6 +3,7 @@
     python benchmarks/compare.py                  # 1,000 sagas, 200 latency runs, 5 contenders
     python benchmarks/compare.py --sagas 100 --latency-runs 20 --contenders sagaflow,chain
     python benchmarks/compare.py --contenders sagaflow --prefill 10000,1000000
+    python benchmarks/compare.py --contenders sagaflow,chain --repeat 3   # ratios' spread
 
 Workload: 5 no-op steps per saga (and a variant where step 3 fails, so 2 compensations run).
 Redis broker; one orchestrator worker and one service worker, both prefork -c 2; the chain runs
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 import uuid
@@ -555,9 +557,10 @@ def run_sagaflow(
     r: redis.Redis,
     results: dict[str, Any],
     measured: bool = True,
+    scale: bool = True,
 ) -> None:
     """Start one sagaflow contender, measure it into results[name], stop it; the PostgreSQL
-    contender also runs the --prefill sizes (results["scale"])."""
+    contender also runs the --prefill sizes (results["scale"]) unless `scale` is off."""
     sqlite = name == "sagaflow_sqlite"
     orchestrators = 2 if name == "sagaflow_2orch" else 1
     database = f"{name}_bench_{run_id}"
@@ -579,7 +582,7 @@ def run_sagaflow(
                 if not sqlite:
                     row["sql_writes_per_saga"] = row["sql_commits_per_saga"]
                 results[name] = row
-            if name == "sagaflow" and args.prefill:
+            if name == "sagaflow" and args.prefill and scale:
                 if not measured:
                     flow.run(min(20, args.sagas), False)  # warm up
                 results["scale"] = measure_scale(flow, url, args.prefill, args.sagas)
@@ -591,6 +594,20 @@ def run_sagaflow(
                 Path(f"{sqlite_file}{suffix}").unlink(missing_ok=True)
         else:
             drop_database(args.postgres_url, database)
+
+
+ROUND_FIELDS = ("throughput_per_s", "throughput_per_s_fail", "p50_ms")
+
+
+def round_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """One round of sagaflow against the chain: their figures and sagaflow/chain ratios."""
+    figures: dict[str, Any] = {
+        name: {key: results[name][key] for key in ROUND_FIELDS} for name in ("sagaflow", "chain")
+    }
+    figures["ratios"] = {
+        key: round(results["sagaflow"][key] / results["chain"][key], 2) for key in ROUND_FIELDS
+    }
+    return figures
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -635,6 +652,13 @@ def main() -> int:
         default=[],
         help="finished sagas to store before measuring again, e.g. 10000,1000000",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of sagaflow and the chain, one after the other; prints each round's ratios "
+        "and their median (the chain's throughput moves by a fifth from run to run on a VM)",
+    )
     add_connection_args(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
     args = parser.parse_args()
@@ -642,6 +666,8 @@ def main() -> int:
     unknown = sorted(set(contenders) - set(CONTENDERS))
     if unknown:
         parser.error(f"unknown contenders {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
+    if args.repeat < 1 or (args.repeat > 1 and not {"sagaflow", "chain"} <= set(contenders)):
+        parser.error("--repeat N: N >= 1, and more than 1 round needs sagaflow and chain")
 
     os.environ["SAGAFLOW_BROKER_URL"] = args.redis_url  # for the chain's producer app
     r = redis.Redis.from_url(args.redis_url)
@@ -675,6 +701,19 @@ def main() -> int:
             dbos.close()
             drop_database(args.postgres_url, name)
 
+    rounds = []
+    if args.repeat > 1:
+        rounds.append(round_figures(results))
+    for k in range(2, args.repeat + 1):
+        again: dict[str, Any] = {}
+        chain = ChainContender(args.redis_url, logs / "chain", settings)
+        try:
+            again["chain"] = measure(chain, args.sagas, args.latency_runs, None, r)
+        finally:
+            chain.close()
+        run_sagaflow("sagaflow", args, logs, f"{run_id}_{k}", r, again, scale=False)
+        rounds.append(round_figures(again))
+
     report: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sagas": args.sagas,
@@ -684,6 +723,12 @@ def main() -> int:
         **results,
     }
     report["ratios"] = ratios(report, args.in_flight)
+    if rounds:
+        report["rounds"] = rounds
+        for key in ("throughput_per_s", "throughput_per_s_fail", "p50_ms"):
+            report["ratios"][f"sagaflow_vs_chain_{key}_median"] = round(
+                statistics.median(figures["ratios"][key] for figures in rounds), 2
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_tables(report)
@@ -756,6 +801,32 @@ def print_tables(report: dict[str, Any]) -> None:
                 x, y = report[a].get(key), report[b].get(key)
                 cells.append(f"{x / y:.2f}x" if x is not None and y else "-")
             table.add_row(label, *cells)
+        console.print(table)
+
+    rounds = report.get("rounds")
+    if rounds:
+        table = Table(title=f"sagaflow against the chain, {len(rounds)} rounds one after another")
+        table.add_column("round", justify="right")
+        for column in ("chain sagas/s", "sagaflow sagas/s", "ratio"):
+            table.add_column(column, justify="right")
+        for column in ("chain p50", "sagaflow p50", "ratio"):
+            table.add_column(column, justify="right")
+        for k, figures in enumerate(rounds, 1):
+            cells = []
+            for key in ("throughput_per_s", "p50_ms"):
+                cells += [str(figures["chain"][key]), str(figures["sagaflow"][key])]
+                cells.append(f"{figures['ratios'][key]:.2f}x")
+            table.add_row(str(k), *cells)
+        medians = report["ratios"]
+        table.add_row(
+            "median",
+            "",
+            "",
+            f"{medians['sagaflow_vs_chain_throughput_per_s_median']:.2f}x",
+            "",
+            "",
+            f"{medians['sagaflow_vs_chain_p50_ms_median']:.2f}x",
+        )
         console.print(table)
 
     targets = report.get("ratios", {})

@@ -39,7 +39,7 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
         tmp_path,
         "compare.py",
         *("--sagas", "20", "--latency-runs", "3", "--prefill", "500", "--out", str(out)),
-        *("--contenders", "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain"),
+        *("--contenders", "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain", "--repeat", "2"),
         timeout=570,
     )
     for title in ("ratios (measured in the same run)", "targets", "finished sagas already stored"):
@@ -70,6 +70,15 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "sagaflow_sqlite_p99_vs_p50_8_in_flight",
     ):
         assert ratios[key] > 0
+    # --repeat 2: a second round of sagaflow and the chain, each round's ratios and the median.
+    assert "sagaflow against the chain, 2 rounds one after another" in result.stdout
+    rounds = figures["rounds"]
+    assert len(rounds) == 2
+    assert rounds[0]["sagaflow"]["throughput_per_s"] == figures["sagaflow"]["throughput_per_s"]
+    for figures_of_round in rounds:
+        assert figures_of_round["chain"]["p50_ms"] > 0
+        assert figures_of_round["ratios"]["throughput_per_s"] > 0
+    assert ratios["sagaflow_vs_chain_throughput_per_s_median"] > 0
     (row,) = figures["scale"]
     assert row["stored_sagas"] == 500
     assert row["throughput_per_s"] > 0 and row["status_p50_ms"] > 0 and row["list_p50_ms"] > 0
