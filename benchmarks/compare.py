@@ -725,7 +725,7 @@ def main() -> int:
     report["ratios"] = ratios(report, args.in_flight)
     if rounds:
         report["rounds"] = rounds
-        for key in ("throughput_per_s", "throughput_per_s_fail", "p50_ms"):
+        for key in ROUND_FIELDS:
             report["ratios"][f"sagaflow_vs_chain_{key}_median"] = round(
                 statistics.median(figures["ratios"][key] for figures in rounds), 2
             )
