@@ -114,7 +114,7 @@ def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
     # Start, 5 steps and 5 outcome callbacks; the chain's 5 steps and its last task.
     assert path["sagaflow"]["tasks_on_path"] == 11
     assert path["chain"]["tasks_on_path"] == 6
-    orchestrator = "orchestrator tasks (store, state machine, next message)"
+    orchestrator = "orchestrator tasks before the last (store, state machine, next message)"
     assert path["sagaflow"][orchestrator] > 0 and path["chain"][orchestrator] == 0
     for name in ("sagaflow", "chain"):
         assert path[name]["broker to worker (main process)"] > 0
