@@ -44,6 +44,7 @@ from benchmarks.compare import (  # noqa: E402
     DbosContender,
     SagaflowContender,
     add_connection_args,
+    chosen_contenders,
     console,
     create_database,
     drop_database,
@@ -64,6 +65,7 @@ STEPS = "step tasks (body, next message)"
 LAST = "last task, until the benchmark sees the outcome"
 PARTS = (PRODUCER, SENDING, BROKER, POOL, ORCHESTRATOR, STEPS, LAST)
 
+BENCHMARK_PROCESS = "benchmark process (producer; DBOS itself)"
 ROLES = (
     "orchestrator worker, main process",
     "orchestrator worker, pool processes",
@@ -71,7 +73,7 @@ ROLES = (
     "service worker, pool processes",
     "PostgreSQL",
     "Redis",
-    "benchmark process (producer; DBOS itself)",
+    BENCHMARK_PROCESS,
 )
 
 
@@ -239,7 +241,7 @@ def measure_cpu(contender: Contender, n: int) -> dict[str, Any]:
     for pid, process in after.items():
         if pid in before and (label := role(pid, after)) is not None:
             by_role[label] += process.cpu_s - before[pid].cpu_s
-    by_role["benchmark process (producer; DBOS itself)"] = own
+    by_role[BENCHMARK_PROCESS] = own
     result: dict[str, Any] = {label: round(by_role[label] * 1000 / n, 1) for label in ROLES}
     total = sum(by_role.values())
     result["total_ms"] = round(total * 1000 / n, 1)
@@ -261,10 +263,7 @@ def main() -> int:
     add_connection_args(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/breakdown.json")
     args = parser.parse_args()
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = sorted(set(contenders) - set(CONTENDERS))
-    if unknown:
-        parser.error(f"unknown contenders {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
+    contenders = chosen_contenders(parser, args.contenders, CONTENDERS)
 
     logs = Path(os.environ.get("BENCH_LOGS", "/tmp/sagaflow-bench")) / "breakdown"
     logs.mkdir(parents=True, exist_ok=True)

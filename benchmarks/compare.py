@@ -549,6 +549,21 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def run_chain(
+    args: argparse.Namespace,
+    logs: Path,
+    settings: Settings,
+    r: redis.Redis,
+    results: dict[str, Any],
+) -> None:
+    """Start the plain chain's worker, measure it into results["chain"], stop it."""
+    chain = ChainContender(args.redis_url, logs / "chain", settings)
+    try:
+        results["chain"] = measure(chain, args.sagas, args.latency_runs, None, r)
+    finally:
+        chain.close()
+
+
 def run_sagaflow(
     name: str,
     args: argparse.Namespace,
@@ -610,6 +625,17 @@ def round_figures(results: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def chosen_contenders(
+    parser: argparse.ArgumentParser, text: str, known: tuple[str, ...]
+) -> list[str]:
+    """--contenders' value as a list; a name not in `known` is a usage error."""
+    contenders = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(contenders) - set(known))
+    if unknown:
+        parser.error(f"unknown contenders {', '.join(unknown)} (known: {', '.join(known)})")
+    return contenders
+
+
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """--redis-url and --postgres-url (an admin URL: each contender gets a database of its own)."""
     parser.add_argument(
@@ -662,10 +688,7 @@ def main() -> int:
     add_connection_args(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
     args = parser.parse_args()
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = sorted(set(contenders) - set(CONTENDERS))
-    if unknown:
-        parser.error(f"unknown contenders {', '.join(unknown)} (known: {', '.join(CONTENDERS)})")
+    contenders = chosen_contenders(parser, args.contenders, CONTENDERS)
     if args.repeat < 1 or (args.repeat > 1 and not {"sagaflow", "chain"} <= set(contenders)):
         parser.error("--repeat N: N >= 1, and more than 1 round needs sagaflow and chain")
 
@@ -679,11 +702,7 @@ def main() -> int:
     settings = Settings(home=logs / "home", broker_url=args.redis_url)
 
     if "chain" in contenders:
-        chain = ChainContender(args.redis_url, logs / "chain", settings)
-        try:
-            results["chain"] = measure(chain, args.sagas, args.latency_runs, None, r)
-        finally:
-            chain.close()
+        run_chain(args, logs, settings, r, results)
     if "sagaflow" in contenders or args.prefill:
         run_sagaflow("sagaflow", args, logs, run_id, r, results, "sagaflow" in contenders)
     for name in ("sagaflow_sqlite", "sagaflow_2orch"):
@@ -706,11 +725,7 @@ def main() -> int:
         rounds.append(round_figures(results))
     for k in range(2, args.repeat + 1):
         again: dict[str, Any] = {}
-        chain = ChainContender(args.redis_url, logs / "chain", settings)
-        try:
-            again["chain"] = measure(chain, args.sagas, args.latency_runs, None, r)
-        finally:
-            chain.close()
+        run_chain(args, logs, settings, r, again)
         run_sagaflow("sagaflow", args, logs, f"{run_id}_{k}", r, again, scale=False)
         rounds.append(round_figures(again))
 
