@@ -9,7 +9,9 @@ database is not reachable" become StoreUnavailable so callers can retry them at 
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -426,6 +428,34 @@ class Decision:
 
 _WRITE_OPTION = "sagaflow_write"
 
+# How long a SQLite connection waits for another one's lock before it gives up.
+SQLITE_LOCK_TIMEOUT = 30.0
+
+
+def use_wal(dbapi_conn: sqlite3.Connection) -> None:
+    """Put the SQLite database in WAL mode (it stays so): readers (CLI, client.wait) then run
+    while the orchestrator writes.
+
+    The switch needs the file to itself, and SQLite refuses it at once, without waiting out
+    busy_timeout, while another connection writes in rollback-journal mode: a producer that
+    connects during the first `sagaflow db upgrade`. So wait for that writer, up to the lock
+    timeout; once the file is in WAL mode the switch is not needed again."""
+    deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT
+    pause = 0.005
+    while True:
+        cursor = dbapi_conn.cursor()
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        finally:
+            cursor.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
 
 def _create_engine(url: str, echo: bool) -> Engine:
     parsed = sa.engine.make_url(url)
@@ -437,17 +467,16 @@ def _create_engine(url: str, echo: bool) -> Engine:
                 raise StoreUnavailable(
                     f"saga store {mask_url(url)} unavailable: directory {directory} does not exist"
                 )
-        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
 
         @sa_event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # sqlite3's own implicit BEGIN is deferred: a reader that later writes can fail at
             # once with SQLITE_BUSY. sagaflow emits BEGIN itself (see _sqlite_begin).
             dbapi_conn.isolation_level = None
+            use_wal(dbapi_conn)
             cursor = dbapi_conn.cursor()
-            # WAL lets readers (CLI, client.wait) run while the orchestrator writes.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()

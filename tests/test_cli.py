@@ -530,7 +530,7 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
     from sagaflow import SagaClient, SagaState
     from sagaflow.config import Settings
     from sagaflow.processes import WorkerGroup, WorkerSpec
-    from tests.conftest import ROOT, service_env
+    from tests.conftest import ROOT, poll, service_env
 
     home = tmp_path / "home"
     settings = Settings(home=home, definitions=("tests.sagas",))
@@ -561,6 +561,15 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
             group.start(WorkerSpec("svc", "tests.services", ["svc_a", "svc_b"]))
             client = SagaClient(settings)
             group.wait_ready(client.app)
+
+            def orchestrator_answers() -> bool:
+                assert orchestrator.poll() is None, f"exited with {orchestrator.returncode}"
+                replies = client.app.control.ping(timeout=0.5) or []
+                return any(name.startswith(f"{settings.queue}@") for r in replies for name in r)
+
+            # Its ping answer comes after the migration, so the saga is not started into a
+            # store without tables.
+            poll(orchestrator_answers, 60, lambda: "the orchestrator has not answered a ping")
             saga = client.wait(client.start("dynamic", {"n": 2}), timeout=60)
             assert saga.state is SagaState.COMPLETED
             client.close()

@@ -8,6 +8,7 @@ password) and drops it afterwards. If that server cannot be reached the PostgreS
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from sagaflow.machine import (
 from sagaflow.migrate import VERSION_TABLE, current_revision, head_revision
 from sagaflow.schema import metadata
 from sagaflow.store import SagaStore
-from tests.conftest import drop_pooled_connection
+from tests.conftest import drop_pooled_connection, poll
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -618,6 +619,68 @@ def test_sqlite_in_a_missing_directory_raises_store_unavailable(tmp_path: Path) 
     with pytest.raises(StoreUnavailable):
         store.upgrade()
     assert not missing.exists()
+
+
+def test_sqlite_store_waits_for_a_writer_in_rollback_journal_mode(tmp_path: Path) -> None:
+    """SQLite refuses the switch to WAL at once, without busy_timeout, while another connection
+    writes in rollback-journal mode: a store that connects then waits for that writer."""
+    path = tmp_path / "sagaflow.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN")
+    writer.execute("CREATE TABLE other (x)")
+    store = SagaStore(f"sqlite:///{path}")
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine,
+        "connect",
+        lambda dbapi_conn, _: dbapi_conn.set_trace_callback(statements.append),
+        insert=True,
+    )
+    errors: list[BaseException] = []
+
+    def ping() -> None:
+        try:
+            store.ping()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=ping)
+    thread.start()
+    try:
+        poll(
+            lambda: "PRAGMA journal_mode=WAL" in statements or errors,
+            10,
+            lambda: f"the store has not tried to switch to WAL; it ran {statements}",
+        )
+    finally:
+        writer.execute("COMMIT")
+        thread.join(timeout=60)
+        store.dispose()
+    assert not thread.is_alive(), "the store still waits after the writer committed"
+    writer.close()
+    assert errors == []
+    assert journal_mode(path) == "wal"
+
+
+def test_sqlite_upgrade_leaves_the_database_in_wal_mode(tmp_path: Path) -> None:
+    """The first migration runs in WAL mode, so connections opened meanwhile are not refused."""
+    path = tmp_path / "sagaflow.db"
+    store = SagaStore(f"sqlite:///{path}")
+    try:
+        store.upgrade()
+    finally:
+        store.dispose()
+    assert journal_mode(path) == "wal"
+
+
+def journal_mode(path: Path) -> str:
+    """The journal mode a new connection finds in the file."""
+    plain = sqlite3.connect(path)
+    try:
+        mode: str = plain.execute("PRAGMA journal_mode").fetchone()[0]
+        return mode
+    finally:
+        plain.close()
 
 
 def test_upgrade_of_unreachable_postgres_raises_store_unavailable() -> None:

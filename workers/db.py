@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.effects import EffectLog, effect_log_table
+from sagaflow.store import SQLITE_LOCK_TIMEOUT, use_wal
 
 metadata = sa.MetaData()
 
@@ -67,12 +68,12 @@ def engine(url: str | None = None) -> Engine:
     with _lock:
         if key not in _engines:
             if url.startswith("sqlite"):
-                created = sa.create_engine(url, connect_args={"timeout": 30})
+                created = sa.create_engine(url, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
 
                 @event.listens_for(created, "connect")
                 def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                    dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                    dbapi_conn.execute("PRAGMA busy_timeout=30000")
+                    use_wal(dbapi_conn)
+                    dbapi_conn.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
 
                 _engines[key] = created
             else:
