@@ -67,9 +67,20 @@ def flower(stack: Stack) -> Iterator[str]:
             lambda: "Flower never listed the workers",
         )
         # The orchestrator sends task events only when asked. Flower asks every 5 s; asking
-        # now, as Flower would, keeps the test from racing Flower's timer.
-        enabled = stack.celery("control", "enable_events")
-        assert enabled.returncode == 0, enabled.stderr
+        # now, as Flower would, keeps the test from racing Flower's timer. A busy machine can
+        # miss the 1 s reply window, so ask until the orchestrator itself has answered.
+        answers: list[str] = []
+
+        def orchestrator_enabled_events() -> bool:
+            enabled = stack.celery("control", "enable_events")
+            answers.append(enabled.stdout + enabled.stderr)
+            return "orchestrator@" in enabled.stdout
+
+        poll(
+            orchestrator_enabled_events,
+            60,
+            lambda: f"the orchestrator never answered enable_events; last answer: {answers[-1:]}",
+        )
         yield base
     finally:
         process.terminate()
