@@ -129,6 +129,10 @@ class WorkerGroup:
             if isinstance(w.spec, CommandSpec) and w.spec.url
         }
         pending |= set(urls)
+        # A reply later than the window is dropped, so a busy machine gets a longer one each
+        # round; the ping returns as soon as every worker of the group has answered.
+        ping_window = 0.5
+        workers = sum(isinstance(w.spec, WorkerSpec) for w in self.workers)
         while True:
             for worker in self.workers:
                 if not worker.alive:
@@ -143,9 +147,10 @@ class WorkerGroup:
             if not pending:
                 return
             if pending - set(urls):
-                for reply in app.control.ping(timeout=0.5) or []:
+                for reply in app.control.ping(timeout=ping_window, limit=workers) or []:
                     for hostname in reply:
                         pending.discard(hostname.split("@", 1)[0])
+                ping_window = min(ping_window * 2, 4.0)
             else:
                 time.sleep(0.1)
             if pending and time.monotonic() > deadline:

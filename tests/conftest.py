@@ -153,9 +153,9 @@ class Stack:
 
     def executions(self, saga_id: str) -> list[tuple[str, str]]:
         """(step, phase) of every task execution for the saga, in the order they ran."""
-        from tests.services import executions
+        from tests.services import effects_engine_at, executions
 
-        engine = sa.create_engine(self.effects_url)
+        engine = effects_engine_at(self.effects_url)
         try:
             with engine.connect() as conn:
                 rows = conn.execute(
@@ -215,9 +215,9 @@ def _service_pool(settings: Settings) -> str:
 def service_env(settings: Settings, effects_url: str) -> dict[str, str]:
     """Create the test services' tables at `effects_url`; return the environment that points
     worker processes at these settings and those tables."""
-    from tests.services import metadata
+    from tests.services import effects_engine_at, metadata
 
-    engine = sa.create_engine(effects_url)
+    engine = effects_engine_at(effects_url)
     metadata.create_all(engine)
     engine.dispose()
     return {

@@ -17,6 +17,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from sagaflow import NonRetryable, create_service_app
+from sagaflow.store import SQLITE_LOCK_TIMEOUT, use_wal
 
 app = create_service_app("svc")
 
@@ -39,12 +40,18 @@ _engines: dict[int, sa.engine.Engine] = {}
 def effects_engine() -> sa.engine.Engine:
     pid = os.getpid()
     if pid not in _engines:
-        url = os.environ["TEST_EFFECTS_URL"]
-        kwargs: dict[str, Any] = (
-            {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        )
-        _engines[pid] = sa.create_engine(url, **kwargs)
+        _engines[pid] = effects_engine_at(os.environ["TEST_EFFECTS_URL"])
     return _engines[pid]
+
+
+def effects_engine_at(url: str) -> sa.engine.Engine:
+    """An engine on the effects tables. On SQLite: WAL and a long lock wait, as sagaflow's
+    store has, since workers write while the tests read."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
+    sa.event.listen(engine, "connect", lambda dbapi_conn, _: use_wal(dbapi_conn))
+    return engine
 
 
 class Flaky(Exception):

@@ -564,7 +564,7 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
 
             def orchestrator_answers() -> bool:
                 assert orchestrator.poll() is None, f"exited with {orchestrator.returncode}"
-                replies = client.app.control.ping(timeout=0.5) or []
+                replies = client.app.control.ping(timeout=2.0) or []
                 return any(name.startswith(f"{settings.queue}@") for r in replies for name in r)
 
             # Its ping answer comes after the migration, so the saga is not started into a

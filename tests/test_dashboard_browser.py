@@ -51,6 +51,8 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
+    # expect() has its own 5 s default: too short for a navigation on a busy 2-vCPU machine.
+    expect.set_options(timeout=15_000)
     try:
         yield page
     finally:

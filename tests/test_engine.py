@@ -69,9 +69,9 @@ def test_compensation_receives_its_steps_result(stack: Stack) -> None:
     stack.wait_one(saga_id)
     import sqlalchemy as sa
 
-    from tests.services import executions
+    from tests.services import effects_engine_at, executions
 
-    engine = sa.create_engine(stack.effects_url)
+    engine = effects_engine_at(stack.effects_url)
     with engine.connect() as conn:
         context = conn.execute(
             sa.select(executions.c.context).where(

@@ -7,8 +7,6 @@ import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-import sqlalchemy as sa
-
 from sagaflow import SagaState, Step
 from sagaflow.definitions import Phase
 from sagaflow.machine import (
@@ -102,10 +100,9 @@ def age(stack: Stack, saga_id: str, by: timedelta) -> None:
     # Computed here, not in SQL: SQLite has no timestamp arithmetic.
     updated_at = stack.store.get(saga_id).updated_at
     assert updated_at is not None
-    engine = sa.create_engine(stack.settings.database_url)
-    with engine.begin() as conn:
+    # The stack's own store engine: on SQLite it waits out the orchestrator's write lock.
+    with stack.store.engine.begin() as conn:
         conn.execute(sagas.update().where(sagas.c.id == saga_id).values(updated_at=updated_at - by))
-    engine.dispose()
 
 
 def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) -> None:
@@ -163,14 +160,14 @@ def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
 def test_an_outcome_event_whose_publishing_was_lost_is_published(stack: Stack) -> None:
     saga = stack.wait_one(stack.start("dynamic", {"n": 1}))
     (recorded,) = stack.store.events(saga.saga_id)
-    engine = sa.create_engine(stack.settings.database_url)
-    with engine.begin() as conn:  # as if the orchestrator died between commit and publish
+    with (
+        stack.store.engine.begin() as conn
+    ):  # as if the orchestrator died between commit and publish
         conn.execute(
             events.update()
             .where(events.c.id == recorded.id)
             .values(published_at=None, created_at=recorded.created_at - timedelta(hours=1))
         )
-    engine.dispose()
     orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
     report = orchestrator.recover(stalled_for=600)
     assert (saga.saga_id, "DynamicCompleted") in report.republished

@@ -154,10 +154,24 @@ def test_stack_on_redis_and_postgres_runs_a_saga_and_stops_cleanly(
 
         flower = f"http://127.0.0.1:{flower_port}"
         assert get(f"{flower}/api/workers", auth=False)[0] == 401
-        status, body = get(f"{flower}/api/workers?refresh=1")
-        assert status == 200, body
+        # refresh=1 makes Flower ask every worker, 1 s each, just after the stack started.
+        answers: list[tuple[int, str]] = []
+
+        def flower_lists_workers() -> bool:
+            answers.append(get(f"{flower}/api/workers?refresh=1"))
+            return answers[-1][0] == 200
+
+        poll(
+            flower_lists_workers,
+            30,
+            lambda: f"Flower's /api/workers never answered 200: {answers[-1:]}",
+        )
         if has_dashboard:
-            assert get(f"http://127.0.0.1:{dashboard_port}/", auth=False)[0] == 200
+            poll(
+                lambda: get(f"http://127.0.0.1:{dashboard_port}/", auth=False)[0] == 200,
+                30,
+                lambda: "the dashboard never answered 200",
+            )
         # beat is wired to the broker: the orchestrator runs the periodic recovery task
         orchestrator_log = tmp_path / "home" / "stack-logs" / "orchestrator.log"
         poll(

@@ -32,8 +32,9 @@ from sagaflow.machine import (
     resolve,
 )
 from sagaflow.processes import WorkerSpec
-from tests.conftest import ROOT, Stack
+from tests.conftest import ROOT, Stack, poll
 from tests.test_pivot import sweep_until
+from tests.test_timeouts import sweep_until_timed_out
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LATE = T0 + timedelta(seconds=11)
@@ -240,10 +241,35 @@ def unsure(stack: Stack) -> Iterator[Stack]:
         stack.group.stop_worker(worker)
 
 
+def time_out_then_wait(stack: Stack, saga_id: str, done: SagaState) -> SagaRecord:
+    """Let b2 do its effect and time out, then wait for the verify's answer to move the saga.
+
+    The sweep runs only until b2 has timed out: the verify's own deadline is b2's 0.5 s, and
+    a sweep past it on a busy machine would escalate with VerifyTimeout before the answer."""
+    poll(
+        lambda: ("b2", "action") in stack.executions(saga_id),
+        30,
+        lambda: f"b2 of {saga_id} never did its effect{stack.logs_hint()}",
+    )
+    sweep_until_timed_out(stack, saga_id)
+
+    def reached() -> SagaRecord | None:
+        saga = stack.store.load(saga_id)
+        return saga if saga is not None and saga.state is done else None
+
+    def where() -> str:
+        saga = stack.store.get(saga_id)
+        steps = ", ".join(f"{s.name}={s.status.value}" for s in saga.steps)
+        return f"saga {saga_id} is {saga.state.value} [{steps}]{stack.logs_hint()}"
+
+    result: SagaRecord = poll(reached, 60, where)
+    return result
+
+
 def test_verify_finds_the_effect_and_the_saga_goes_on(unsure: Stack) -> None:
     stack = unsure
     saga_id = stack.start("verifying", SLOW)
-    saga = sweep_until(stack, saga_id, SagaState.COMPLETED)
+    saga = time_out_then_wait(stack, saga_id, SagaState.COMPLETED)
     assert saga.steps[1].result == {"checked": f"{saga_id}:b2"}
     assert stack.executions(saga_id) == [
         ("a1", "action"),
@@ -258,7 +284,7 @@ def test_verify_finds_the_effect_and_the_saga_goes_on(unsure: Stack) -> None:
 def test_verify_says_not_applied_and_the_steps_before_are_compensated(unsure: Stack) -> None:
     stack = unsure
     saga_id = stack.start("verifying", {**SLOW, "verify_answer": {"b2": {"applied": False}}})
-    saga = sweep_until(stack, saga_id, SagaState.FAILED)
+    saga = time_out_then_wait(stack, saga_id, SagaState.FAILED)
     assert saga.error is not None and saga.error.type == "StepTimeout"
     assert [s.status for s in saga.steps] == [
         StepStatus.COMPENSATED,
@@ -271,7 +297,7 @@ def test_verify_says_not_applied_and_the_steps_before_are_compensated(unsure: St
 def test_an_invalid_verify_answer_escalates_and_resolve_carries_on(unsure: Stack) -> None:
     stack = unsure
     saga_id = stack.start("verifying", {**SLOW, "verify_answer": {"b2": "yes"}})
-    saga = sweep_until(stack, saga_id, SagaState.ESCALATED)
+    saga = time_out_then_wait(stack, saga_id, SagaState.ESCALATED)
     assert saga.error is not None and saga.error.type == "InvalidVerifyReply"
     with pytest.raises(InvalidOperation, match="a reason is required"):
         stack.client.resolve(saga_id, "b2", True, " ")
