@@ -4,7 +4,7 @@
     python benchmarks/breakdown.py --single 20 --sagas 200 --contenders sagaflow,chain
 
 The same workers, settings and workload as benchmarks/compare.py (5 no-op steps, Redis broker,
-PostgreSQL store, prefork workers of 2 processes), measured two ways:
+PostgreSQL store, prefork workers of 2 processes), measured three ways:
 
 - path: one saga at a time on an idle system. Every process timestamps Celery's task signals
   (benchmarks/probe.py, loaded into the workers with `celery worker -I`), and each saga's
@@ -12,6 +12,9 @@ PostgreSQL store, prefork workers of 2 processes), measured two ways:
   parts: the producer, sending messages, broker to worker, worker to pool process, and the task
   bodies. Mean ms per saga; the parts add up to the total.
 - CPU: N sagas enqueued at once; the CPU time of every process (from /proc) per saga, by role.
+- in process: sagaflow's own work without Celery's workers. The orchestrator's start and step
+  outcomes are called in the benchmark process against the same store and broker; CPU ms per
+  call and per saga. The rest of the orchestrator worker's CPU is Celery's.
 
 Raw figures go to benchmarks/results/breakdown.json.
 """
@@ -66,6 +69,9 @@ LAST = "last task, until the benchmark sees the outcome"
 PARTS = (PRODUCER, SENDING, BROKER, POOL, ORCHESTRATOR, STEPS, LAST)
 
 BENCHMARK_PROCESS = "benchmark process (producer; DBOS itself)"
+
+IN_PROCESS_START = "start (promote the request, send step 1)"
+IN_PROCESS_OUTCOME = "a step outcome (lock and load, apply, write, send the next)"
 ROLES = (
     "orchestrator worker, main process",
     "orchestrator worker, pool processes",
@@ -250,6 +256,62 @@ def measure_cpu(contender: Contender, n: int) -> dict[str, Any]:
     return result
 
 
+# -- sagaflow's own work ---------------------------------------------------------------------------
+
+
+def measure_in_process(redis_url: str, database_url: str, n: int) -> dict[str, Any]:
+    """The orchestrator's own CPU per saga, without Celery's workers around it: its start and
+    its step outcomes called in this process, against the same PostgreSQL and Redis. What they
+    send is never consumed; main flushes the broker's database afterwards."""
+    from sagaflow.client import SagaClient
+    from sagaflow.definitions import Phase, SagaState
+    from sagaflow.orchestrator import create_orchestrator_app
+    from sagaflow.records import StepSucceeded
+
+    settings = Settings(
+        broker_url=redis_url, database_url=database_url, definitions=("benchmarks.bench_sagas",)
+    )
+    orchestrator = create_orchestrator_app(settings).sagaflow_orchestrator
+    client = SagaClient(settings, store=orchestrator.store)
+    spent = {IN_PROCESS_START: 0.0, IN_PROCESS_OUTCOME: 0.0}
+    outcomes = 0
+
+    def one_saga(timed: bool) -> None:
+        nonlocal outcomes
+        saga_id = client.start("bench5", {})  # recorded as requested, as producers do
+        started = time.process_time()
+        orchestrator.start(saga_id, "bench5", {})
+        if timed:
+            spent[IN_PROCESS_START] += time.process_time() - started
+        for position in range(len(orchestrator.store.get(saga_id).steps)):
+            task_id = orchestrator.store.get(saga_id).steps[position].task_id
+            started = time.process_time()
+            moved = orchestrator.handle(
+                saga_id, StepSucceeded(position, Phase.ACTION, 1, None, task_id)
+            )
+            if timed:
+                spent[IN_PROCESS_OUTCOME] += time.process_time() - started
+                outcomes += 1
+            if not moved:
+                raise RuntimeError(f"in process: the outcome of step {position} was ignored")
+        if orchestrator.store.get(saga_id).state is not SagaState.COMPLETED:
+            raise RuntimeError(f"in process: saga {saga_id} did not complete")
+
+    for _ in range(min(20, n)):  # warm up
+        one_saga(timed=False)
+    for _ in range(n):
+        one_saga(timed=True)
+    client.close()
+    start_ms = spent[IN_PROCESS_START] * 1000 / n
+    outcome_ms = spent[IN_PROCESS_OUTCOME] * 1000 / outcomes
+    return {
+        IN_PROCESS_START: round(start_ms, 2),
+        IN_PROCESS_OUTCOME: round(outcome_ms, 2),
+        "per_saga_ms": round(start_ms + outcome_ms * outcomes / n, 1),
+        "outcomes_per_saga": outcomes // n,
+    }
+
+
 # -- running -------------------------------------------------------------------------------------
 
 
@@ -259,6 +321,9 @@ def main() -> int:
     )
     parser.add_argument("--single", type=int, default=50, help="sagas timed one at a time")
     parser.add_argument("--sagas", type=int, default=600, help="sagas at once for the CPU")
+    parser.add_argument(
+        "--in-process", type=int, default=200, help="sagas run in process (sagaflow's own CPU)"
+    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     add_connection_args(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/breakdown.json")
@@ -277,6 +342,7 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:8]
     paths: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
+    in_process: dict[str, Any] = {}
 
     for name in contenders:
         database = f"{name}_breakdown_{run_id}"
@@ -300,6 +366,11 @@ def main() -> int:
                     cpu[name] = measure_cpu(contender, args.sagas)
             finally:
                 contender.close()
+            if name == "sagaflow":
+                assert url is not None
+                with console.status(f"sagaflow: {args.in_process} sagas in process"):
+                    in_process = measure_in_process(args.redis_url, url, args.in_process)
+                r.flushdb()
         finally:
             if url is not None:
                 drop_database(args.postgres_url, database)
@@ -308,9 +379,11 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "single": args.single,
         "sagas": args.sagas,
+        "in_process_sagas": args.in_process,
         "machine": machine(),
         "path": paths,
         "cpu": cpu,
+        "in_process": in_process,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -345,6 +418,19 @@ def print_tables(report: dict[str, Any]) -> None:
         table.add_row("total", *(f"{cpu[name]['total_ms']:.1f}" for name in cpu))
         table.add_row("sagas/s", *(f"{cpu[name]['throughput_per_s']:.1f}" for name in cpu))
         table.add_row("cores busy", *(f"{cpu[name]['cores_busy']:.2f}" for name in cpu))
+        console.print(table)
+    own = report["in_process"]
+    if own:
+        table = Table(
+            title=f"sagaflow's own CPU ms, in process, over {report['in_process_sagas']} sagas"
+        )
+        table.add_column("call", no_wrap=True)
+        table.add_column("sagaflow", justify="right")
+        table.add_row(IN_PROCESS_START, f"{own[IN_PROCESS_START]:.2f}")
+        table.add_row(IN_PROCESS_OUTCOME, f"{own[IN_PROCESS_OUTCOME]:.2f}")
+        table.add_row(
+            f"per saga (start and {own['outcomes_per_saga']} outcomes)", f"{own['per_saga_ms']:.1f}"
+        )
         console.print(table)
 
 

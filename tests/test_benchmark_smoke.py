@@ -105,7 +105,8 @@ def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
     result = run_benchmark(
         tmp_path,
         "breakdown.py",
-        *("--single", "3", "--sagas", "10", "--contenders", "sagaflow,chain", "--out", str(out)),
+        *("--single", "3", "--sagas", "10", "--in-process", "5"),
+        *("--contenders", "sagaflow,chain", "--out", str(out)),
         timeout=280,
     )
     assert "one saga at a time" in result.stdout and "CPU ms per saga" in result.stdout
@@ -123,3 +124,8 @@ def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
     assert cpu["sagaflow"]["PostgreSQL"] > 0
     assert cpu["chain"]["orchestrator worker, pool processes"] == 0
     assert cpu["chain"]["service worker, pool processes"] > 0
+    # sagaflow's own work, in process: its start and one outcome per step.
+    own = figures["in_process"]
+    assert own["outcomes_per_saga"] == 5
+    assert own["per_saga_ms"] > 0
+    assert "sagaflow's own CPU ms, in process" in result.stdout
