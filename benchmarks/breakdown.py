@@ -69,9 +69,6 @@ LAST = "last task, until the benchmark sees the outcome"
 PARTS = (PRODUCER, SENDING, BROKER, POOL, ORCHESTRATOR, STEPS, LAST)
 
 BENCHMARK_PROCESS = "benchmark process (producer; DBOS itself)"
-
-IN_PROCESS_START = "start (promote the request, send step 1)"
-IN_PROCESS_OUTCOME = "a step outcome (lock and load, apply, write, send the next)"
 ROLES = (
     "orchestrator worker, main process",
     "orchestrator worker, pool processes",
@@ -81,6 +78,9 @@ ROLES = (
     "Redis",
     BENCHMARK_PROCESS,
 )
+
+IN_PROCESS_START = "start (promote the request, send step 1)"
+IN_PROCESS_OUTCOME = "a step outcome (lock and load, apply, write, send the next)"
 
 
 # -- the path of one saga ------------------------------------------------------------------------
