@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import make_url
 
 from sagaflow.errors import StoreUnavailable
 
@@ -43,13 +43,12 @@ def _migrate(store: SagaStore, run: Callable[[Config], None]) -> None:
     if make_url(store.url).get_backend_name() == "sqlite":
         # A plain engine: foreign keys off, as SQLite's batch table rebuilds need (with them
         # on, dropping the old sagas table would cascade to every step row).
-        from sagaflow.store import SQLITE_LOCK_TIMEOUT, use_wal
+        from sagaflow.store import create_sqlite_engine
 
         store.engine  # noqa: B018 - raises StoreUnavailable for a missing folder
-        engine = create_engine(store.url, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
         # WAL before the first table exists: in rollback-journal mode, the migration's write
-        # lock would make every other connection's switch to WAL fail (see use_wal).
-        event.listen(engine, "connect", lambda dbapi_conn, _: use_wal(dbapi_conn))
+        # lock would make every other connection's switch to WAL fail (see store.use_wal).
+        engine = create_sqlite_engine(store.url)
         try:
             with _unavailable_as_error(store), engine.begin() as conn:
                 config.attributes["connection"] = conn

@@ -123,6 +123,7 @@ class WorkerGroup:
         answers HTTP; raise with the log of one that exited or is still pending at `timeout`."""
         deadline = time.monotonic() + timeout
         pending = {w.spec.name for w in self.workers if isinstance(w.spec, WorkerSpec)}
+        workers = len(pending)
         urls = {
             w.spec.name: w.spec.url
             for w in self.workers
@@ -132,7 +133,6 @@ class WorkerGroup:
         # A reply later than the window is dropped, so a busy machine gets a longer one each
         # round; the ping returns as soon as every worker of the group has answered.
         ping_window = 0.5
-        workers = sum(isinstance(w.spec, WorkerSpec) for w in self.workers)
         while True:
             for worker in self.workers:
                 if not worker.alive:

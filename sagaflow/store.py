@@ -457,6 +457,14 @@ def use_wal(dbapi_conn: sqlite3.Connection) -> None:
         pause = min(pause * 2, 0.1)
 
 
+def create_sqlite_engine(url: str, echo: bool = False) -> Engine:
+    """A SQLite engine whose connections wait up to SQLITE_LOCK_TIMEOUT for another one's lock
+    and put the file in WAL mode (use_wal)."""
+    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
+    sa_event.listen(engine, "connect", lambda dbapi_conn, _: use_wal(dbapi_conn))
+    return engine
+
+
 def _create_engine(url: str, echo: bool) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -467,14 +475,13 @@ def _create_engine(url: str, echo: bool) -> Engine:
                 raise StoreUnavailable(
                     f"saga store {mask_url(url)} unavailable: directory {directory} does not exist"
                 )
-        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
+        engine = create_sqlite_engine(url, echo=echo)
 
         @sa_event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # sqlite3's own implicit BEGIN is deferred: a reader that later writes can fail at
             # once with SQLITE_BUSY. sagaflow emits BEGIN itself (see _sqlite_begin).
             dbapi_conn.isolation_level = None
-            use_wal(dbapi_conn)
             cursor = dbapi_conn.cursor()
             cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")

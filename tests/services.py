@@ -17,7 +17,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from sagaflow import NonRetryable, create_service_app
-from sagaflow.store import SQLITE_LOCK_TIMEOUT, use_wal
+from sagaflow.store import create_sqlite_engine
 
 app = create_service_app("svc")
 
@@ -47,11 +47,7 @@ def effects_engine() -> sa.engine.Engine:
 def effects_engine_at(url: str) -> sa.engine.Engine:
     """An engine on the effects tables. On SQLite: WAL and a long lock wait, as sagaflow's
     store has, since workers write while the tests read."""
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url)
-    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
-    sa.event.listen(engine, "connect", lambda dbapi_conn, _: use_wal(dbapi_conn))
-    return engine
+    return create_sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
 
 
 class Flaky(Exception):

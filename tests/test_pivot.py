@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -173,9 +174,22 @@ def test_without_a_pivot_cancel_is_refused_once_a_retriable_step_started() -> No
 def sweep_until(stack: Stack, saga_id: str, done: SagaState, timeout: float = 60) -> SagaRecord:
     """Run the recovery sweep (what beat sends) until the saga reaches `done`."""
     orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    return wait_for_state(
+        stack, saga_id, done, timeout, before=lambda: orchestrator.recover(stalled_for=3600)
+    )
+
+
+def wait_for_state(
+    stack: Stack,
+    saga_id: str,
+    done: SagaState,
+    timeout: float = 60,
+    before: Callable[[], object] = lambda: None,
+) -> SagaRecord:
+    """Poll until the saga reaches `done`, calling `before` ahead of each look."""
 
     def reached() -> SagaRecord | None:
-        orchestrator.recover(stalled_for=3600)
+        before()
         saga = stack.store.load(saga_id)
         return saga if saga is not None and saga.state is done else None
 

@@ -33,7 +33,7 @@ from sagaflow.machine import (
 )
 from sagaflow.processes import WorkerSpec
 from tests.conftest import ROOT, Stack, poll
-from tests.test_pivot import sweep_until
+from tests.test_pivot import sweep_until, wait_for_state
 from tests.test_timeouts import sweep_until_timed_out
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -252,18 +252,7 @@ def time_out_then_wait(stack: Stack, saga_id: str, done: SagaState) -> SagaRecor
         lambda: f"b2 of {saga_id} never did its effect{stack.logs_hint()}",
     )
     sweep_until_timed_out(stack, saga_id)
-
-    def reached() -> SagaRecord | None:
-        saga = stack.store.load(saga_id)
-        return saga if saga is not None and saga.state is done else None
-
-    def where() -> str:
-        saga = stack.store.get(saga_id)
-        steps = ", ".join(f"{s.name}={s.status.value}" for s in saga.steps)
-        return f"saga {saga_id} is {saga.state.value} [{steps}]{stack.logs_hint()}"
-
-    result: SagaRecord = poll(reached, 60, where)
-    return result
+    return wait_for_state(stack, saga_id, done)
 
 
 def test_verify_finds_the_effect_and_the_saga_goes_on(unsure: Stack) -> None:

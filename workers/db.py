@@ -13,11 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.effects import EffectLog, effect_log_table
-from sagaflow.store import SQLITE_LOCK_TIMEOUT, use_wal
+from sagaflow.store import create_sqlite_engine
 
 metadata = sa.MetaData()
 
@@ -68,14 +67,7 @@ def engine(url: str | None = None) -> Engine:
     with _lock:
         if key not in _engines:
             if url.startswith("sqlite"):
-                created = sa.create_engine(url, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
-
-                @event.listens_for(created, "connect")
-                def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                    use_wal(dbapi_conn)
-                    dbapi_conn.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
-
-                _engines[key] = created
+                _engines[key] = create_sqlite_engine(url)
             else:
                 _engines[key] = sa.create_engine(url, pool_pre_ping=True)
         return _engines[key]
