@@ -1,6 +1,6 @@
 """sagaflow against a plain Celery chain and DBOS Transact, measured in one run on one machine.
 
-    python benchmarks/compare.py                  # 1,000 sagas, 200 latency runs, 5 contenders
+    python benchmarks/compare.py                  # 1,000 sagas, 200 latency runs, 6 contenders
     python benchmarks/compare.py --sagas 100 --latency-runs 20 --contenders sagaflow,chain
     python benchmarks/compare.py --contenders sagaflow --prefill 10000,1000000
     python benchmarks/compare.py --contenders sagaflow,chain --repeat 3   # ratios' spread
@@ -12,17 +12,20 @@ on a stock Celery worker (benchmarks/chain_tasks.py) with the same settings. Con
     sagaflow          store on PostgreSQL
     sagaflow_sqlite   store on a SQLite file (a fresh one per run), same broker and workers
     sagaflow_2orch    store on PostgreSQL, two orchestrator workers (orchestrator1@, orchestrator2@)
+    relay             sagaflow's messages without its store: a stateless orchestrator on the same
+                      queue sends each step as sagaflow does (benchmarks/relay_tasks.py); the
+                      floor of sagaflow's shape, two hops per step
     chain             a plain Celery chain with link_error
     dbos              DBOS Transact on the same PostgreSQL, 8 threads
 
 Figures: end-to-end throughput for N sagas enqueued at once, single-saga latency on an idle
 system (p50, p99), messages published and SQL commits per saga, orchestrator RSS. For the
-sagaflow contenders also the latency of each saga with 8 kept in flight (a new one starts as one
-finishes; p50_ms_8, p99_ms_8, over --latency-runs completions). SQL commits are PostgreSQL's own
-counter (pg_stat_database.xact_commit), so sagaflow_sqlite has none. --prefill N,M stores N (then
-M) finished sagas in the sagaflow contender's PostgreSQL database (benchmarks/scale.py's seeding)
-and measures throughput and status/list latency at each size ("scale" in the JSON). Raw figures
-go to benchmarks/results/latest.json.
+sagaflow contenders and the relay also the latency of each saga with 8 kept in flight (a new
+one starts as one finishes; p50_ms_8, p99_ms_8, over --latency-runs completions). SQL commits
+are PostgreSQL's own counter (pg_stat_database.xact_commit), so sagaflow_sqlite has none.
+--prefill N,M stores N (then M) finished sagas in the sagaflow contender's PostgreSQL database
+(benchmarks/scale.py's seeding) and measures throughput and status/list latency at each size
+("scale" in the JSON). Raw figures go to benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -58,12 +61,13 @@ from rich.table import Table  # noqa: E402
 from sagaflow.client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
 from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec  # noqa: E402
+from sagaflow.protocol import START_TASK  # noqa: E402
 from sagaflow.store import SagaStore  # noqa: E402
 
 # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80 there).
 console = Console(width=None if sys.stdout.isatty() else 150)
 EVENTS_QUEUE = "bench-saga-events"
-CONTENDERS = ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "chain", "dbos")
+CONTENDERS = ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "relay", "chain", "dbos")
 SAGAFLOW_CONTENDERS = ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch")
 DEADLINE_S = 300.0  # for one run of sagas to reach their outcomes
 
@@ -156,48 +160,15 @@ def worker_spec(name: str, app: str, queue: str) -> WorkerSpec:
 # -- sagaflow ------------------------------------------------------------------------------------
 
 
-class SagaflowContender:
-    """sagaflow's workers on one store; outcomes are read from its events exchange, consumed
-    with a blocking wait (no polling loop competing for the CPU)."""
+class EventsContender:
+    """Sagas started by `_start` whose outcomes are read from sagaflow's events exchange,
+    consumed with a blocking wait (no polling loop competing for the CPU)."""
 
-    def __init__(
-        self,
-        name: str,
-        redis_url: str,
-        database_url: str,
-        logs: Path,
-        orchestrators: int = 1,
-    ) -> None:
-        self.name = name
-        self.redis_url = redis_url
-        self.database_url = database_url
-        self.settings = Settings(
-            home=logs / "home",
-            broker_url=redis_url,
-            database_url=database_url,
-            definitions=("benchmarks.bench_sagas",),
-        )
-        self.store = SagaStore(database_url)
-        self.store.upgrade()
-        env = {
-            **os.environ,
-            **self.settings.to_env(),
-            "PYTHONPATH": str(ROOT),
-            "BENCH_SIGNAL_URL": redis_url,
-        }
-        self.group = WorkerGroup(env, logs, cwd=ROOT)
-        self.client = SagaClient(self.settings, store=self.store)
-        names = (
-            ["orchestrator"]
-            if orchestrators == 1
-            else [f"orchestrator{i}" for i in range(1, orchestrators + 1)]
-        )
-        self.orchestrators: list[WorkerProcess] = [
-            self.group.start(worker_spec(n, "sagaflow.worker", "sagaflow")) for n in names
-        ]
-        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
-        self.group.wait_ready(self.client.app)
+    name: str
+    settings: Settings
+    group: WorkerGroup
 
+    def __init__(self, redis_url: str) -> None:
         # Outcome events as they arrive: (saga id, state, perf_counter when received).
         self.arrived: deque[tuple[str, str, float]] = deque()
         self.connection = Connection(redis_url)  # type: ignore[no-untyped-call]
@@ -215,6 +186,9 @@ class SagaflowContender:
         )
         self.consumer.consume()  # type: ignore[no-untyped-call]
 
+    def _start(self, fail: bool) -> str:
+        raise NotImplementedError
+
     def _on_event(self, body: dict[str, Any], _message: Message) -> None:
         self.arrived.append((body["saga_id"], body["state"], time.perf_counter()))
 
@@ -231,9 +205,6 @@ class SagaflowContender:
             except TimeoutError:  # nothing arrived within the timeout
                 continue
         return self.arrived.popleft()
-
-    def _start(self, fail: bool) -> str:
-        return self.client.start("bench5", {"fail_at": "s3"} if fail else {})
 
     def run(self, n: int, fail: bool) -> tuple[float, list[str]]:
         """Start n sagas at once; seconds until all of them reported an outcome."""
@@ -275,6 +246,58 @@ class SagaflowContender:
                     start_one()
         return latencies
 
+    def close(self) -> None:
+        self.consumer.cancel()  # type: ignore[no-untyped-call]
+        self.events.delete()  # type: ignore[no-untyped-call]
+        self.connection.release()  # type: ignore[no-untyped-call]
+        self.group.stop()
+
+
+class SagaflowContender(EventsContender):
+    """sagaflow's orchestrator and service workers on one store."""
+
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        database_url: str,
+        logs: Path,
+        orchestrators: int = 1,
+    ) -> None:
+        self.name = name
+        self.redis_url = redis_url
+        self.database_url = database_url
+        self.settings = Settings(
+            home=logs / "home",
+            broker_url=redis_url,
+            database_url=database_url,
+            definitions=("benchmarks.bench_sagas",),
+        )
+        self.store = SagaStore(database_url)
+        self.store.upgrade()
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            "PYTHONPATH": str(ROOT),
+            "BENCH_SIGNAL_URL": redis_url,
+        }
+        self.group = WorkerGroup(env, logs, cwd=ROOT)
+        self.client = SagaClient(self.settings, store=self.store)
+        names = (
+            ["orchestrator"]
+            if orchestrators == 1
+            else [f"orchestrator{i}" for i in range(1, orchestrators + 1)]
+        )
+        self.orchestrators: list[WorkerProcess] = [
+            self.group.start(worker_spec(n, "sagaflow.worker", "sagaflow")) for n in names
+        ]
+        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
+        self.group.wait_ready(self.client.app)
+        super().__init__(redis_url)
+
+    def _start(self, fail: bool) -> str:
+        return self.client.start("bench5", {"fail_at": "s3"} if fail else {})
+
     def orchestrator_rss_mb(self) -> float:
         return sum(rss_mb(o.process.pid) for o in self.orchestrators)
 
@@ -288,11 +311,43 @@ class SagaflowContender:
         }
 
     def close(self) -> None:
-        self.consumer.cancel()  # type: ignore[no-untyped-call]
-        self.events.delete()  # type: ignore[no-untyped-call]
-        self.connection.release()  # type: ignore[no-untyped-call]
-        self.group.stop()
+        super().close()
         self.store.dispose()
+
+
+class RelayContender(EventsContender):
+    """sagaflow's messages without its store: benchmarks/relay_tasks.py's stateless
+    orchestrator, with sagaflow's service worker and the same worker settings."""
+
+    name = "relay"
+
+    def __init__(self, redis_url: str, logs: Path) -> None:
+        self.settings = Settings(
+            home=logs / "home", broker_url=redis_url, definitions=("benchmarks.bench_sagas",)
+        )
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(ROOT)}
+        self.group = WorkerGroup(env, logs, cwd=ROOT)
+        self.orchestrators = [
+            self.group.start(worker_spec("orchestrator", "benchmarks.relay_tasks", "sagaflow"))
+        ]
+        self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
+        from benchmarks import relay_tasks
+
+        self.relay = relay_tasks
+        self.group.wait_ready(relay_tasks.app)
+        super().__init__(redis_url)
+
+    def _start(self, fail: bool) -> str:
+        saga_id = (self.relay.FAILING if fail else "") + str(uuid.uuid4())
+        self.relay.app.send_task(
+            START_TASK,
+            kwargs={"saga_id": saga_id, "saga_type": "bench5", "data": {}},
+            queue=self.settings.queue,
+        )
+        return saga_id
+
+    def orchestrator_rss_mb(self) -> float:
+        return sum(rss_mb(o.process.pid) for o in self.orchestrators)
 
 
 # -- plain chain -----------------------------------------------------------------------------------
@@ -428,7 +483,7 @@ def measure(
             latencies.append(seconds * 1000)
     result["p50_ms"] = round(percentile(latencies, 50), 2)
     result["p99_ms"] = round(percentile(latencies, 99), 2)
-    if isinstance(contender, SagaflowContender):
+    if isinstance(contender, EventsContender):
         with console.status(f"{name}: latency, {latency_runs} sagas with {in_flight} in flight"):
             latencies = contender.run_in_flight(latency_runs, in_flight)
         result[f"p50_ms_{in_flight}"] = round(percentile(latencies, 50), 2)
@@ -502,9 +557,11 @@ def ratios(report: dict[str, Any], in_flight: int) -> dict[str, float]:
         if a in report and b in report and report[b].get(field) and field in report[a]:
             out[key] = round(report[a][field] / report[b][field], 2)
 
-    for other in ("chain", "dbos"):
+    for other in ("chain", "dbos", "relay"):
         ratio(f"sagaflow_vs_{other}_throughput", "sagaflow", other, "throughput_per_s")
         ratio(f"sagaflow_vs_{other}_p50", "sagaflow", other, "p50_ms")
+    ratio("relay_vs_chain_throughput", "relay", "chain", "throughput_per_s")
+    ratio("relay_vs_chain_p50", "relay", "chain", "p50_ms")
     ratio("sqlite_vs_postgres_throughput", "sagaflow_sqlite", "sagaflow", "throughput_per_s")
     ratio(
         "sqlite_vs_postgres_throughput_fail",
@@ -562,6 +619,19 @@ def run_chain(
         results["chain"] = measure(chain, args.sagas, args.latency_runs, None, r)
     finally:
         chain.close()
+
+
+def run_relay(
+    args: argparse.Namespace, logs: Path, r: redis.Redis, results: dict[str, Any]
+) -> None:
+    """Start the relay's workers, measure them into results["relay"], stop them."""
+    relay = RelayContender(args.redis_url, logs / "relay")
+    try:
+        row = measure(relay, args.sagas, args.latency_runs, None, r, args.in_flight)
+        row["orchestrator_rss_mb"] = round(relay.orchestrator_rss_mb(), 1)
+        results["relay"] = row
+    finally:
+        relay.close()
 
 
 def run_sagaflow(
@@ -703,6 +773,8 @@ def main() -> int:
 
     if "chain" in contenders:
         run_chain(args, logs, settings, r, results)
+    if "relay" in contenders:
+        run_relay(args, logs, r, results)
     if "sagaflow" in contenders or args.prefill:
         run_sagaflow("sagaflow", args, logs, run_id, r, results, "sagaflow" in contenders)
     for name in ("sagaflow_sqlite", "sagaflow_2orch"):
@@ -801,6 +873,8 @@ def print_tables(report: dict[str, Any]) -> None:
     pairs = [
         ("sagaflow / chain", "sagaflow", "chain"),
         ("sagaflow / dbos", "sagaflow", "dbos"),
+        ("sagaflow / relay", "sagaflow", "relay"),
+        ("relay / chain", "relay", "chain"),
         ("sagaflow_sqlite / sagaflow", "sagaflow_sqlite", "sagaflow"),
         ("2 orchestrators / 1", "sagaflow_2orch", "sagaflow"),
     ]

@@ -433,35 +433,42 @@ class Orchestrator:
             self.store.mark_published(event_ids)
 
     def dispatch(self, command: DispatchTask) -> None:
-        outcome = outcome_kwargs(
-            command.saga_id,
-            command.position,
-            command.phase.value,
-            command.attempt,
-            str(command.context.get("step")),
-        )
-        outcome_repr = display_repr(outcome)
-        on_success = self.app.signature(
-            STEP_SUCCEEDED_TASK,
-            kwargs=outcome,
-            queue=self.queue,
-            retry_policy=CALLBACK_RETRY_POLICY,
-            kwargsrepr=outcome_repr,
-        )
-        on_failure = self.app.signature(
-            ERRBACK_TASK, kwargs=outcome, queue=self.queue, kwargsrepr=outcome_repr
-        )
-        self.app.send_task(
-            command.task_name,
-            args=[command.context],
-            queue=command.queue,
-            task_id=command.task_id,
-            link=on_success,
-            link_error=on_failure,
-            retry=True,
-            argsrepr=display_repr([command.context]),
-            kwargsrepr="{}",
-        )
+        send_step(self.app, self.queue, command)
+
+
+def send_step(app: Celery, orchestrator_queue: str, command: DispatchTask) -> None:
+    """Send a step's task to its service queue, with the callbacks that report its outcome to
+    `orchestrator_queue`: the success callback as a message, the errback run inline by the
+    failing worker (sagaflow.service), which then sends the failure as a message."""
+    outcome = outcome_kwargs(
+        command.saga_id,
+        command.position,
+        command.phase.value,
+        command.attempt,
+        str(command.context.get("step")),
+    )
+    outcome_repr = display_repr(outcome)
+    on_success = app.signature(
+        STEP_SUCCEEDED_TASK,
+        kwargs=outcome,
+        queue=orchestrator_queue,
+        retry_policy=CALLBACK_RETRY_POLICY,
+        kwargsrepr=outcome_repr,
+    )
+    on_failure = app.signature(
+        ERRBACK_TASK, kwargs=outcome, queue=orchestrator_queue, kwargsrepr=outcome_repr
+    )
+    app.send_task(
+        command.task_name,
+        args=[command.context],
+        queue=command.queue,
+        task_id=command.task_id,
+        link=on_success,
+        link_error=on_failure,
+        retry=True,
+        argsrepr=display_repr([command.context]),
+        kwargsrepr="{}",
+    )
 
 
 def _event_from(

@@ -39,19 +39,31 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
         tmp_path,
         "compare.py",
         *("--sagas", "20", "--latency-runs", "3", "--prefill", "500", "--out", str(out)),
-        *("--contenders", "sagaflow,sagaflow_sqlite,sagaflow_2orch,chain", "--repeat", "2"),
+        *("--contenders", "sagaflow,sagaflow_sqlite,sagaflow_2orch,relay,chain", "--repeat", "2"),
         timeout=570,
     )
     for title in ("ratios (measured in the same run)", "targets", "finished sagas already stored"):
         assert title in result.stdout, result.stdout
-    for label in ("sagaflow / chain", "sagaflow_sqlite / sagaflow", "2 orchestrators / 1"):
+    for label in (
+        "sagaflow / chain",
+        "sagaflow_sqlite / sagaflow",
+        "2 orchestrators / 1",
+        "sagaflow / relay",
+        "relay / chain",
+    ):
         assert label in result.stdout, result.stdout
     figures = json.loads(out.read_text())
-    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "chain"):
+    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "relay", "chain"):
         assert figures[name]["throughput_per_s"] > 0
         assert figures[name]["throughput_per_s_fail"] > 0
         assert figures[name]["p50_ms"] > 0
-    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch"):
+    # The relay sends sagaflow's messages (a start, a step and its callback per step): the same
+    # count, or it would not be sagaflow's floor.
+    assert figures["relay"]["messages_per_saga"] == figures["sagaflow"]["messages_per_saga"]
+    assert (
+        figures["relay"]["messages_per_saga_fail"] == figures["sagaflow"]["messages_per_saga_fail"]
+    )
+    for name in ("sagaflow", "sagaflow_sqlite", "sagaflow_2orch", "relay"):
         assert figures[name]["messages_per_saga"] >= 10
         assert 0 < figures[name]["p50_ms_8"] <= figures[name]["p99_ms_8"]
     for name in ("sagaflow", "sagaflow_2orch"):
@@ -68,6 +80,8 @@ def test_compare_runs_and_writes_its_figures(tmp_path: Path) -> None:
         "sqlite_vs_postgres_throughput",
         "two_vs_one_orchestrator_throughput",
         "sagaflow_sqlite_p99_vs_p50_8_in_flight",
+        "sagaflow_vs_relay_throughput",
+        "relay_vs_chain_p50",
     ):
         assert ratios[key] > 0
     # --repeat 2: a second round of sagaflow and the chain, each round's ratios and the median.
