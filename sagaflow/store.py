@@ -8,13 +8,14 @@ database is not reachable" become StoreUnavailable so callers can retry them at 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sagaflow import store_pg
 from sagaflow.definitions import SagaState, StepStatus
-from sagaflow.errors import SagaNotFound, StoreUnavailable
+from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
 from sagaflow.machine import (
     HistoryEntry,
     Ignored,
@@ -72,15 +73,25 @@ def mask_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+# Sagas whose last stored state a store keeps in memory (see SagaStore.transition).
+REMEMBERED_SAGAS = 2_000  # about 3 KB each
+# Set to a folder, the store checks every remembered state it decides on against the stored
+# one and writes a file there for each difference (the test suite runs with it).
+CHECK_REMEMBERED_ENV = "SAGAFLOW_CHECK_REMEMBERED"
+
+
 class SagaStore:
     """Reads and writes saga state in one SQL database (SQLite or PostgreSQL)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, remember: int = REMEMBERED_SAGAS) -> None:
         self.url = url
         self._echo = echo
         self._engine: Engine | None = None
         self._engine_pid: int | None = None
         self._lock = threading.Lock()
+        self._remember_limit = remember
+        self._remembered: dict[str, SagaRecord] = {}
+        self._remembered_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SagaStore({mask_url(self.url)!r})"
@@ -197,7 +208,25 @@ class SagaStore:
         The saga row is locked for the transaction (FOR UPDATE on PostgreSQL, an immediate
         write transaction on SQLite), so concurrent deciders queue up instead of conflicting;
         the version check stays as a guard. `decide` must be pure: it may run again.
+
+        A saga this store wrote last is remembered as written, and decided on without loading
+        it: the write's version check then proves nobody changed it since. If somebody did, or
+        if the remembered state ignores the event (it may be news only to a stale state), the
+        saga is loaded and decided on again as above.
         """
+        known = self._recall(saga_id)
+        if known is not None:
+            outcome = decide(known)
+            if isinstance(outcome, Transition):
+                try:
+                    with self._write() as conn:
+                        self._check_remembered(conn, known)
+                        event_ids = self._write_outcome(conn, known, outcome)
+                except ConcurrencyConflict:
+                    pass
+                else:
+                    self._remember(known, outcome)
+                    return Decision(known, outcome, event_ids)
         with self._write() as conn:
             saga = load_saga(conn, saga_id, lock=True)
             if saga is None:
@@ -205,11 +234,9 @@ class SagaStore:
             outcome = decide(saga)
             if isinstance(outcome, Ignored):
                 return Decision(saga, outcome, [])
-            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
-            event_ids = write_transition(
-                conn, saga, outcome.saga, outcome.changed_steps, outcome.history, publishes
-            )
-            return Decision(saga, outcome, event_ids)
+            event_ids = self._write_outcome(conn, saga, outcome)
+        self._remember(saga, outcome)
+        return Decision(saga, outcome, event_ids)
 
     def promote(self, saga_id: str, plan: Callable[[SagaRecord], Transition]) -> Decision:
         """Start a saga recorded as `requested`: `plan` turns the stored request into its
@@ -227,11 +254,70 @@ class SagaStore:
                 return Decision(saga, Ignored(f"saga is already {saga.state.value}"), [])
             outcome = plan(saga)
             new_steps = [step_row(saga_id, s) for s in outcome.saga.steps]
-            publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
-            event_ids = write_transition(
-                conn, saga, outcome.saga, frozenset(), outcome.history, publishes, new_steps
-            )
-            return Decision(saga, outcome, event_ids)
+            event_ids = self._write_outcome(conn, saga, outcome, frozenset(), new_steps)
+        self._remember(saga, outcome)
+        return Decision(saga, outcome, event_ids)
+
+    def _write_outcome(
+        self,
+        conn: Connection,
+        before: SagaRecord,
+        outcome: Transition,
+        changed_steps: Sequence[int] | frozenset[int] | None = None,
+        new_steps: Sequence[dict[str, Any]] = (),
+    ) -> list[int]:
+        publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
+        if changed_steps is None:
+            changed_steps = outcome.changed_steps
+        return write_transition(
+            conn, before, outcome.saga, changed_steps, outcome.history, publishes, new_steps
+        )
+
+    # -- remembered sagas ----------------------------------------------------------------------
+
+    def _recall(self, saga_id: str) -> SagaRecord | None:
+        with self._remembered_lock:
+            # Taken, not read: of two threads deciding on one saga, one loads it.
+            return self._remembered.pop(saga_id, None)
+
+    def _remember(self, before: SagaRecord, outcome: Transition) -> None:
+        """Keep the saga as the committed transition stored it: what loading it would give."""
+        after = outcome.saga
+        if after.state.is_terminal or after.updated_at is None or self._remember_limit <= 0:
+            return
+        stored = replace(
+            after,
+            # write_transition never rewrites these columns, and sets the version itself.
+            saga_type=before.saga_type,
+            data=before.data,
+            created_at=before.created_at,
+            version=before.version + 1,
+        )
+        with self._remembered_lock:
+            self._remembered[after.saga_id] = stored
+            while len(self._remembered) > self._remember_limit:
+                del self._remembered[next(iter(self._remembered))]
+
+    def forget(self) -> None:
+        """Drop every remembered saga (the next transition of each loads it)."""
+        with self._remembered_lock:
+            self._remembered.clear()
+
+    def _check_remembered(self, conn: Connection, known: SagaRecord) -> None:
+        folder = os.environ.get(CHECK_REMEMBERED_ENV)
+        if not folder:
+            return
+        stored = load_saga(conn, known.saga_id, lock=False)
+        if stored is None or stored.version != known.version or stored == known:
+            return  # gone or moved: the version check refuses the write either way
+        differences = {
+            f.name: [repr(getattr(known, f.name)), repr(getattr(stored, f.name))]
+            for f in fields(SagaRecord)
+            if getattr(known, f.name) != getattr(stored, f.name)
+        }
+        path = os.path.join(folder, f"{known.saga_id}-v{known.version}-{os.getpid()}.json")
+        with open(path, "w") as out:
+            json.dump({"saga_id": known.saga_id, "remembered_vs_stored": differences}, out)
 
     def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> None:
         """Note an outcome that changed nothing (duplicate, late or forged) in the history."""

@@ -25,7 +25,7 @@ from sagaflow.client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.machine import SagaRecord
 from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
-from sagaflow.store import SagaStore, mask_url
+from sagaflow.store import CHECK_REMEMBERED_ENV, SagaStore, mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("SAGAFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -273,6 +273,17 @@ def build_stack(name: str, home: Path) -> Iterator[Stack]:
         store.dispose()
         if pg_url:
             drop_postgres_database(pg_url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remembered_sagas_checked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every store of the run, worker processes included, checks each saga it decides on from
+    memory against the stored one (SagaStore.transition); a difference fails the run."""
+    folder = tmp_path_factory.mktemp("remembered-check")
+    os.environ[CHECK_REMEMBERED_ENV] = str(folder)
+    yield
+    differences = [path.read_text() for path in sorted(folder.iterdir())]
+    assert not differences, f"remembered sagas differed from the stored ones: {differences}"
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

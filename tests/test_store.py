@@ -887,3 +887,153 @@ def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
             assert name == expected
     finally:
         named.dispose()
+
+
+# -- remembered sagas -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the sagas the store loads from the database from now on (the check of
+    remembered sagas, which loads them too, is off)."""
+    import sagaflow.store as store_module
+
+    monkeypatch.delenv(store_module.CHECK_REMEMBERED_ENV, raising=False)
+    loaded: list[str] = []
+    real = store_module.load_saga
+
+    def counting(conn: Any, saga_id: str, *, lock: bool) -> SagaRecord | None:
+        loaded.append(saga_id)
+        return real(conn, saga_id, lock=lock)
+
+    monkeypatch.setattr(store_module, "load_saga", counting)
+    return loaded
+
+
+def outcome_of(position: int, result: Any = None, failed: bool = False) -> Any:
+    """A decider applying step `position`'s success (or failure) to whatever it is given."""
+
+    def decide(saga: SagaRecord) -> Transition | Ignored:
+        step = saga.steps[position]
+        if failed:
+            error = replace(DECLINED, task_id=step.task_id)
+            event: StepSucceeded | StepFailed = StepFailed(
+                position, Phase.ACTION, step.attempts, error
+            )
+        else:
+            event = StepSucceeded(position, Phase.ACTION, step.attempts, result, step.task_id)
+        return apply(saga, event, LATER)
+
+    return decide
+
+
+def test_a_saga_the_store_wrote_is_decided_on_as_stored_without_loading_it(
+    store: SagaStore, loads: list[str]
+) -> None:
+    saga_id = create_running(store)
+    assert isinstance(store.transition(saga_id, outcome_of(0, {"r": 1})).outcome, Transition)
+    assert loads == [saga_id]  # created elsewhere: loaded once
+    stored = store.get(saga_id)
+    loads.clear()
+    seen: list[SagaRecord] = []
+
+    def record_and_decide(saga: SagaRecord) -> Transition | Ignored:
+        seen.append(saga)
+        return outcome_of(1, {"r": 2})(saga)
+
+    decision = store.transition(saga_id, record_and_decide)
+    assert isinstance(decision.outcome, Transition)
+    assert loads == []
+    # What it decided on is exactly what loading the saga gives, on this backend.
+    assert seen == [stored]
+    after = store.get(saga_id)
+    assert after.version == stored.version + 1
+    assert [s.status for s in after.steps[:3]] == [
+        StepStatus.COMPLETED,
+        StepStatus.COMPLETED,
+        StepStatus.EXECUTING,
+    ]
+    assert after.steps[1].result == {"r": 2}
+
+
+def test_a_saga_changed_by_another_store_is_loaded_before_deciding(
+    backend: Backend, store: SagaStore, loads: list[str]
+) -> None:
+    """Remembered at step 1 running; another store fails step 1; a late success of step 1
+    then reaches this store. Decided on memory it would complete the step: the version check
+    refuses that write, and decided on the stored saga it is ignored."""
+    other = SagaStore(backend.url)
+    try:
+        saga_id = create_running(store)
+        store.transition(saga_id, outcome_of(0, {"r": 1}))  # remembered: step 1 executing
+        assert isinstance(other.transition(saga_id, outcome_of(1, failed=True)).outcome, Transition)
+        failed_version = store.get(saga_id).version
+        loads.clear()
+        decision = store.transition(saga_id, outcome_of(1, {"r": 2}))
+        assert isinstance(decision.outcome, Ignored), decision.outcome
+        assert loads == [saga_id]
+        after = store.get(saga_id)
+        assert after.version == failed_version
+        assert after.state is SagaState.COMPENSATING
+        assert after.steps[1].status is StepStatus.FAILED
+        assert after.steps[1].result is None
+    finally:
+        other.dispose()
+
+
+def test_an_event_a_stale_memory_ignores_is_decided_on_the_stored_saga(
+    backend: Backend, store: SagaStore
+) -> None:
+    """Remembered at step 1 running; another store completes step 1; step 2's success then
+    reaches this store. Its memory has not started step 2 and would ignore the event."""
+    other = SagaStore(backend.url)
+    try:
+        saga_id = create_running(store)
+        store.transition(saga_id, outcome_of(0, {"r": 1}))
+        other.transition(saga_id, outcome_of(1, {"r": 2}))
+        decision = store.transition(saga_id, outcome_of(2, {"r": 3}))
+        assert isinstance(decision.outcome, Transition), decision.outcome
+        assert store.get(saga_id).state is SagaState.COMPLETED
+    finally:
+        other.dispose()
+
+
+def test_remembered_sagas_are_bounded_and_finished_ones_forgotten(
+    backend: Backend, loads: list[str]
+) -> None:
+    small = SagaStore(backend.url, remember=2)
+    try:
+        first, second, third = (create_running(small) for _ in range(3))
+        for saga_id in (first, second, third):
+            small.transition(saga_id, outcome_of(0))
+        loads.clear()
+        small.transition(third, outcome_of(1))
+        small.transition(first, outcome_of(1))  # the oldest: no longer remembered
+        assert loads == [first]
+        loads.clear()
+        small.transition(third, outcome_of(2))  # completed: nothing left to remember
+        small.transition(third, outcome_of(2))  # a duplicate, decided on the stored saga
+        assert loads == [third]
+    finally:
+        small.dispose()
+
+
+def test_the_remembered_check_reports_a_saga_changed_without_its_version(
+    backend: Backend, store: SagaStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check the test suite runs with: a remembered saga that is not what is stored,
+    though the version matches, is written down."""
+    from sagaflow.store import CHECK_REMEMBERED_ENV
+
+    monkeypatch.setenv(CHECK_REMEMBERED_ENV, str(tmp_path))
+    saga_id = create_running(store)
+    store.transition(saga_id, outcome_of(0, {"r": 1}))
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE sagaflow_steps SET result = :r WHERE saga_id = :id AND position = 0"),
+            {"r": '{"r": "edited"}', "id": saga_id},
+        )
+    store.transition(saga_id, outcome_of(1))
+    reports = [p.read_text() for p in tmp_path.iterdir()]
+    assert len(reports) == 1, reports
+    assert saga_id in reports[0] and '"steps"' in reports[0] and "edited" in reports[0]
