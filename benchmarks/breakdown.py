@@ -80,7 +80,7 @@ ROLES = (
 )
 
 IN_PROCESS_START = "start (promote the request, send step 1)"
-IN_PROCESS_OUTCOME = "a step outcome (lock and load, apply, write, send the next)"
+IN_PROCESS_OUTCOME = "a step outcome (apply to the remembered saga, write, send the next)"
 
 
 # -- the path of one saga ------------------------------------------------------------------------
