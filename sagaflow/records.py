@@ -42,8 +42,9 @@ class ErrorInfo:
         return cls(
             type=str(data.get("type") or "Unknown"),
             message=str(data.get("message") or ""),
-            traceback=data.get("traceback"),
-            task_id=data.get("task_id"),
+            # to_json leaves empty ones out: read them back as None, whatever the sender wrote.
+            traceback=data.get("traceback") or None,
+            task_id=data.get("task_id") or None,
             non_retryable=data.get("non_retryable") is True,
         )
 

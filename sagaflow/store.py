@@ -73,8 +73,13 @@ def mask_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-# Sagas whose last stored state a store keeps in memory (see SagaStore.transition).
-REMEMBERED_SAGAS = 2_000  # about 3 KB each
+# Sagas whose last stored state a store keeps in memory (see SagaStore.transition), and the
+# JSON bytes of their inputs and results it may hold: a saga past REMEMBERED_SAGA_BYTES is
+# always loaded.
+REMEMBERED_SAGAS = 2_000
+REMEMBERED_BYTES = 32 * 1024 * 1024
+REMEMBERED_SAGA_BYTES = 64 * 1024
+RECORD_OVERHEAD_BYTES = 3 * 1024  # a saga of 5 steps, without its JSON
 # Set to a folder, the store checks every remembered state it decides on against the stored
 # one and writes a file there for each difference (the test suite runs with it).
 CHECK_REMEMBERED_ENV = "SAGAFLOW_CHECK_REMEMBERED"
@@ -90,7 +95,9 @@ class SagaStore:
         self._engine_pid: int | None = None
         self._lock = threading.Lock()
         self._remember_limit = remember
-        self._remembered: dict[str, SagaRecord] = {}
+        # saga id -> (its state as stored, the bytes it counts for)
+        self._remembered: dict[str, tuple[SagaRecord, int]] = {}
+        self._remembered_bytes = 0
         self._remembered_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -108,6 +115,10 @@ class SagaStore:
                         self._engine.dispose(close=False)
                     self._engine = _create_engine(self.url, self._echo)
                     self._engine_pid = pid
+                    self.forget()
+                    # A new connection may reach another server (a failover, a restore) whose
+                    # sagas went back to versions this process remembers with other contents.
+                    sa_event.listen(self._engine, "connect", lambda *_: self.forget())
         return self._engine
 
     def dispose(self) -> None:
@@ -129,6 +140,7 @@ class SagaStore:
             with self.engine.connect() as conn:
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            self.forget()
             if "no such table" in str(exc.orig):
                 raise StoreUnavailable(
                     f"saga store {mask_url(self.url)} has no sagaflow tables: run "
@@ -146,6 +158,7 @@ class SagaStore:
             raise
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
+                self.forget()
                 raise StoreUnavailable(
                     f"saga store {mask_url(self.url)} connection lost: {exc.orig}"
                 ) from exc
@@ -214,29 +227,41 @@ class SagaStore:
         if the remembered state ignores the event (it may be news only to a stale state), the
         saga is loaded and decided on again as above.
         """
-        known = self._recall(saga_id)
-        if known is not None:
-            outcome = decide(known)
-            if isinstance(outcome, Transition):
-                try:
-                    with self._write() as conn:
+        from_memory = False
+        try:
+            with self._write() as conn:
+                # Recalled once the connection is checked out: a new one forgets everything.
+                known = self._recall(saga_id)
+                if known is not None:
+                    outcome = decide(known)
+                    if isinstance(outcome, Transition):
+                        from_memory = True
                         self._check_remembered(conn, known)
                         event_ids = self._write_outcome(conn, known, outcome)
-                except ConcurrencyConflict:
-                    pass
-                else:
-                    self._remember(known, outcome)
-                    return Decision(known, outcome, event_ids)
-        with self._write() as conn:
-            saga = load_saga(conn, saga_id, lock=True)
-            if saga is None:
-                return Decision(None, None, [])
-            outcome = decide(saga)
-            if isinstance(outcome, Ignored):
-                return Decision(saga, outcome, [])
-            event_ids = self._write_outcome(conn, saga, outcome)
-        self._remember(saga, outcome)
-        return Decision(saga, outcome, event_ids)
+                        decision = Decision(known, outcome, event_ids)
+                if not from_memory:
+                    decision = self._decide_locked(conn, saga_id, decide)
+        except ConcurrencyConflict:
+            if not from_memory:
+                raise
+            with self._write() as conn:
+                decision = self._decide_locked(conn, saga_id, decide)
+        if isinstance(decision.outcome, Transition):
+            self._remember(decision.saga, decision.outcome)
+        elif decision.saga is not None:
+            self._keep(decision.saga)  # loaded under the lock: what is stored
+        return decision
+
+    def _decide_locked(
+        self, conn: Connection, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
+    ) -> Decision:
+        saga = load_saga(conn, saga_id, lock=True)
+        if saga is None:
+            return Decision(None, None, [])
+        outcome = decide(saga)
+        if isinstance(outcome, Ignored):
+            return Decision(saga, outcome, [])
+        return Decision(saga, outcome, self._write_outcome(conn, saga, outcome))
 
     def promote(self, saga_id: str, plan: Callable[[SagaRecord], Transition]) -> Decision:
         """Start a saga recorded as `requested`: `plan` turns the stored request into its
@@ -278,30 +303,57 @@ class SagaStore:
     def _recall(self, saga_id: str) -> SagaRecord | None:
         with self._remembered_lock:
             # Taken, not read: of two threads deciding on one saga, one loads it.
-            return self._remembered.pop(saga_id, None)
+            entry = self._remembered.pop(saga_id, None)
+            if entry is None:
+                return None
+            self._remembered_bytes -= entry[1]
+            return entry[0]
 
-    def _remember(self, before: SagaRecord, outcome: Transition) -> None:
+    def _remember(self, before: SagaRecord | None, outcome: Transition) -> None:
         """Keep the saga as the committed transition stored it: what loading it would give."""
         after = outcome.saga
-        if after.state.is_terminal or after.updated_at is None or self._remember_limit <= 0:
+        if before is None or after.updated_at is None:
             return
-        stored = replace(
-            after,
-            # write_transition never rewrites these columns, and sets the version itself.
-            saga_type=before.saga_type,
-            data=before.data,
-            created_at=before.created_at,
-            version=before.version + 1,
+        self._keep(
+            replace(
+                after,
+                # write_transition never rewrites these columns, and sets the version itself.
+                saga_type=before.saga_type,
+                data=before.data,
+                created_at=before.created_at,
+                version=before.version + 1,
+            )
         )
+
+    def _keep(self, saga: SagaRecord) -> None:
+        if saga.state.is_terminal or self._remember_limit <= 0:
+            return
+        try:
+            size = RECORD_OVERHEAD_BYTES + len(
+                json.dumps([saga.data, [s.result for s in saga.steps]], default=str)
+            )
+        except (TypeError, ValueError):
+            return
+        if size > REMEMBERED_SAGA_BYTES:
+            return
         with self._remembered_lock:
-            self._remembered[after.saga_id] = stored
-            while len(self._remembered) > self._remember_limit:
-                del self._remembered[next(iter(self._remembered))]
+            previous = self._remembered.pop(saga.saga_id, None)
+            if previous is not None:
+                self._remembered_bytes -= previous[1]
+            self._remembered[saga.saga_id] = (saga, size)
+            self._remembered_bytes += size
+            while (
+                len(self._remembered) > self._remember_limit
+                or self._remembered_bytes > REMEMBERED_BYTES
+            ):
+                oldest = next(iter(self._remembered))
+                self._remembered_bytes -= self._remembered.pop(oldest)[1]
 
     def forget(self) -> None:
         """Drop every remembered saga (the next transition of each loads it)."""
         with self._remembered_lock:
             self._remembered.clear()
+            self._remembered_bytes = 0
 
     def _check_remembered(self, conn: Connection, known: SagaRecord) -> None:
         folder = os.environ.get(CHECK_REMEMBERED_ENV)

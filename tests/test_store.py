@@ -1037,3 +1037,57 @@ def test_the_remembered_check_reports_a_saga_changed_without_its_version(
     reports = [p.read_text() for p in tmp_path.iterdir()]
     assert len(reports) == 1, reports
     assert saga_id in reports[0] and '"steps"' in reports[0] and "edited" in reports[0]
+
+
+def test_a_new_connection_forgets_what_the_store_remembered(
+    store: SagaStore, loads: list[str]
+) -> None:
+    """A new connection may reach another server (a failover, a restore) where the saga went
+    back to a version this process remembers with other contents."""
+    saga_id = create_running(store)
+    store.transition(saga_id, outcome_of(0))
+    store.engine.dispose()  # the next transaction opens a new connection
+    loads.clear()
+    store.transition(saga_id, outcome_of(1))
+    assert loads == [saga_id]
+
+
+def test_a_saga_with_a_large_input_is_not_remembered(backend: Backend, loads: list[str]) -> None:
+    from sagaflow.store import REMEMBERED_SAGA_BYTES
+
+    large = SagaStore(backend.url)
+    try:
+        saga_id = new_id()
+        data = {"blob": "x" * REMEMBERED_SAGA_BYTES}
+        t = begin(new_saga(saga_id, "order", data, STEPS, NOW), NOW)
+        assert large.create(t.saga)
+        large.transition(saga_id, outcome_of(0))
+        large.transition(saga_id, outcome_of(1))
+        assert loads == [saga_id, saga_id]
+    finally:
+        large.dispose()
+
+
+def test_a_saga_loaded_for_an_ignored_event_is_remembered(
+    store: SagaStore, loads: list[str]
+) -> None:
+    saga_id = create_running(store)
+    store.transition(saga_id, outcome_of(0))
+    store.forget()
+    loads.clear()
+    stale = store.transition(saga_id, lambda saga: Ignored("a duplicate"))
+    assert isinstance(stale.outcome, Ignored)
+    assert loads == [saga_id]
+    loads.clear()
+    assert isinstance(store.transition(saga_id, outcome_of(1)).outcome, Transition)
+    assert loads == []
+
+
+def test_an_error_with_empty_fields_reads_back_as_stored(store: SagaStore) -> None:
+    """to_json leaves an empty traceback and task id out, so the record built from an
+    outcome must hold None too: what loading the saga gives, and what the store remembers."""
+    error = ErrorInfo.from_json(
+        {"type": "Declined", "message": "no", "traceback": "", "task_id": ""}
+    )
+    assert error.traceback is None and error.task_id is None
+    assert ErrorInfo.from_json(error.to_json()) == error
