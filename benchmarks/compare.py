@@ -167,6 +167,7 @@ class EventsContender:
     name: str
     settings: Settings
     group: WorkerGroup
+    orchestrators: list[WorkerProcess]
 
     def __init__(self, redis_url: str) -> None:
         # Outcome events as they arrive: (saga id, state, perf_counter when received).
@@ -246,6 +247,9 @@ class EventsContender:
                     start_one()
         return latencies
 
+    def orchestrator_rss_mb(self) -> float:
+        return sum(rss_mb(o.process.pid) for o in self.orchestrators)
+
     def close(self) -> None:
         self.consumer.cancel()  # type: ignore[no-untyped-call]
         self.events.delete()  # type: ignore[no-untyped-call]
@@ -288,7 +292,7 @@ class SagaflowContender(EventsContender):
             if orchestrators == 1
             else [f"orchestrator{i}" for i in range(1, orchestrators + 1)]
         )
-        self.orchestrators: list[WorkerProcess] = [
+        self.orchestrators = [
             self.group.start(worker_spec(n, "sagaflow.worker", "sagaflow")) for n in names
         ]
         self.group.start(worker_spec("bench", "benchmarks.bench_tasks", "bench"))
@@ -298,8 +302,6 @@ class SagaflowContender(EventsContender):
     def _start(self, fail: bool) -> str:
         return self.client.start("bench5", {"fail_at": "s3"} if fail else {})
 
-    def orchestrator_rss_mb(self) -> float:
-        return sum(rss_mb(o.process.pid) for o in self.orchestrators)
 
     def orchestrator_tasks(self) -> dict[str, int]:
         """Tasks each orchestrator worker ran so far (from `celery inspect stats`)."""
@@ -346,8 +348,6 @@ class RelayContender(EventsContender):
         )
         return saga_id
 
-    def orchestrator_rss_mb(self) -> float:
-        return sum(rss_mb(o.process.pid) for o in self.orchestrators)
 
 
 # -- plain chain -----------------------------------------------------------------------------------

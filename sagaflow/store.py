@@ -303,11 +303,15 @@ class SagaStore:
     def _recall(self, saga_id: str) -> SagaRecord | None:
         with self._remembered_lock:
             # Taken, not read: of two threads deciding on one saga, one loads it.
-            entry = self._remembered.pop(saga_id, None)
-            if entry is None:
-                return None
-            self._remembered_bytes -= entry[1]
-            return entry[0]
+            return self._take(saga_id)
+
+    def _take(self, saga_id: str) -> SagaRecord | None:
+        """Remove a remembered saga (the caller holds the lock)."""
+        entry = self._remembered.pop(saga_id, None)
+        if entry is None:
+            return None
+        self._remembered_bytes -= entry[1]
+        return entry[0]
 
     def _remember(self, before: SagaRecord | None, outcome: Transition) -> None:
         """Keep the saga as the committed transition stored it: what loading it would give."""
@@ -337,17 +341,14 @@ class SagaStore:
         if size > REMEMBERED_SAGA_BYTES:
             return
         with self._remembered_lock:
-            previous = self._remembered.pop(saga.saga_id, None)
-            if previous is not None:
-                self._remembered_bytes -= previous[1]
+            self._take(saga.saga_id)
             self._remembered[saga.saga_id] = (saga, size)
             self._remembered_bytes += size
             while (
                 len(self._remembered) > self._remember_limit
                 or self._remembered_bytes > REMEMBERED_BYTES
             ):
-                oldest = next(iter(self._remembered))
-                self._remembered_bytes -= self._remembered.pop(oldest)[1]
+                self._take(next(iter(self._remembered)))
 
     def forget(self) -> None:
         """Drop every remembered saga (the next transition of each loads it)."""

@@ -160,9 +160,8 @@ def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
 def test_an_outcome_event_whose_publishing_was_lost_is_published(stack: Stack) -> None:
     saga = stack.wait_one(stack.start("dynamic", {"n": 1}))
     (recorded,) = stack.store.events(saga.saga_id)
-    with (
-        stack.store.engine.begin() as conn
-    ):  # as if the orchestrator died between commit and publish
+    # As if the orchestrator died between commit and publish.
+    with stack.store.engine.begin() as conn:
         conn.execute(
             events.update()
             .where(events.c.id == recorded.id)
