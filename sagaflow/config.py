@@ -44,6 +44,8 @@ class Settings:
     events_exchange: str = DEFAULT_EVENTS_EXCHANGE
     definitions: tuple[str, ...] = field(default_factory=tuple)
     max_input_bytes: int = 1_000_000
+    # A message on a sagaflow worker's queue over this size is quarantined before it is decoded.
+    max_message_bytes: int = 4_000_000
     # A running saga that has not moved for this long is re-driven by the recovery sweep.
     stall_timeout: float = 300.0
     recover_interval: float = 15.0  # how late a step timeout can be noticed
@@ -61,6 +63,12 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{home / 'sagaflow.db'}")
         if not self.queue:
             raise ConfigurationError("the orchestrator queue name must not be empty")
+        if self.max_message_bytes < self.max_input_bytes + 64 * 1024:
+            raise ConfigurationError(
+                f"SAGAFLOW_MAX_MESSAGE_BYTES ({self.max_message_bytes}) must leave room for a "
+                f"start carrying the largest input: at least SAGAFLOW_MAX_INPUT_BYTES + 65536 "
+                f"({self.max_input_bytes + 64 * 1024})"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -76,6 +84,7 @@ class Settings:
         }
         for name, key, kind in (
             ("SAGAFLOW_MAX_INPUT_BYTES", "max_input_bytes", int),
+            ("SAGAFLOW_MAX_MESSAGE_BYTES", "max_message_bytes", int),
             ("SAGAFLOW_STALL_TIMEOUT", "stall_timeout", float),
             ("SAGAFLOW_RECOVER_INTERVAL", "recover_interval", float),
         ):
@@ -113,6 +122,7 @@ class Settings:
             "SAGAFLOW_EVENTS_EXCHANGE": self.events_exchange,
             "SAGAFLOW_DEFINITIONS": ",".join(self.definitions),
             "SAGAFLOW_MAX_INPUT_BYTES": str(self.max_input_bytes),
+            "SAGAFLOW_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "SAGAFLOW_STALL_TIMEOUT": str(self.stall_timeout),
             "SAGAFLOW_RECOVER_INTERVAL": str(self.recover_interval),
             "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": "1" if self.orchestrator_task_events else "0",

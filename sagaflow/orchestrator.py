@@ -20,7 +20,6 @@ from celery import Celery, signals
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.definitions import (
-    Phase,
     Registry,
     SagaState,
     Step,
@@ -60,6 +59,14 @@ from sagaflow.machine import (
     resolve,
     retry_compensation,
 )
+from sagaflow.messages import (
+    Malformed,
+    OutcomeMessage,
+    parse_no_arguments,
+    parse_operator,
+    parse_outcome,
+    parse_start,
+)
 from sagaflow.protocol import (
     ERRBACK_TASK,
     OPERATOR_TASK,
@@ -73,6 +80,9 @@ from sagaflow.protocol import (
     outcome_kwargs,
     strict_json,
 )
+from sagaflow.quarantine import QUARANTINE_TASK, QuarantinedMessage, task_message_record
+from sagaflow.quarantine_store import QuarantineStore
+from sagaflow.screening import DEFAULT_MAX_MESSAGE_BYTES
 from sagaflow.service import install_service_support
 from sagaflow.store import Decision, SagaStore, utcnow
 
@@ -114,9 +124,12 @@ class Orchestrator:
         publisher: EventPublisher,
         queue: str,
         max_input_bytes: int = 1_000_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.app = app
         self.store = store
+        self.quarantine = QuarantineStore(store)
+        self.max_message_bytes = max_message_bytes
         self.registry = registry
         self.publisher = publisher
         self.queue = queue
@@ -257,6 +270,35 @@ class Orchestrator:
             return False
         self._execute(outcome.commands, decision.event_ids)
         return True
+
+    # -- refused messages ----------------------------------------------------------------------
+
+    def refuse(self, record: QuarantinedMessage) -> None:
+        """Keep a message that cannot be a valid task in the quarantine (once per message)."""
+        if self.quarantine.add(record):
+            logger.warning(
+                "message %s (task %r) quarantined as %s: %s; see `sagaflow quarantine show %s`",
+                record.task_id,
+                record.task,
+                record.reason.value,
+                record.detail,
+                record.id,
+            )
+
+    def refuse_start(self, why: Malformed, record: QuarantinedMessage) -> None:
+        """A start of the wrong shape: a rejected saga if it names a new, plain saga id (as every
+        other bad start), else a quarantined message."""
+        if why.saga_id is not None:
+            now = utcnow()
+            error = ErrorInfo(type="InvalidSagaInput", message=why.reason)
+            saga = rejected_saga(why.saga_id, "<malformed start>", {}, error, now)
+            entry = HistoryEntry(
+                "saga_rejected", None, saga.state, None, {"error": error.to_json()}
+            )
+            if self.store.create(saga, [entry]):
+                logger.warning("saga %s rejected: %s", why.saga_id, error)
+                return
+        self.refuse(record)
 
     # -- step outcomes -------------------------------------------------------------------------
 
@@ -471,33 +513,27 @@ def send_step(app: Celery, orchestrator_queue: str, command: DispatchTask) -> No
     )
 
 
-def _event_from(
-    kwargs: dict[str, Any], result: Any = None, error: Any = None, task_id: str | None = None
-) -> tuple[str, Event] | None:
-    try:
-        saga_id = str(kwargs["saga_id"])
-        position = int(kwargs["position"])
-        phase = Phase(kwargs["phase"])
-        attempt = int(kwargs["attempt"])
-    except (KeyError, TypeError, ValueError):
-        logger.warning("malformed step outcome ignored: %r", kwargs)
-        return None
-    tries = _positive_int(kwargs.get("tries"))
-    if error is None:
-        return saga_id, StepSucceeded(position, phase, attempt, strict_json(result), task_id, tries)
+def _event_from(message: OutcomeMessage, succeeded: bool, parent_id: Any = None) -> Event:
+    if succeeded:
+        return StepSucceeded(
+            message.position,
+            message.phase,
+            message.attempt,
+            strict_json(message.result),
+            parent_id if isinstance(parent_id, str) else None,
+            message.tries,
+        )
+    error = message.error or {"type": "UnknownError", "message": ""}
     info = ErrorInfo.from_json(strict_json(error))
-    return saga_id, StepFailed(position, phase, attempt, info, tries)
-
-
-def _positive_int(value: Any) -> int:
-    try:
-        return max(1, int(value))
-    except (TypeError, ValueError):
-        return 1
+    return StepFailed(message.position, message.phase, message.attempt, info, message.tries)
 
 
 def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
-    """Register the orchestrator's tasks on `app`."""
+    """Register the orchestrator's tasks on `app`.
+
+    Every task takes whatever a message carried and checks it (sagaflow.messages) before the
+    store sees it: a message of the wrong shape is quarantined, never raised on.
+    """
     # The store being down is retried forever with capped backoff: a transition is never
     # dropped, and the message is acknowledged only once the transition is stored.
     retrying: dict[str, Any] = {
@@ -511,30 +547,57 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
         # This app's tasks only: Celery's default (shared) would also register them, bound to
         # this orchestrator, on every other app the process creates.
         "shared": False,
+        "bind": True,
     }
 
-    def start(
-        saga_id: Any = None, saga_type: Any = None, data: Any = None, deadline: Any = None
-    ) -> None:
-        orchestrator.start(saga_id, saga_type, data, deadline)
+    def start(task: Any, *args: Any, **kwargs: Any) -> None:
+        parsed = parse_start(args, kwargs)
+        if isinstance(parsed, Malformed):
+            orchestrator.refuse_start(
+                parsed, task_message_record(task.request, args, kwargs, parsed)
+            )
+            return
+        orchestrator.start(parsed.saga_id, parsed.saga_type, parsed.data, parsed.deadline)
 
-    def step_succeeded(task: Any, result: Any = None, **kwargs: Any) -> None:
+    def step_succeeded(task: Any, *args: Any, **kwargs: Any) -> None:
+        parsed = parse_outcome(args, kwargs, payload="result")
+        if isinstance(parsed, Malformed):
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, parsed))
+            return
         # A link callback's parent is the step task that succeeded: only that task's report
         # counts, so a forged or misrouted callback cannot complete a step.
-        parsed = _event_from(kwargs, result=result, task_id=task.request.parent_id)
-        if parsed is not None:
-            orchestrator.handle(*parsed)
+        event = _event_from(parsed, succeeded=True, parent_id=task.request.parent_id)
+        orchestrator.handle(parsed.saga_id, event)
 
-    def step_failed(error: Any = None, **kwargs: Any) -> None:
-        parsed = _event_from(kwargs, error=error or {"type": "UnknownError", "message": ""})
-        if parsed is not None:
-            orchestrator.handle(*parsed)
+    def step_failed(task: Any, *args: Any, **kwargs: Any) -> None:
+        parsed = parse_outcome(args, kwargs, payload="error")
+        if isinstance(parsed, Malformed):
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, parsed))
+            return
+        orchestrator.handle(parsed.saga_id, _event_from(parsed, succeeded=False))
 
     app.task(name=START_TASK, **retrying)(start)
-    app.task(name=STEP_SUCCEEDED_TASK, bind=True, **retrying)(step_succeeded)
+    app.task(name=STEP_SUCCEEDED_TASK, **retrying)(step_succeeded)
     app.task(name=STEP_FAILED_TASK, **retrying)(step_failed)
 
-    def recover() -> dict[str, int]:
+    def quarantine(task: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            if args or set(kwargs) != {"record"}:
+                raise ValueError("takes one keyword argument, record")
+            record = QuarantinedMessage.from_json(kwargs["record"])
+        except ValueError as exc:
+            why = Malformed(f"malformed quarantine record: {exc}")
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, why))
+            return
+        orchestrator.refuse(record)
+
+    app.task(name=QUARANTINE_TASK, **retrying)(quarantine)
+
+    def recover(task: Any, *args: Any, **kwargs: Any) -> dict[str, int]:
+        malformed = parse_no_arguments(args, kwargs, RECOVER_TASK)
+        if malformed is not None:
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, malformed))
+            return {}
         report = orchestrator.recover(orchestrator.stall_timeout)
         return {
             "started": len(report.started),
@@ -545,22 +608,25 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
             "republished": len(report.republished),
         }
 
-    def operator(
-        action: str = "",
-        saga_id: str = "",
-        step: Any = None,
-        reason: Any = None,
-        applied: Any = None,
-        result: Any = None,
-    ) -> None:
-        orchestrator.operate(action, saga_id, step, reason, applied, result)
+    def operator(task: Any, *args: Any, **kwargs: Any) -> None:
+        parsed = parse_operator(args, kwargs)
+        if isinstance(parsed, Malformed):
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, parsed))
+            return
+        orchestrator.operate(
+            parsed.action, parsed.saga_id, parsed.step, parsed.reason, parsed.applied, parsed.result
+        )
 
     app.task(name=OPERATOR_TASK, **retrying)(operator)
 
     # Run by `celery -A sagaflow.worker beat` (schedule below) or `sagaflow recover`.
-    app.task(name=RECOVER_TASK, acks_late=True, ignore_result=True, shared=False)(recover)
+    app.task(name=RECOVER_TASK, bind=True, acks_late=True, ignore_result=True, shared=False)(
+        recover
+    )
     # The errback also lands here when the failing worker lacks sagaflow's service support.
-    install_service_support(app, orchestrator.queue)
+    install_service_support(
+        app, orchestrator.queue, max_message_bytes=orchestrator.max_message_bytes
+    )
 
 
 def create_orchestrator_app(
@@ -585,6 +651,7 @@ def create_orchestrator_app(
         publisher=publisher or KombuEventPublisher(app, settings.events_exchange),
         queue=settings.queue,
         max_input_bytes=settings.max_input_bytes,
+        max_message_bytes=settings.max_message_bytes,
     )
     orchestrator.stall_timeout = settings.stall_timeout
     app.sagaflow_orchestrator = orchestrator

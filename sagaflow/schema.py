@@ -112,3 +112,28 @@ events = sa.Table(
     sa.Index("ix_sagaflow_events_saga", "saga_id"),
     sa.Index("ix_sagaflow_events_unpublished", "published_at", "created_at"),
 )
+
+# Messages a worker took off a queue because they could not be a valid task (sagaflow.quarantine).
+quarantine = sa.Table(
+    "sagaflow_quarantine",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("queue", sa.String(1000), nullable=True),
+    sa.Column("task", sa.String(1000), nullable=True),
+    sa.Column("task_id", sa.String(1000), nullable=True),
+    sa.Column("saga_id", sa.String(64), nullable=True),
+    sa.Column("hostname", sa.String(1000), nullable=True),
+    sa.Column("received_at", Timestamp, nullable=False),
+    sa.Column("recorded_at", Timestamp, nullable=False),
+    sa.Column("content_type", sa.String(1000), nullable=True),
+    sa.Column("content_encoding", sa.String(1000), nullable=True),
+    sa.Column("headers", JSONType, nullable=False),
+    sa.Column("properties", JSONType, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("body_size", sa.BigInteger, nullable=False),
+    sa.Column("truncated", sa.Boolean, nullable=False),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_sagaflow_quarantine_received", "received_at"),
+)

@@ -12,19 +12,27 @@ import logging
 import random
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 from celery.exceptions import Retry as CeleryRetry
 
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.definitions import Retry
+from sagaflow.messages import Malformed, parse_published_errback
 from sagaflow.protocol import (
     ERRBACK_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
     error_payload,
     strict_json,
+)
+from sagaflow.quarantine import task_message_record
+from sagaflow.screening import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MessageScreen,
+    install_screen,
+    send_quarantine_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,12 +99,15 @@ def create_service_app(service: str, settings: Settings | None = None) -> Celery
     settings = settings or Settings.from_env()
     app = create_app(service, settings, task_cls=SagaStepTask)
     app.conf.task_default_queue = service
-    install_service_support(app, settings.queue)
+    install_service_support(app, settings.queue, max_message_bytes=settings.max_message_bytes)
     return app
 
 
-def install_service_support(app: Celery, orchestrator_queue: str) -> None:
-    """Register sagaflow's errback and unknown-task reporter on an existing Celery app."""
+def install_service_support(
+    app: Celery, orchestrator_queue: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> None:
+    """Register sagaflow's errback on an existing Celery app and put the message screen in
+    front of its workers: a message none of its tasks can take is quarantined, not fatal."""
 
     def report(outcome: dict[str, Any], error: dict[str, Any]) -> None:
         # Celery swallows an errback's exception and acknowledges the step anyway, so a report
@@ -105,6 +116,7 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
             STEP_FAILED_TASK,
             kwargs={**outcome, "error": strict_json(error)},
             queue=orchestrator_queue,
+            serializer="json",
             retry=True,
             retry_policy={
                 "max_retries": None,
@@ -115,60 +127,83 @@ def install_service_support(app: Celery, orchestrator_queue: str) -> None:
         )
 
     def errback(*args: Any, **kwargs: Any) -> None:
-        outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
         if args and isinstance(args[0], str):
             # Published form: the failing worker could not run us inline, so only the id is known.
+            parsed = parse_published_errback(args, kwargs)
+            if isinstance(parsed, Malformed):
+                request = app.tasks[ERRBACK_TASK].request
+                _quarantine_task_message(app, orchestrator_queue, request, args, kwargs, parsed)
+                return
+            task_id, outcome_message = parsed
+            outcome = {key: getattr(outcome_message, key) for key in _OUTCOME_KEYS}
+            outcome["phase"] = outcome_message.phase.value
             error: dict[str, Any] = {
                 "type": "UnknownError",
                 "message": (
-                    f"task {args[0]} failed on a worker without sagaflow.service; its error is "
+                    f"task {task_id} failed on a worker without sagaflow.service; its error is "
                     "not known (install sagaflow's service support on that worker)"
                 ),
-                "task_id": args[0],
+                "task_id": task_id,
             }
         else:
+            outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
             request, exc, traceback = [*args, None, None, None][:3]
-            task_id = getattr(request, "id", None)
+            failed_id = getattr(request, "id", None)
             outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
             if isinstance(exc, BaseException):
-                error = error_payload(exc, traceback, task_id)
+                error = error_payload(exc, traceback, failed_id)
                 if isinstance(exc, NonRetryable):
                     error["non_retryable"] = True  # a retriable step escalates, not loops
             else:
-                error = {"type": "UnknownError", "message": repr(exc), "task_id": task_id}
+                error = {"type": "UnknownError", "message": repr(exc), "task_id": failed_id}
         report(outcome, error)
 
+    # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
     # shared=False: registered on this app only, not on every app the process creates later.
     app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True, shared=False)(errback)
 
-    def on_unknown_task(
-        sender: Any = None, message: Any = None, name: str = "", id: str = "", **_: Any
-    ) -> None:
-        if getattr(sender, "app", None) is not app or message is None:
-            return
-        outcome = _sagaflow_outcome(message)
+    def report_unknown(
+        message: Any, body: Any, name: str, task_id: str, queue: str | None
+    ) -> str | None:
+        # A step whose task this worker does not know fails its saga at once (a typo in a
+        # definition must not hang it); the message itself is kept in the quarantine.
+        outcome = _sagaflow_outcome(body)
         if outcome is None:
-            return
-        queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
+            return None
         error: dict[str, Any] = {
             "type": "NotRegistered",
             "message": (
                 f"no task named {name!r} is registered on the worker"
                 + (f" consuming queue {queue!r}" if queue else "")
             ),
-            "task_id": id,
+            "task_id": task_id,
         }
         report(outcome, error)
+        return (
+            f"the step was reported failed to saga {outcome.get('saga_id')}: replaying the "
+            "message runs it outside its saga"
+        )
 
-    signals.task_unknown.connect(on_unknown_task, weak=False)
+    install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, report_unknown))
 
 
-def _sagaflow_outcome(message: Any) -> dict[str, Any] | None:
+def _quarantine_task_message(
+    app: Celery, orchestrator_queue: str, request: Any, args: Any, kwargs: Any, why: Malformed
+) -> None:
+    """Quarantine the message a task is running: its arguments are not what it takes."""
+    record = task_message_record(request, args, kwargs, why)
+    send_quarantine_record(app, orchestrator_queue, record)
+    logger.warning(
+        "quarantined message %s (task %r): %s; see `sagaflow quarantine show %s`",
+        record.task_id,
+        record.task,
+        why.reason,
+        record.id,
+    )
+
+
+def _sagaflow_outcome(body: Any) -> dict[str, Any] | None:
     """The (saga, step, phase, attempt) a step message's sagaflow errback carries, if any."""
-    try:
-        body = message.decode()
-    except Exception:
-        return None
     if not isinstance(body, (list, tuple)) or len(body) != 3 or not isinstance(body[2], dict):
         return None
     for errback in body[2].get("errbacks") or ():

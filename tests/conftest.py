@@ -28,16 +28,45 @@ from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
 from sagaflow.store import CHECK_REMEMBERED_ENV, SagaStore, mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("SAGAFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Each run has a redis-server of its own (pytest_configure below), so two runs on one machine
+# never flush or consume each other's queues; SAGAFLOW_TEST_REDIS_URL names another instead.
+REDIS_URL = os.environ.get("SAGAFLOW_TEST_REDIS_URL", "")
 POSTGRES_ADMIN_URL = os.environ.get(
     "SAGAFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ("redis-postgres", "embedded")
 
 
-def require_redis(url: str = REDIS_URL) -> None:
+_own_redis: Any = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global REDIS_URL, _own_redis
+    if REDIS_URL:
+        return
+    import tempfile
+
+    from benchmarks.chaos_cluster import RedisServer
+
+    _own_redis = RedisServer(Path(tempfile.mkdtemp(prefix="sagaflow-test-redis-")))
+    _own_redis.start()
+    REDIS_URL = _own_redis.url.rsplit("/", 1)[0] + "/15"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _own_redis is not None:
+        _own_redis.stop()
+
+
+def redis_url(db: int) -> str:
+    """A database number of this run's Redis, for a test that wants one of its own."""
+    return REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+
+
+def require_redis(url: str | None = None) -> None:
     import redis
 
+    url = url or REDIS_URL
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3).ping()
     except Exception as exc:

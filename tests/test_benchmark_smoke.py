@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_redis
+from tests.conftest import ROOT, redis_url, require_redis
 
 
 def run_benchmark(
@@ -19,7 +19,7 @@ def run_benchmark(
     """benchmarks/SCRIPT with these arguments, on its own Redis database; asserts it exited 0."""
     require_redis()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")}
-    env |= {"BENCH_LOGS": str(tmp_path / "logs"), "BENCH_REDIS_URL": "redis://127.0.0.1:6379/12"}
+    env |= {"BENCH_LOGS": str(tmp_path / "logs"), "BENCH_REDIS_URL": redis_url(12)}
     result = subprocess.run(
         [sys.executable, f"benchmarks/{script}", *arguments],
         cwd=ROOT,

@@ -581,10 +581,15 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
 def test_demo_runs_on_redis_and_postgres_with_two_variables(tmp_path: Path) -> None:
     import redis
 
-    from tests.conftest import create_postgres_database, drop_postgres_database, require_redis
+    from tests.conftest import (
+        create_postgres_database,
+        drop_postgres_database,
+        redis_url,
+        require_redis,
+    )
 
     require_redis()
-    broker = "redis://127.0.0.1:6379/13"
+    broker = redis_url(13)
     redis.Redis.from_url(broker).flushdb()
     database = create_postgres_database("sagaflow_demo")
     env = cli_env({k: v for k, v in os.environ.items() if not k.startswith("SAGAFLOW_")})

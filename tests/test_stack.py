@@ -21,12 +21,12 @@ from tests.conftest import (
     drop_postgres_database,
     free_port,
     poll,
+    redis_url,
     require_redis,
 )
 from tests.test_cli import cli_env, describe, isolated_env, sagaflow
 from tests.test_flower import PASSWORD, USER, get
 
-REDIS_URL = "redis://127.0.0.1:6379/9"  # this file's own database
 ORDER = {
     "order_id": "o-stack",
     "customer": "alice",
@@ -122,14 +122,15 @@ def assert_all_gone(pids: dict[str, int]) -> None:
 def test_stack_on_redis_and_postgres_runs_a_saga_and_stops_cleanly(
     tmp_path: Path, run_stack: list[StackProcess]
 ) -> None:
-    require_redis(REDIS_URL)
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    own_redis = redis_url(9)  # this file's own database
+    require_redis(own_redis)
+    redis.Redis.from_url(own_redis).flushdb()
     database_url = create_postgres_database()
     try:
         flower_port, dashboard_port = free_port(), free_port()
         env = isolated_env(
             tmp_path / "home",
-            SAGAFLOW_BROKER_URL=REDIS_URL,
+            SAGAFLOW_BROKER_URL=own_redis,
             SAGAFLOW_DATABASE_URL=database_url,
             SAGAFLOW_RECOVER_INTERVAL="1",
             FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}",
