@@ -284,6 +284,8 @@ class Orchestrator:
                 record.detail,
                 record.id,
             )
+        else:
+            logger.info("message %s already in the quarantine as %s", record.task_id, record.id)
 
     def refuse_start(self, why: Malformed, record: QuarantinedMessage) -> None:
         """A start of the wrong shape: a rejected saga if it names a new, plain saga id (as every

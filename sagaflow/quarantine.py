@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from kombu.utils import json as kombu_json
+
 from sagaflow.protocol import strict_json
 
 # The task that records a quarantined message in the store, on the orchestrator's queue.
@@ -170,7 +172,9 @@ def task_message_record(request: Any, args: Any, kwargs: Any, why: Any) -> Quara
         "chain": getattr(request, "chain", None),
         "chord": getattr(request, "chord", None),
     }
-    body = json.dumps(strict_json([list(args), dict(kwargs), embed])).encode()
+    # kombu's JSON, as the message was written with: it round-trips what kombu decoded
+    # (datetimes, decimals), and NULs or lone surrogates stay escaped, byte for byte replayable.
+    body = kombu_json.dumps([list(args), dict(kwargs), embed]).encode()
     headers = clean_headers(
         {
             "lang": "py",
