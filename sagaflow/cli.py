@@ -20,11 +20,13 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from sagaflow import render
+from sagaflow.cli_quarantine import quarantine
 from sagaflow.client import BrokerUnavailable, SagaClient, parse_since
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState
 from sagaflow.errors import (
     InvalidSagaInput,
+    QuarantinedMessageNotFound,
     SagaflowError,
     SagaNotFound,
     SagaTimeout,
@@ -49,7 +51,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def exit_code_for(exc: SagaflowError) -> int:
-    if isinstance(exc, SagaNotFound):
+    if isinstance(exc, SagaNotFound | QuarantinedMessageNotFound):
         return EXIT_NOT_FOUND
     if isinstance(exc, (StoreUnavailable, BrokerUnavailable)):
         return EXIT_UNAVAILABLE
@@ -618,6 +620,9 @@ def stack(
     )
     available = "dashboard" in cli.commands
     sys.exit(run_stack(settings_of(ctx), options, console, dashboard_available=available))
+
+
+cli.add_command(quarantine)
 
 
 def main() -> None:

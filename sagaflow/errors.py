@@ -37,3 +37,7 @@ class SagaTimeout(SagaflowError):
 
 class ConfigurationError(SagaflowError):
     """sagaflow's configuration is missing or invalid."""
+
+
+class QuarantinedMessageNotFound(SagaflowError):
+    """No quarantined message has this id (or the prefix given matches several)."""

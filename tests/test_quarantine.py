@@ -269,3 +269,68 @@ def test_a_poison_message_delivered_twice_is_one_record(stack: Stack) -> None:
         r for r in QuarantineStore(stack.store).newest(limit=1000) if r.task_id == headers["id"]
     ]
     assert len(matching) == 1
+
+
+def test_the_cli_lists_shows_replays_and_drops_quarantined_messages(stack: Stack) -> None:
+    # A start sent to a service queue by mistake: the service worker has no such task.
+    saga_id = f"misrouted-{uuid.uuid4().hex[:10]}"
+    task_id = f"misrouted-{uuid.uuid4().hex[:8]}"
+    stack.client.app.send_task(
+        START_TASK,
+        kwargs={"saga_id": saga_id, "saga_type": "trip", "data": {}},
+        queue="svc_b",
+        task_id=task_id,
+    )
+    record = wait_quarantined(stack, task_id)
+    assert record.reason is QuarantineReason.UNKNOWN_TASK and record.queue == "svc_b"
+    assert record.saga_id == saga_id
+
+    listed = stack.cli("quarantine", "list", "--json", "--limit", "1000")
+    assert listed.returncode == 0, listed.stderr
+    assert record.id in [r["id"] for r in json.loads(listed.stdout)]
+    table = stack.cli("quarantine", "list", "--reason", "unknown_task", "--limit", "1000")
+    assert table.returncode == 0 and record.id[:12] in table.stdout, table.stdout + table.stderr
+
+    shown = stack.cli("quarantine", "show", record.id[:10])
+    assert shown.returncode == 0, shown.stderr
+    assert "unknown_task" in shown.stdout and saga_id in shown.stdout
+    shown_json = json.loads(stack.cli("quarantine", "show", record.id, "--json").stdout)
+    assert json.loads(shown_json["body_text"])[1]["saga_id"] == saga_id
+
+    missing = stack.cli("quarantine", "show", "0" * 32)
+    assert missing.returncode == 3 and "no quarantined message" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    # Replayed onto the orchestrator's queue, where it belongs, it starts its saga.
+    replayed = stack.cli("quarantine", "replay", record.id, "--queue", stack.settings.queue)
+    assert replayed.returncode == 0, replayed.stderr
+    assert stack.wait_one(saga_id).state is SagaState.COMPLETED
+    assert QuarantineStore(stack.store).get(record.id) is None
+
+    # Dropped, it is gone; replayed as it was, a message still wrong is quarantined anew.
+    again = wait_quarantined(stack, publish(stack, "svc_a", ENVELOPE_POISONS[0]))
+    replay_again = stack.cli("quarantine", "replay", again.id)
+    assert replay_again.returncode == 0, replay_again.stderr
+
+    def requarantined() -> QuarantinedMessage | None:
+        for candidate in QuarantineStore(stack.store).newest(limit=1000):
+            if candidate.task_id == again.task_id and candidate.id != again.id:
+                return candidate
+        return None
+
+    anew = poll(requarantined, 60, lambda: "the replayed poison was never quarantined again")
+    assert anew.headers.get("sagaflow_replayed_from") == again.id
+    dropped = stack.cli("quarantine", "drop", anew.id)
+    assert dropped.returncode == 0, dropped.stderr
+    assert QuarantineStore(stack.store).get(anew.id) is None
+    usage = stack.cli("quarantine", "drop")
+    assert usage.returncode == 2 and "give message ids or --all" in usage.stderr
+
+
+def test_an_oversized_message_cannot_be_replayed(stack: Stack) -> None:
+    body = b"[" + b" " * (stack.settings.max_message_bytes + 1) + b"]"
+    task_id = publish(stack, "svc_a", Poison("huge", body, QuarantineReason.OVERSIZE))
+    record = wait_quarantined(stack, task_id)
+    refused = stack.cli("quarantine", "replay", record.id)
+    assert refused.returncode == 1 and "cannot be replayed" in refused.stderr
+    assert QuarantineStore(stack.store).get(record.id) is not None
