@@ -302,7 +302,6 @@ class SagaflowContender(EventsContender):
     def _start(self, fail: bool) -> str:
         return self.client.start("bench5", {"fail_at": "s3"} if fail else {})
 
-
     def orchestrator_tasks(self) -> dict[str, int]:
         """Tasks each orchestrator worker ran so far (from `celery inspect stats`)."""
         replies = self.client.app.control.inspect(timeout=2.0).stats() or {}
@@ -347,7 +346,6 @@ class RelayContender(EventsContender):
             queue=self.settings.queue,
         )
         return saga_id
-
 
 
 # -- plain chain -----------------------------------------------------------------------------------

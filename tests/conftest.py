@@ -128,6 +128,18 @@ class Stack:
     def redis(self) -> bool:
         return self.settings.broker_url.startswith("redis")
 
+    def queued(self, queue: str) -> int | None:
+        """Messages waiting on `queue` (None on the embedded broker, which cannot tell)."""
+        if self.redis:
+            import redis
+
+            return int(redis.Redis.from_url(self.settings.broker_url).llen(queue))
+        if self.settings.broker_url.startswith("amqp"):
+            with self.client.app.connection_for_write() as conn:
+                declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+                return int(declared.message_count)
+        return None
+
     def start(self, saga_type: str, data: dict[str, Any] | None = None) -> str:
         return self.client.start(saga_type, data or {})
 
@@ -237,8 +249,9 @@ class Stack:
 
 
 def _service_pool(settings: Settings) -> str:
-    # prefork on Redis so a killed pool child is redelivered (acks_late + reject_on_worker_lost)
-    return "prefork" if settings.broker_url.startswith("redis") else "solo"
+    # prefork on a server broker so a killed pool child is redelivered (acks_late +
+    # reject_on_worker_lost)
+    return "solo" if settings.is_filesystem_broker else "prefork"
 
 
 def service_env(settings: Settings, effects_url: str) -> dict[str, str]:
@@ -257,9 +270,49 @@ def service_env(settings: Settings, effects_url: str) -> dict[str, str]:
     }
 
 
+RABBITMQ_URL = os.environ.get("SAGAFLOW_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def create_rabbitmq_vhost() -> str:
+    """A new virtual host on the machine's RabbitMQ, so this run's queues are its own."""
+    import shutil
+
+    name = f"sagaflow-test-{uuid.uuid4().hex[:10]}"
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("RabbitMQ tests need rabbitmqctl on PATH (to make a virtual host of their own)")
+    for command in (
+        ["add_vhost", name],
+        ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+    ):
+        result = subprocess.run(
+            ["rabbitmqctl", *command], capture_output=True, text=True, timeout=60
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"RabbitMQ is required for these tests: rabbitmqctl {command[0]}: "
+                f"{result.stderr or result.stdout}"
+            )
+    return name
+
+
+def delete_rabbitmq_vhost(name: str) -> None:
+    subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60)
+
+
 def build_stack(name: str, home: Path) -> Iterator[Stack]:
     pg_url = None
-    if name == "redis-postgres":
+    vhost = None
+    if name == "rabbitmq-postgres":
+        vhost = create_rabbitmq_vhost()
+        pg_url = create_postgres_database()
+        settings = Settings(
+            home=home,
+            broker_url=f"{RABBITMQ_URL}/{vhost}",
+            database_url=pg_url,
+            definitions=("tests.sagas",),
+        )
+        effects_url = pg_url
+    elif name == "redis-postgres":
         require_redis()
         import redis
 
@@ -302,6 +355,8 @@ def build_stack(name: str, home: Path) -> Iterator[Stack]:
         store.dispose()
         if pg_url:
             drop_postgres_database(pg_url)
+        if vhost:
+            delete_rabbitmq_vhost(vhost)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -313,6 +368,12 @@ def remembered_sagas_checked(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield
     differences = [path.read_text() for path in sorted(folder.iterdir())]
     assert not differences, f"remembered sagas differed from the stored ones: {differences}"
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack on RabbitMQ (a virtual host of its own) and PostgreSQL."""
+    yield from build_stack("rabbitmq-postgres", tmp_path_factory.mktemp("stack-rabbitmq"))
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
