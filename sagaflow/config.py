@@ -49,6 +49,9 @@ class Settings:
     # A running saga that has not moved for this long is re-driven by the recovery sweep.
     stall_timeout: float = 300.0
     recover_interval: float = 15.0  # how late a step timeout can be noticed
+    # A worker whose beacon is silent this long is gone and its steps are sent again (None:
+    # 10 seconds, or off on RabbitMQ, which gives a dead consumer's messages back itself).
+    worker_lost_after: float | None = None
     # Task events for the orchestrator's own tasks (start, step outcomes): off, because the
     # saga history records every transition and each task's three events cost the orchestrator
     # a tenth of its throughput. Step tasks on service workers send theirs either way.
@@ -87,6 +90,7 @@ class Settings:
             ("SAGAFLOW_MAX_MESSAGE_BYTES", "max_message_bytes", int),
             ("SAGAFLOW_STALL_TIMEOUT", "stall_timeout", float),
             ("SAGAFLOW_RECOVER_INTERVAL", "recover_interval", float),
+            ("SAGAFLOW_WORKER_LOST_AFTER", "worker_lost_after", float),
         ):
             if name in env:
                 try:
@@ -103,6 +107,13 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def worker_lost_seconds(self) -> float:
+        """Seconds of beacon silence after which a worker is gone; 0 when not watched."""
+        if self.worker_lost_after is not None:
+            return max(0.0, self.worker_lost_after)
+        return 0.0 if self.broker_url.startswith(("amqp", "pyamqp")) else 10.0
 
     @property
     def is_filesystem_broker(self) -> bool:
@@ -129,6 +140,8 @@ class Settings:
         }
         if self.result_backend:
             env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend
+        if self.worker_lost_after is not None:
+            env["SAGAFLOW_WORKER_LOST_AFTER"] = str(self.worker_lost_after)
         return env
 
 

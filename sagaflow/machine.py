@@ -149,6 +149,44 @@ def redrive(saga: SagaRecord, stalled_before: datetime, now: datetime) -> Transi
         return Ignored("saga waits on no step")
     step = saga.steps[saga.current_step]
     detail = {"stalled_since": saga.updated_at.isoformat() if saga.updated_at else None}
+    return _send_again(saga, step, detail, now)
+
+
+# What a step's task is doing, by the phase its task id names.
+_PHASE_STATUS = {
+    Phase.ACTION: StepStatus.EXECUTING,
+    Phase.COMPENSATION: StepStatus.COMPENSATING,
+    Phase.VERIFY: StepStatus.VERIFYING,
+}
+
+
+def worker_lost(
+    saga: SagaRecord, position: int, phase: Phase, attempt: int, worker: str, now: datetime
+) -> Transition | Ignored:
+    """The worker holding this attempt's task is gone (its beacon stopped): send the task
+    again now rather than after the stall timeout. Only the attempt the saga waits on counts."""
+    if saga.state.is_terminal:
+        return Ignored(f"saga is {saga.state.value}")
+    if saga.current_step != position or not 0 <= position < len(saga.steps):
+        return Ignored(f"saga does not wait on the step at position {position}")
+    step = saga.steps[position]
+    if step.status is not _PHASE_STATUS[phase]:
+        return Ignored(
+            f"step {step.name!r} is {step.status.value}, not waiting on its {phase.value}"
+        )
+    current = {
+        Phase.ACTION: step.attempts,
+        Phase.COMPENSATION: step.compensation_attempts,
+        Phase.VERIFY: step.verify_attempts,
+    }[phase]
+    if attempt != current:
+        return Ignored(f"step {step.name!r} {phase.value} attempt {attempt} is not the current one")
+    return _send_again(saga, step, {"worker_lost": worker}, now)
+
+
+def _send_again(
+    saga: SagaRecord, step: StepRecord, detail: dict[str, JSON], now: datetime
+) -> Transition | Ignored:
     if saga.state is SagaState.PENDING and step.status is StepStatus.EXECUTING:
         if saga.cancel_requested_at is not None:
             # Cancelled: nothing new is sent. The step never reported, so it may have
@@ -494,4 +532,5 @@ __all__ = [
     "retry_delay",
     "task_id_for",
     "time_out",
+    "worker_lost",
 ]

@@ -172,6 +172,37 @@ def parse_operator(args: Sequence[Any], kwargs: Mapping[str, Any]) -> OperatorMe
     return OperatorMessage(action, saga_id, step, reason, applied, bound.get("result"))
 
 
+@dataclass(frozen=True)
+class WorkerLostMessage:
+    hostname: str
+    pid: int
+    task_ids: tuple[str, ...]
+
+
+MAX_LOST_TASKS = 10_000
+
+
+def parse_worker_lost(
+    args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> WorkerLostMessage | Malformed:
+    bound = _bind(args, kwargs, ("hostname", "pid", "task_ids"))
+    if isinstance(bound, str):
+        return Malformed(f"malformed worker_lost: {bound}")
+    hostname, pid, task_ids = bound.get("hostname"), bound.get("pid"), bound.get("task_ids")
+    if not isinstance(hostname, str) or not hostname or len(hostname) > MAX_TASK_ID_CHARS:
+        return Malformed(f"malformed worker_lost: hostname {_short(hostname)} is not a hostname")
+    if not _is_count(pid):
+        return Malformed(f"malformed worker_lost: pid {_short(pid)} is not a process id")
+    if not (
+        isinstance(task_ids, list)
+        and len(task_ids) <= MAX_LOST_TASKS
+        and all(isinstance(t, str) and len(t) <= MAX_TASK_ID_CHARS for t in task_ids)
+    ):
+        return Malformed("malformed worker_lost: task_ids must be a list of task ids")
+    assert isinstance(pid, int)
+    return WorkerLostMessage(hostname, pid, tuple(task_ids))
+
+
 def parse_no_arguments(
     args: Sequence[Any], kwargs: Mapping[str, Any], task: str
 ) -> Malformed | None:

@@ -20,6 +20,7 @@ from celery import Celery, signals
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.definitions import (
+    Phase,
     Registry,
     SagaState,
     Step,
@@ -36,6 +37,7 @@ from sagaflow.errors import (
     UnknownSagaType,
 )
 from sagaflow.events import EventPublisher, KombuEventPublisher
+from sagaflow.liveness import LivenessMonitor
 from sagaflow.machine import (
     Command,
     DispatchTask,
@@ -59,6 +61,7 @@ from sagaflow.machine import (
     resolve,
     retry_compensation,
 )
+from sagaflow.machine import worker_lost as machine_worker_lost
 from sagaflow.messages import (
     Malformed,
     OutcomeMessage,
@@ -66,6 +69,8 @@ from sagaflow.messages import (
     parse_operator,
     parse_outcome,
     parse_start,
+    parse_worker_lost,
+    plain_saga_id,
 )
 from sagaflow.protocol import (
     ERRBACK_TASK,
@@ -75,6 +80,7 @@ from sagaflow.protocol import (
     START_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
+    WORKER_LOST_TASK,
     display_repr,
     input_problem,
     outcome_kwargs,
@@ -82,6 +88,7 @@ from sagaflow.protocol import (
 )
 from sagaflow.quarantine import QUARANTINE_TASK, QuarantinedMessage, task_message_record
 from sagaflow.quarantine_store import QuarantineStore
+from sagaflow.records import parse_task_id
 from sagaflow.screening import DEFAULT_MAX_MESSAGE_BYTES
 from sagaflow.service import install_service_support
 from sagaflow.store import Decision, SagaStore, utcnow
@@ -301,6 +308,37 @@ class Orchestrator:
                 logger.warning("saga %s rejected: %s", why.saga_id, error)
                 return
         self.refuse(record)
+
+    # -- workers lost --------------------------------------------------------------------------
+
+    def worker_lost(self, hostname: str, task_ids: Sequence[str]) -> list[str]:
+        """Send again every step task `hostname` held when it died; the ids sent again."""
+        resent: list[str] = []
+        for task_id in task_ids:
+            parsed = parse_task_id(task_id)
+            if parsed is None or plain_saga_id(parsed[0]) is None:
+                continue  # not a saga step (the worker runs other tasks too)
+            saga_id, position, phase, attempt = parsed
+
+            def lost(
+                saga: SagaRecord,
+                position: int = position,
+                phase: Phase = phase,
+                attempt: int = attempt,
+            ) -> Transition | Ignored:
+                return machine_worker_lost(saga, position, phase, attempt, hostname, utcnow())
+
+            decision = self._decide(saga_id, lost)
+            if isinstance(decision.outcome, Transition):
+                resent.append(task_id)
+        if resent:
+            logger.warning(
+                "worker %s is gone: sent %d of its step tasks again (%s)",
+                hostname,
+                len(resent),
+                ", ".join(resent[:10]),
+            )
+        return resent
 
     # -- step outcomes -------------------------------------------------------------------------
 
@@ -595,6 +633,15 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
 
     app.task(name=QUARANTINE_TASK, **retrying)(quarantine)
 
+    def worker_lost(task: Any, *args: Any, **kwargs: Any) -> None:
+        parsed = parse_worker_lost(args, kwargs)
+        if isinstance(parsed, Malformed):
+            orchestrator.refuse(task_message_record(task.request, args, kwargs, parsed))
+            return
+        orchestrator.worker_lost(parsed.hostname, parsed.task_ids)
+
+    app.task(name=WORKER_LOST_TASK, **retrying)(worker_lost)
+
     def recover(task: Any, *args: Any, **kwargs: Any) -> dict[str, int]:
         malformed = parse_no_arguments(args, kwargs, RECOVER_TASK)
         if malformed is not None:
@@ -671,8 +718,35 @@ def create_orchestrator_app(
             _log_store_status(orchestrator)
 
     signals.worker_ready.connect(_check_store, weak=False)
+    lost_after = settings.worker_lost_seconds
+    if lost_after:
+        monitor = LivenessMonitor(app, _report_lost(app, settings.queue), lost_after)
+
+        def _watch(sender: Any = None, **_: Any) -> None:
+            if getattr(sender, "app", None) is app:
+                monitor.start()
+
+        def _stop_watching(sender: Any = None, **_: Any) -> None:
+            if getattr(sender, "app", None) is app:
+                monitor.stop()
+
+        signals.worker_ready.connect(_watch, weak=False)
+        signals.worker_shutdown.connect(_stop_watching, weak=False)
 
     return app
+
+
+def _report_lost(app: Celery, queue: str) -> Callable[[str, int, list[str]], None]:
+    def report(hostname: str, pid: int, task_ids: list[str]) -> None:
+        app.send_task(
+            WORKER_LOST_TASK,
+            kwargs={"hostname": hostname, "pid": pid, "task_ids": task_ids},
+            queue=queue,
+            serializer="json",
+            retry=True,
+        )
+
+    return report
 
 
 def _log_store_status(orchestrator: Orchestrator) -> None:

@@ -21,6 +21,8 @@ STEP_SUCCEEDED_TASK = "sagaflow.step_succeeded"
 STEP_FAILED_TASK = "sagaflow.step_failed"
 RECOVER_TASK = "sagaflow.recover"
 OPERATOR_TASK = "sagaflow.operator"  # retry / mark-compensated, sent by SagaClient
+# Sent by the orchestrator's liveness monitor: a worker died holding these tasks.
+WORKER_LOST_TASK = "sagaflow.worker_lost"
 # The errback attached to every step. On a worker that loaded sagaflow.service it runs inline
 # in the failing worker (Celery calls errbacks taking (request, exc, traceback) in-process), so
 # the error's type and message travel in the report. Elsewhere it is published with only the

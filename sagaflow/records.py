@@ -205,6 +205,18 @@ def task_id_for(saga_id: str, position: int, phase: Phase, attempt: int) -> str:
     return f"{saga_id}.{position}.{phase.value}.{attempt}"
 
 
+def parse_task_id(task_id: str) -> tuple[str, int, Phase, int] | None:
+    """(saga id, position, phase, attempt) of a task id `task_id_for` made, else None."""
+    parts = task_id.rsplit(".", 3)
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
+        return None
+    try:
+        phase = Phase(parts[2])
+    except ValueError:
+        return None
+    return parts[0], int(parts[1]), phase, int(parts[3])
+
+
 def idempotency_key(saga_id: str, step_name: str, phase: Phase) -> str:
     """Stable across retries and redeliveries of the same step and phase."""
     suffix = "" if phase is Phase.ACTION else ":compensation"

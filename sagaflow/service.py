@@ -19,6 +19,7 @@ from celery.exceptions import Retry as CeleryRetry
 from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.definitions import Retry
+from sagaflow.liveness import install_beacon
 from sagaflow.messages import Malformed, parse_published_errback
 from sagaflow.protocol import (
     ERRBACK_TASK,
@@ -185,6 +186,7 @@ def install_service_support(
         )
 
     install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, report_unknown))
+    install_beacon(app)
 
 
 def _quarantine_task_message(

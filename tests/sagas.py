@@ -65,6 +65,9 @@ class Broken(SagaOrchestrator):
         return [_step(f"item{i}", "svc_a") for i in data["items"]]
 
 
+# The middle step's queue gets a worker only when a test starts one (and kills it).
+mortal = Saga("mortal", steps=[_step("a1", "svc_a"), _step("m2", "mortal"), _step("a3", "svc_a")])
+
 # The middle step goes to a queue that gets a worker only when a test starts one.
 detour = Saga("detour", steps=[_step("a1", "svc_a"), _step("l2", "later"), _step("a3", "svc_a")])
 

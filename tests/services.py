@@ -103,6 +103,8 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
     if context["step"] in data.get("fail_at", ()):
         raise StepRefused(f"step {context['step']} refused as asked")
+    if runs == 1:  # slow the first time only: the step sent again after a lost worker is quick
+        time.sleep(data.get("slow_first_run", {}).get(context["step"], 0))
     # Done, but the report comes too late: the step times out with its effect in place.
     time.sleep(data.get("slow_after_effect", {}).get(context["step"], 0))
     if data.get("unencodable_result"):
