@@ -55,7 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _own_redis is not None:
+        import shutil
+
         _own_redis.stop()
+        shutil.rmtree(_own_redis.folder, ignore_errors=True)
 
 
 def redis_url(db: int) -> str:
