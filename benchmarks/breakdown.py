@@ -149,8 +149,12 @@ def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[st
         if missing:
             raise RuntimeError(f"task {m.name} {current}: no {', '.join(sorted(missing))} record")
         hops += 1
-        parts[SENDING] += (m.at["published"] - m.at["publish"]) * ms
-        parts[BROKER] += (m.at["received"] - m.at["published"]) * ms
+        # A busy machine can deschedule the sender between its write and its "published"
+        # record while the worker already took the message: the send ends at whichever came
+        # first, so neither part can come out negative.
+        sent_at = min(m.at["published"], m.at["received"])
+        parts[SENDING] += (sent_at - m.at["publish"]) * ms
+        parts[BROKER] += (m.at["received"] - sent_at) * ms
         parts[POOL] += (m.at["run"] - m.at["received"]) * ms
         ended = m.at.get("ran", done)
         following = [

@@ -60,6 +60,7 @@ class MessageScreen:
         self.orchestrator_queue = orchestrator_queue
         self.max_message_bytes = max_message_bytes
         self.report_unknown = report_unknown
+        self._accepted: set[str] | None = None
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -82,8 +83,9 @@ class MessageScreen:
         shape = _header_problem(headers)
         if shape is not None:
             return QuarantineReason.NOT_A_TASK, shape, None
-        accepted = prepare_accept_content(self.app.conf.accept_content or ["json"])  # type: ignore[no-untyped-call]
-        if message.content_type not in accepted:
+        if self._accepted is None:  # read once the worker runs: the app's final settings
+            self._accepted = prepare_accept_content(self.app.conf.accept_content or ["json"])  # type: ignore[no-untyped-call]
+        if message.content_type not in self._accepted:
             return (
                 QuarantineReason.UNDECODABLE,
                 f"content type {message.content_type!r} is not accepted here",

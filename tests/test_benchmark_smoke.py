@@ -132,7 +132,14 @@ def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
     orchestrator = "orchestrator tasks before the last (store, state machine, next message)"
     assert path["sagaflow"][orchestrator] > 0 and path["chain"][orchestrator] == 0
     for name in ("sagaflow", "chain"):
-        assert path[name]["broker to worker (main process)"] > 0
+        for part in (
+            "producer, until its message is sent",
+            "sending messages",
+            "broker to worker (main process)",
+            "worker main process to pool process",
+        ):
+            assert path[name][part] >= 0, f"{name}: {part} measured {path[name][part]}"
+        assert path[name]["sending messages"] + path[name]["broker to worker (main process)"] > 0
         assert path[name]["step tasks (body, next message)"] > 0
     assert cpu["sagaflow"]["orchestrator worker, pool processes"] > 0
     assert cpu["sagaflow"]["PostgreSQL"] > 0
