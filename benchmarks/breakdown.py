@@ -11,7 +11,8 @@ PostgreSQL store, prefork workers of 2 processes), measured three ways:
   critical path, from the producer's call to the benchmark seeing the outcome, is cut into
   parts: the producer, sending messages, broker to worker, worker to pool process, and the task
   bodies. Mean ms per saga; the parts add up to the total.
-- CPU: N sagas enqueued at once; the CPU time of every process (from /proc) per saga, by role.
+- CPU: N sagas enqueued at once; the CPU time of each of this run's processes (from /proc:
+  the workers it started, the PostgreSQL backends of its database, its Redis) per saga, by role.
 - in process: sagaflow's own work without Celery's workers. The orchestrator's start and step
   outcomes are called in the benchmark process against the same store and broker; CPU ms per
   call and per saga. The rest of the orchestrator worker's CPU is Celery's.
@@ -223,13 +224,35 @@ def processes() -> dict[int, Process]:
     return found
 
 
-def role(pid: int, table: dict[int, Process]) -> str | None:
+@dataclass(frozen=True)
+class Scope:
+    """Which processes of the machine are this run's: the workers it started, the PostgreSQL
+    backends serving its database, its Redis server. Anything else running on the machine (a
+    second benchmark, a test suite) is left out of the figures."""
+
+    database: str
+    redis_port: int | None
+    root: int = field(default_factory=os.getpid)
+
+    def descends(self, pid: int, table: dict[int, Process]) -> bool:
+        seen = 0
+        while pid in table and seen < 64:
+            if pid == self.root:
+                return True
+            pid, seen = table[pid].ppid, seen + 1
+        return False
+
+
+def role(pid: int, table: dict[int, Process], scope: Scope) -> str | None:
     process = table[pid]
     program = process.cmdline.split(" ", 1)[0]
     if "postgres" in program:
-        return "PostgreSQL"
+        # A backend shows its database; the server's shared processes are left out.
+        return "PostgreSQL" if f" {scope.database}" in process.cmdline else None
     if "redis-server" in program:
-        return "Redis"
+        return "Redis" if scope.redis_port and f":{scope.redis_port}" in process.cmdline else None
+    if not scope.descends(pid, table):
+        return None
     for marker, label in (("orchestrator", "orchestrator worker"), ("bench@", "service worker")):
         if marker in process.cmdline and " worker " in process.cmdline:
             parent = table.get(process.ppid)
@@ -238,7 +261,7 @@ def role(pid: int, table: dict[int, Process]) -> str | None:
     return None
 
 
-def measure_cpu(contender: Contender, n: int) -> dict[str, Any]:
+def measure_cpu(contender: Contender, n: int, scope: Scope) -> dict[str, Any]:
     contender.run(min(20, n), False)  # warm up
     before = processes()
     own = time.process_time()
@@ -249,7 +272,7 @@ def measure_cpu(contender: Contender, n: int) -> dict[str, Any]:
         raise RuntimeError(f"{contender.name}: expected {n} completed, got {states[:5]}...")
     by_role: defaultdict[str, float] = defaultdict(float)
     for pid, process in after.items():
-        if pid in before and (label := role(pid, after)) is not None:
+        if pid in before and (label := role(pid, after, scope)) is not None:
             by_role[label] += process.cpu_s - before[pid].cpu_s
     by_role[BENCHMARK_PROCESS] = own
     result: dict[str, Any] = {label: round(by_role[label] * 1000 / n, 1) for label in ROLES}
@@ -367,7 +390,13 @@ def main() -> int:
                     with console.status(f"{name}: {args.single} sagas one at a time"):
                         paths[name] = measure_path(contender, probe_file, args.single)
                 with console.status(f"{name}: CPU of {args.sagas} sagas at once"):
-                    cpu[name] = measure_cpu(contender, args.sagas)
+                    scope = Scope(
+                        database,
+                        redis_port=redis.Redis.from_url(
+                            args.redis_url
+                        ).connection_pool.connection_kwargs.get("port"),
+                    )
+                    cpu[name] = measure_cpu(contender, args.sagas, scope)
             finally:
                 contender.close()
             if name == "sagaflow":

@@ -280,10 +280,12 @@ class Orchestrator:
 
     # -- refused messages ----------------------------------------------------------------------
 
-    def refuse(self, record: QuarantinedMessage) -> None:
-        """Keep a message that cannot be a valid task in the quarantine (once per message)."""
+    def refuse(self, record: QuarantinedMessage, logged: bool = False) -> None:
+        """Keep a message that cannot be a valid task in the quarantine (once per message).
+        `logged`: the worker that refused it already logged the warning."""
         if self.quarantine.add(record):
-            logger.warning(
+            logger.log(
+                logging.INFO if logged else logging.WARNING,
                 "message %s (task %r) quarantined as %s: %s; see `sagaflow quarantine show %s`",
                 record.task_id,
                 record.task,
@@ -629,7 +631,7 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
             why = Malformed(f"malformed quarantine record: {exc}")
             orchestrator.refuse(task_message_record(task.request, args, kwargs, why))
             return
-        orchestrator.refuse(record)
+        orchestrator.refuse(record, logged=True)
 
     app.task(name=QUARANTINE_TASK, **retrying)(quarantine)
 

@@ -144,6 +144,13 @@ def check_every_kind_of_poison(stack: Stack, queue_kind: str) -> None:
         assert record.task == poison.task
         if not record.truncated:
             assert record.body == poison.body, f"{name}: the record must hold the bytes sent"
+        warnings = [
+            line
+            for worker in stack.group.workers
+            for line in worker.log_path.read_text(errors="replace").splitlines()
+            if task_id in line and "WARNING" in line
+        ]
+        assert len(warnings) == 1, f"{name}: logged {len(warnings)} times: {warnings}"
     for worker in consumers:
         assert worker.alive, f"{worker.spec.name} exited:\n{worker.log_tail()}"
     left = stack.queued(queue)
@@ -222,6 +229,8 @@ def send_task(stack: Stack, name: str, *args: Any, **kwargs: Any) -> str:
 def test_orchestrator_tasks_quarantine_arguments_they_cannot_take(
     stack: Stack, name: str, args: list[Any], kwargs: dict[str, Any], detail: str
 ) -> None:
+    log = stack.group.log_dir / "orchestrator.log"
+    logged_before = log.stat().st_size
     task_id = send_task(stack, name, *args, **kwargs)
     record = wait_quarantined(stack, task_id)
     assert record.reason is QuarantineReason.BAD_ARGUMENTS
@@ -229,7 +238,9 @@ def test_orchestrator_tasks_quarantine_arguments_they_cannot_take(
     assert record.task == name
     body = json.loads(record.body)
     assert body[0] == args and body[1] == json.loads(json.dumps(kwargs))
-    assert "Traceback" not in (stack.group.log_dir / "orchestrator.log").read_text(errors="replace")
+    with log.open("rb") as logged:
+        logged.seek(logged_before)
+        assert b"Traceback" not in logged.read(), f"{name} logged a traceback"
 
 
 def test_a_wrongly_shaped_start_naming_a_saga_id_records_a_rejected_saga(stack: Stack) -> None:

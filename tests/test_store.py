@@ -69,7 +69,13 @@ STEPS = [
     ),
 ]
 DECLINED = ErrorInfo("CardDeclined", "insufficient funds", "Traceback (most recent...)")
-SAGA_TABLES = {"sagaflow_sagas", "sagaflow_steps", "sagaflow_history", "sagaflow_events"}
+SAGA_TABLES = {
+    "sagaflow_sagas",
+    "sagaflow_steps",
+    "sagaflow_history",
+    "sagaflow_events",
+    "sagaflow_quarantine",
+}
 
 
 # -- backends -------------------------------------------------------------------------------------
