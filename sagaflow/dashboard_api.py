@@ -12,16 +12,30 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from sagaflow import render
-from sagaflow.dashboard_http import Dashboard, id_prefix_arg, list_filters
+from sagaflow.dashboard_http import BadQuery, Dashboard, id_prefix_arg, list_filters
 from sagaflow.dashboard_openapi import openapi_document
 from sagaflow.definitions import SagaState
 
-OPERATOR_ACTIONS = ("cancel", "retry")
+# The query arguments each API route takes; the others take none. Anything else is refused
+# rather than ignored, so that a misspelt filter is not a list of every saga.
+QUERY_ARGUMENTS = {"api_list": ("state", "type", "since", "id_prefix", "limit", "offset")}
 
 
 def register_api_routes(app: Flask, dashboard: Dashboard) -> None:
     client = dashboard.client
     document = openapi_document(auth=dashboard.auth is not None, actions=dashboard.actions)
+
+    @app.before_request
+    def _known_arguments() -> None:
+        if request.endpoint is None or not request.path.startswith("/api/"):
+            return
+        known = QUERY_ARGUMENTS.get(request.endpoint, ())
+        unknown = sorted(set(request.args) - set(known))
+        if unknown:
+            takes = f"it takes {', '.join(known)}" if known else "it takes none"
+            raise BadQuery(
+                f"unknown query argument {unknown[0]!r:.40} for {request.path:.80}: {takes}"
+            )
 
     @app.get("/api/sagas")
     def api_list() -> Any:

@@ -258,7 +258,9 @@ def _paths() -> dict[str, Any]:
                             for operation in _SAGA_OPERATIONS
                         },
                     },
-                    "400": _error("A filter or paging argument that cannot be used."),
+                    "400": _error(
+                        "A filter or paging argument that cannot be used, or one not listed."
+                    ),
                     "503": _UNAVAILABLE,
                 },
             }
@@ -353,6 +355,10 @@ def openapi_document(*, auth: bool, actions: bool) -> dict[str, Any]:
     """The description of one dashboard: with basic auth on every path but /healthz when it is
     configured, and saying whether operator actions are enabled."""
     paths = _paths()
+    for path, operations in paths.items():
+        if path.startswith("/api/"):  # the API refuses query arguments it does not take
+            for operation in operations.values():
+                operation["responses"].setdefault("400", _error("A query argument not listed."))
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -168,6 +168,9 @@ HOSTILE_API_REQUESTS = [
     ("GET", "/api/sagas?limit=" + "9" * 5000, 400, "BadQuery"),
     ("GET", "/api/sagas?offset=-1", 400, "BadQuery"),
     ("GET", "/api/sagas?offset=%2B5", 400, "BadQuery"),
+    ("GET", "/api/sagas?stat=failed", 400, "BadQuery"),  # misspelt: not a list of every saga
+    ("GET", "/api/counts?state=failed", 400, "BadQuery"),
+    ("GET", "/api/sagas/some-saga?limit=5", 400, "BadQuery"),
     ("POST", "/api/sagas/some-saga/delete", 404, "NotFound"),
     ("POST", "/api/sagas/a%00b/cancel", 403, "Forbidden"),  # actions are off on this dashboard
     ("GET", "/api/sagas/some-saga/cancel", 405, "MethodNotAllowed"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -22,8 +23,20 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sagaflow import SagaState
+from sagaflow.config import Settings, ensure_home
 from sagaflow.dashboard import create_dashboard
-from tests.conftest import ROOT, Stack, free_port, http_get, poll
+from sagaflow.records import HistoryEntry
+from sagaflow.store import SagaStore
+from tests.conftest import (
+    ROOT,
+    Stack,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    http_get,
+    poll,
+)
 
 AUTH = ("ops", "fuzz-pw")
 
@@ -61,12 +74,44 @@ def seeded(stack: Stack) -> list[str]:
 
 
 @pytest.fixture
-def served(stack: Stack, seeded: list[str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def fuzzed_settings(stack: Stack, seeded: list[str], tmp_path: Path) -> Iterator[Settings]:
+    """A store of the stack's kind holding only the seeded sagas (copied with their history),
+    so that what the fuzzer reads back, and so where it goes next, is the same on every run
+    whatever else the session stored; and a broker nobody consumes, for the actions."""
+    url = create_postgres_database() if stack.redis else f"sqlite:///{tmp_path / 'fuzzed.db'}"
+    settings = Settings(home=tmp_path / "home", broker_url="filesystem://", database_url=url)
+    ensure_home(settings)
+    store = SagaStore(url)
+    try:
+        store.upgrade()
+        for saga_id in seeded:
+            history = [
+                HistoryEntry(
+                    row.event,
+                    SagaState(row.from_state) if row.from_state else None,
+                    SagaState(row.to_state),
+                    row.step,
+                    row.detail,
+                )
+                for row in stack.store.history(saga_id)
+            ]
+            assert store.create(stack.store.get(saga_id), history)
+        yield settings
+    finally:
+        store.dispose()
+        if stack.redis:
+            drop_postgres_database(url)
+
+
+@pytest.fixture
+def served(fuzzed_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`sagaflow dashboard` with basic auth and operator actions, its output in a file."""
     port = free_port()
     log = tmp_path / "dashboard.log"
     env = {
-        **stack.env,
+        **os.environ,
+        **fuzzed_settings.to_env(),
+        "PYTHONPATH": str(ROOT),
         "NO_COLOR": "1",
         "SAGAFLOW_DASHBOARD_AUTH": ":".join(AUTH),
         "SAGAFLOW_DASHBOARD_ACTIONS": "1",
