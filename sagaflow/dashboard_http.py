@@ -81,7 +81,7 @@ def error_response(
         response = jsonify({"error": {"type": error_type, "message": message}})
     else:
         title = f"{status} {HTTPStatus(status).phrase}"
-        page = render_template("error.html", title=title, status=status, message=message)
+        page = render_template("error.html", title=title, message=message)
         response = Response(page, mimetype="text/html")
     response.status_code = status
     response.headers.update(headers or {})
