@@ -26,6 +26,7 @@ from sagaflow.errors import (
     DefinitionError,
     InvalidSagaInput,
     SagaflowError,
+    SagaNotFound,
     SagaTimeout,
     StoreUnavailable,
 )
@@ -189,7 +190,7 @@ class SagaClient:
     def cancel(self, saga_id: str, reason: str = "") -> int:
         """Cancel a running saga: the step in flight finishes, then what completed is
         compensated and the saga ends `cancelled`. Returns the version before."""
-        saga = self.store.get(saga_id)
+        saga = self.get(saga_id)
         outcome = cancel(saga, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot cancel saga {saga_id}: {outcome.reason}")
@@ -200,7 +201,7 @@ class SagaClient:
         """Resume a saga stopped in compensation_failed at the compensation that failed.
 
         Returns the saga's version before the retry, for `wait(..., newer_than=)`."""
-        saga = self.store.get(saga_id)
+        saga = self.get(saga_id)
         outcome = retry_compensation(saga, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot retry saga {saga_id}: {outcome.reason}")
@@ -212,7 +213,7 @@ class SagaClient:
         saga carry on compensating the steps before it. Returns the version before."""
         if not reason.strip():
             raise InvalidOperation("a reason is required to mark a step compensated")
-        saga = self.store.get(saga_id)
+        saga = self.get(saga_id)
         outcome = mark_compensated(saga, step, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot mark {step!r} of saga {saga_id}: {outcome.reason}")
@@ -231,7 +232,7 @@ class SagaClient:
             raise InvalidOperation("a reason is required to resolve a step")
         if result is not None:
             validate_input({"result": result}, self.settings.max_input_bytes)
-        saga = self.store.get(saga_id)
+        saga = self.get(saga_id)
         outcome = resolve(saga, step, applied, reason, utcnow(), result)
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot resolve {step!r} of saga {saga_id}: {outcome.reason}")
@@ -252,7 +253,9 @@ class SagaClient:
             raise BrokerUnavailable(f"could not send {action} for saga {saga_id}: {exc}") from exc
 
     def get(self, saga_id: str) -> SagaRecord:
-        """The saga with its steps. SagaNotFound until the orchestrator has recorded it."""
+        """The saga with its steps. SagaNotFound until the orchestrator has recorded it, and at
+        once for an id no saga can have."""
+        _check_saga_id(saga_id)
         return self.store.get(saga_id)
 
     def wait(
@@ -284,12 +287,19 @@ class SagaClient:
         return self.store.list_sagas(**filters)
 
     def history(self, saga_id: str) -> list[HistoryRow]:
-        self.store.get(saga_id)
+        self.get(saga_id)
         return self.store.history(saga_id)
 
     def close(self) -> None:
         if self._store is not None:
             self._store.dispose()
+
+
+def _check_saga_id(saga_id: object) -> None:
+    """SagaNotFound for an id that no saga can have (start refuses it), without asking the store:
+    PostgreSQL's driver fails on NUL characters and lone surrogates instead of finding nothing."""
+    if not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id):
+        raise SagaNotFound(f"no saga {saga_id!r:.80}: not a valid saga id")
 
 
 def validate_input(data: object, max_bytes: int) -> dict[str, Any]:

@@ -14,19 +14,27 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, url_for
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from werkzeug.exceptions import Forbidden
 
 from sagaflow import render
-from sagaflow.client import InvalidOperation, SagaClient, parse_since
+from sagaflow.client import SagaClient
 from sagaflow.config import Settings
+from sagaflow.dashboard_api import operate, ordered_counts, register_api_routes, require_actions
+from sagaflow.dashboard_http import (
+    Dashboard,
+    error_response,
+    id_prefix_arg,
+    list_filters,
+    register_error_handlers,
+)
 from sagaflow.definitions import SagaState, StepStatus
-from sagaflow.errors import ConfigurationError, SagaflowError, SagaNotFound, StoreUnavailable
+from sagaflow.errors import ConfigurationError, SagaflowError
 from sagaflow.metrics import SagaMetrics
 
 DEFAULT_PORT = 8650
-PAGE_SIZE = 50
+MAX_REFRESH_SECONDS = 86400
 
 STATE_CLASS = {
     "requested": "running",
@@ -40,10 +48,6 @@ STATE_CLASS = {
     "cancelled": "warn",
     "escalated": "alarm",
 }
-
-
-class BadQuery(ValueError):
-    """A filter or paging argument that cannot be used: answered with 400 and the reason."""
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -65,6 +69,8 @@ def create_dashboard(
     actions: bool = False,
     metrics_lag: float = 5.0,
 ) -> Flask:
+    """The dashboard app. Each group of routes registers itself on it with the same Dashboard:
+    a new page or API route is one more register function in the list below."""
     if actions and auth is None:
         raise ConfigurationError(
             "operator actions need authentication: set SAGAFLOW_DASHBOARD_AUTH=user:password"
@@ -73,6 +79,7 @@ def create_dashboard(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SagaMetrics(client.store, lag=metrics_lag))
     flower = flower_url.rstrip("/") if flower_url else None
+    dashboard = Dashboard(client, registry, auth, actions, flower)
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -83,51 +90,57 @@ def create_dashboard(
         duration=render.duration,
         flower=flower,
         actions=actions,
+        refresh_seconds=_refresh_seconds,
     )
+    register_error_handlers(app)
+    for register in (
+        register_authentication,
+        register_ui_routes,
+        register_api_routes,
+        register_operations_routes,
+    ):
+        register(app, dashboard)
+    return app
+
+
+def serve(app: Flask, host: str, port: int, threads: int = 8) -> None:
+    """Serve with waitress (a production WSGI server, pure Python)."""
+    from waitress import serve as waitress_serve
+
+    waitress_serve(app, host=host, port=port, threads=threads, ident="sagaflow")
+
+
+def register_authentication(app: Flask, dashboard: Dashboard) -> None:
+    auth = dashboard.auth
+    if auth is None:
+        return
 
     @app.before_request
     def _authenticate() -> Response | None:
-        if auth is None or request.endpoint in ("healthz", "static"):
+        if request.endpoint in ("healthz", "static"):
             return None
         if _credentials_match(request.headers.get("Authorization"), auth):
             return None
-        return Response(
-            "authentication required\n",
-            401,
-            {"WWW-Authenticate": 'Basic realm="sagaflow", charset="UTF-8"'},
-        )
+        challenge = {"WWW-Authenticate": 'Basic realm="sagaflow", charset="UTF-8"'}
+        return error_response(401, "Unauthorized", "authentication required", challenge)
 
-    @app.errorhandler(SagaNotFound)
-    def _not_found(exc: SagaNotFound) -> Any:
-        return _error(str(exc), 404)
 
-    @app.errorhandler(StoreUnavailable)
-    def _unavailable(exc: StoreUnavailable) -> Any:
-        return _error(str(exc), 503)
-
-    @app.errorhandler(InvalidOperation)
-    def _invalid(exc: InvalidOperation) -> Any:
-        return _error(str(exc), 409)
-
-    @app.errorhandler(BadQuery)
-    def _bad_request(exc: BadQuery) -> Any:
-        return _error(str(exc), 400)
-
-    # -- pages ---------------------------------------------------------------------------------
+def register_ui_routes(app: Flask, dashboard: Dashboard) -> None:
+    client, actions = dashboard.client, dashboard.actions
 
     @app.get("/")
     def index() -> Any:
-        query = request.args.get("q", "").strip()
+        query = id_prefix_arg(request.args, "q")
         if query and client.store.load(query) is not None:
             return redirect(url_for("saga_page", saga_id=query))
-        filters = _filters(request.args)
-        sagas = client.list_sagas(**filters, id_prefix=query or None)
+        filters = list_filters(request.args)
+        sagas = client.list_sagas(**filters, id_prefix=query)
         return render_template(
             "index.html",
             sagas=sagas,
-            counts=_ordered_counts(client.store.count_by_state()),
+            counts=ordered_counts(client.store.count_by_state()),
             args=request.args,
-            query=query,
+            query=query or "",
             offset=filters["offset"],
             limit=filters["limit"],
             now=datetime.now(timezone.utc),
@@ -149,46 +162,21 @@ def create_dashboard(
             can_retry=actions and saga.state is SagaState.COMPENSATION_FAILED,
         )
 
-    @app.post("/sagas/<saga_id>/<action>")
+    @app.post("/sagas/<saga_id>/<any(cancel, retry):action>")
     def saga_action(saga_id: str, action: str) -> Any:
-        _require_action(action)
+        require_actions(dashboard)
         _same_origin()
-        message = _operate(client, saga_id, action)
+        message = operate(dashboard, saga_id, action)
         return redirect(url_for("saga_page", saga_id=saga_id, message=message), 303)
 
-    # -- JSON API: the CLI's --json output -----------------------------------------------------
 
-    @app.get("/api/sagas")
-    def api_list() -> Any:
-        filters = _filters(request.args)
-        prefix = request.args.get("id_prefix") or None
-        sagas = client.list_sagas(**filters, id_prefix=prefix)
-        return jsonify([render.saga_json(s, with_steps=False) for s in sagas])
-
-    @app.get("/api/sagas/<saga_id>")
-    def api_status(saga_id: str) -> Any:
-        return jsonify(render.saga_json(client.get(saga_id)))
-
-    @app.get("/api/sagas/<saga_id>/history")
-    def api_history(saga_id: str) -> Any:
-        return jsonify([render.history_json(r) for r in client.history(saga_id)])
-
-    @app.get("/api/counts")
-    def api_counts() -> Any:
-        return jsonify(_ordered_counts(client.store.count_by_state()))
-
-    @app.post("/api/sagas/<saga_id>/<action>")
-    def api_action(saga_id: str, action: str) -> Any:
-        _require_action(action)
-        if not request.is_json:  # a cross-site form cannot send JSON without a CORS preflight
-            return _error("send Content-Type: application/json", 415)
-        return jsonify({"saga_id": saga_id, "result": _operate(client, saga_id, action)}), 202
-
-    # -- operations ----------------------------------------------------------------------------
+def register_operations_routes(app: Flask, dashboard: Dashboard) -> None:
+    client, registry = dashboard.client, dashboard.registry
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would append a second charset to Prometheus' own
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -197,21 +185,6 @@ def create_dashboard(
         except SagaflowError as exc:
             return jsonify({"store": "unavailable", "error": str(exc)}), 503
         return jsonify({"store": "ok"})
-
-    def _require_action(action: str) -> None:
-        if action not in ("cancel", "retry"):
-            abort(404)
-        if not actions:
-            abort(_error("operator actions are disabled (start with --enable-actions)", 403))
-
-    return app
-
-
-def serve(app: Flask, host: str, port: int, threads: int = 8) -> None:
-    """Serve with waitress (a production WSGI server, pure Python)."""
-    from waitress import serve as waitress_serve
-
-    waitress_serve(app, host=host, port=port, threads=threads, ident="sagaflow")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -233,48 +206,12 @@ def _credentials_match(header: str | None, auth: tuple[str, str]) -> bool:
 def _same_origin() -> None:
     """Refuse a form posted from another site: the browser sends basic-auth credentials along."""
     source = request.headers.get("Origin") or request.headers.get("Referer")
-    if not source or urlsplit(source).netloc != request.host:
-        abort(_error("cross-site or origin-less form post refused", 403))
-
-
-def _operate(client: SagaClient, saga_id: str, action: str) -> str:
-    if action == "cancel":
-        client.cancel(saga_id, reason="cancelled from the dashboard")
-        return "cancel requested"
-    client.retry(saga_id)
-    return "compensation retried"
-
-
-def _error(message: str, status: int) -> Response:
-    wants_json = request.path.startswith("/api/") or request.accept_mimetypes.best == (
-        "application/json"
-    )
-    if wants_json:
-        response = jsonify({"error": message})
-    else:
-        response = Response(render_template("error.html", message=message, status=status))
-    response.status_code = status
-    return response
-
-
-def _filters(args: Any) -> dict[str, Any]:
-    state = args.get("state") or None
-    if state is not None and state not in {s.value for s in SagaState}:
-        known = ", ".join(s.value for s in SagaState)
-        raise BadQuery(f"unknown state {state!r}: use one of {known}")
-    since_text = args.get("since") or None
     try:
-        since = parse_since(since_text) if since_text else None
-    except ValueError as exc:
-        raise BadQuery(str(exc)) from None
-    limit = _int_arg(args, "limit", PAGE_SIZE, 1, 1000)
-    return {
-        "state": state,
-        "saga_type": args.get("type") or None,
-        "since": since,
-        "limit": limit,
-        "offset": _int_arg(args, "offset", 0, 0, 10**9),
-    }
+        netloc = urlsplit(source).netloc if source else None
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        netloc = None
+    if netloc != request.host:
+        raise Forbidden("cross-site or origin-less form post refused")
 
 
 def _list_args(args: Any) -> dict[str, Any]:
@@ -282,23 +219,13 @@ def _list_args(args: Any) -> dict[str, Any]:
     return {k: args[k] for k in ("q", "state", "type", "since", "limit") if args.get(k)}
 
 
-def _int_arg(args: Any, name: str, default: int, low: int, high: int) -> int:
-    text = args.get(name)
-    if text in (None, ""):
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadQuery(f"{name} must be an integer, got {text!r}") from None
-    if not low <= value <= high:
-        raise BadQuery(f"{name} must be between {low} and {high}")
-    return value
-
-
-def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
-    ordered = {s.value: counts.get(s.value, 0) for s in SagaState}
-    ordered.update({k: v for k, v in counts.items() if k not in ordered})
-    return ordered
+def _refresh_seconds() -> int | None:
+    """The list's ?refresh=N, if it is a sensible number of seconds."""
+    text = request.args.get("refresh", "")
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        return None
+    seconds = int(text)
+    return seconds if 0 < seconds <= MAX_REFRESH_SECONDS else None
 
 
 def _timeline(saga: Any) -> list[dict[str, Any]]:

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import re
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import schemathesis
+import sqlalchemy as sa
 from flask.testing import FlaskClient
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagaflow import SagaState
 from sagaflow.config import Settings
 from sagaflow.dashboard import create_dashboard
-from sagaflow.errors import ConfigurationError
+from sagaflow.errors import ConfigurationError, SagaNotFound
 from sagaflow.processes import WorkerSpec
 from tests.conftest import Stack, http_get, poll
 from tests.test_cli import UNREACHABLE_PG, describe, isolated_env, sagaflow
+from tests.test_hostile_input import LONE_SURROGATE
 
 AUTH = ("ops", "s3cret-pw")
 
@@ -127,16 +134,267 @@ def test_saga_page_shows_steps_compensations_errors_and_flower_links(
 def test_bad_requests_get_clear_errors(stack: Stack, web: FlaskClient) -> None:
     missing = web.get("/api/sagas/no-such-saga")
     assert missing.status_code == 404
-    assert missing.json == {"error": "no saga 'no-such-saga' in the store"}
+    assert missing.json == {
+        "error": {"type": "SagaNotFound", "message": "no saga 'no-such-saga' in the store"}
+    }
     assert web.get("/sagas/no-such-saga").status_code == 404
 
     bad_state = web.get("/api/sagas?state=bogus")
-    assert bad_state.status_code == 400 and "bogus" in bad_state.json["error"]
+    assert bad_state.status_code == 400 and "bogus" in bad_state.json["error"]["message"]
     bad_since = web.get("/api/sagas?since=yesterday-ish")
     assert bad_since.status_code == 400
-    assert "neither a duration" in bad_since.json["error"]
+    assert "neither a duration" in bad_since.json["error"]["message"]
     assert web.get("/api/sagas?limit=0").status_code == 400
-    assert web.get("/api/sagas?offset=x").json == {"error": "offset must be an integer, got 'x'"}
+    assert web.get("/api/sagas?offset=x").json == {
+        "error": {"type": "BadQuery", "message": "offset must be an integer, got 'x'"}
+    }
+
+
+# What an attacker sends: each is answered 4xx with a JSON error under /api/, never a 500.
+HOSTILE_API_REQUESTS = [
+    ("GET", "/api/sagas/a%00b", 404, "SagaNotFound"),
+    ("GET", "/api/sagas/a%00b/history", 404, "SagaNotFound"),
+    ("GET", "/api/sagas/%ED%A0%80", 404, "SagaNotFound"),  # a surrogate as UTF-8 would spell it
+    ("GET", "/api/sagas/" + "x" * 65, 404, "SagaNotFound"),
+    ("GET", "/api/sagas/has%20space", 404, "SagaNotFound"),
+    ("GET", "/api/sagas?id_prefix=%00", 400, "BadQuery"),
+    ("GET", "/api/sagas?type=tr%00ip", 400, "BadQuery"),
+    ("GET", "/api/sagas?type=" + "t" * 201, 400, "BadQuery"),
+    ("GET", "/api/sagas?state=%00", 400, "BadQuery"),
+    ("GET", "/api/sagas?since=%00", 400, "BadQuery"),
+    ("GET", "/api/sagas?since=2026-13-45", 400, "BadQuery"),
+    ("GET", "/api/sagas?limit=abc", 400, "BadQuery"),
+    ("GET", "/api/sagas?limit=1.5", 400, "BadQuery"),
+    ("GET", "/api/sagas?limit=" + "9" * 5000, 400, "BadQuery"),
+    ("GET", "/api/sagas?offset=-1", 400, "BadQuery"),
+    ("GET", "/api/sagas?offset=%2B5", 400, "BadQuery"),
+    ("GET", "/api/sagas?stat=failed", 400, "BadQuery"),  # misspelt: not a list of every saga
+    ("GET", "/api/counts?state=failed", 400, "BadQuery"),
+    ("GET", "/api/sagas/some-saga?limit=5", 400, "BadQuery"),
+    ("POST", "/api/sagas/some-saga/delete", 404, "NotFound"),
+    ("POST", "/api/sagas/a%00b/cancel", 403, "Forbidden"),  # actions are off on this dashboard
+    ("GET", "/api/sagas/some-saga/cancel", 405, "MethodNotAllowed"),
+    ("DELETE", "/api/sagas", 405, "MethodNotAllowed"),
+    ("PUT", "/api/counts", 405, "MethodNotAllowed"),
+    ("GET", "/api/no/such/route", 404, "NotFound"),
+    ("GET", "/api/", 404, "NotFound"),
+]
+
+
+@pytest.fixture
+def statements(stack: Stack) -> Iterator[list[str]]:
+    """Every SQL statement the test process's store sends during the test."""
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    sa.event.listen(stack.store.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(stack.store.engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize(("method", "path", "status", "error_type"), HOSTILE_API_REQUESTS)
+def test_hostile_api_requests_get_json_errors_never_a_500(
+    stack: Stack,
+    web: FlaskClient,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    status: int,
+    error_type: str,
+) -> None:
+    response = web.open(path, method=method, json={} if method == "POST" else None)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    assert set(response.json) == {"error"}
+    assert response.json["error"]["type"] == error_type
+    assert isinstance(response.json["error"]["message"], str) and response.json["error"]["message"]
+    if status == 405:
+        assert response.headers["Allow"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_impossible_saga_ids_are_not_found_without_asking_the_store(
+    web: FlaskClient, statements: list[str]
+) -> None:
+    for path in ("/api/sagas/a%00b", "/api/sagas/%ED%A0%80/history", "/sagas/" + "x" * 65):
+        response = web.get(path)
+        assert response.status_code == 404, path
+        assert "not a valid saga id" in response.get_data(as_text=True), path
+    assert statements == []
+    assert web.get("/api/sagas/plain-but-absent").status_code == 404
+    assert statements, "a possible id is looked up in the store"
+
+
+@pytest.mark.parametrize(
+    "saga_id", ["a\x00b", f"sur{LONE_SURROGATE}", "x" * 65, "", "-dash", 42], ids=repr
+)
+def test_the_client_answers_impossible_ids_with_saga_not_found(
+    stack: Stack, statements: list[str], saga_id: Any
+) -> None:
+    calls = {
+        "get": lambda: stack.client.get(saga_id),
+        "history": lambda: stack.client.history(saga_id),
+        "cancel": lambda: stack.client.cancel(saga_id, "no reason"),
+        "retry": lambda: stack.client.retry(saga_id),
+        "mark_compensated": lambda: stack.client.mark_compensated(saga_id, "a1", "by hand"),
+        "resolve": lambda: stack.client.resolve(saga_id, "a1", True, "checked"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SagaNotFound, match="not a valid saga id"):
+            call()
+        assert statements == [], name
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/sagas/a%00b", 404, "not a valid saga id"),
+        ("/sagas/no-such-saga", 404, "no saga &#39;no-such-saga&#39; in the store"),
+        ("/?q=%00", 400, "begins no saga id"),
+        ("/?q=has%20space", 400, "begins no saga id"),
+        ("/?type=a%00", 400, "NUL character"),
+        ("/?state=bogus", 400, "unknown state"),
+        ("/?since=tomorrow", 400, "neither a duration"),
+        ("/?limit=-3", 400, "limit must be between 1 and 1000"),
+        ("/no/such/page", 404, "not found"),
+        ("/sagas/some-saga/cancel", 405, "not allowed"),
+    ],
+)
+def test_hostile_page_requests_get_an_error_page(
+    stack: Stack,
+    web: FlaskClient,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    status: int,
+    message: str,
+) -> None:
+    response = web.get(path)
+    assert response.status_code == status
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert f'<h2 id="error-status">{status} ' in html
+    assert message in html.lower() or message in html
+    assert 'href="/">all sagas</a>' in html
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_edges_of_the_calendar_and_odd_headers_are_no_500(stack: Stack, web: FlaskClient) -> None:
+    saga_id = stack.start("trip", {})
+    stack.wait_one(saga_id)
+    for since in ("99999999999999w", "1" * 400 + "d", "0001-01-01T00:00+05:00"):  # all of time
+        listed = web.get("/api/sagas", query_string={"since": since, "limit": 1000})
+        assert listed.status_code == 200, since
+        assert saga_id in {s["saga_id"] for s in listed.json}, since
+    future = web.get("/api/sagas", query_string={"since": "9999-12-31T23:59-12:00"})
+    assert future.status_code == 200 and future.json == []
+    page = web.get("/?refresh=1e999")
+    assert page.status_code == 200 and 'http-equiv="refresh"' not in page.get_data(as_text=True)
+    assert 'content="5"' in web.get("/?refresh=5").get_data(as_text=True)
+
+
+def test_without_credentials_the_api_answers_json_and_the_pages_a_page(
+    stack: Stack, operator_web: FlaskClient
+) -> None:
+    challenge = 'Basic realm="sagaflow", charset="UTF-8"'
+    for path in ("/api/counts", "/api/no-such-route", "/metrics"):
+        refused = operator_web.get(path)
+        assert refused.status_code == 401, path
+        assert refused.headers["WWW-Authenticate"] == challenge
+        assert refused.json == {
+            "error": {"type": "Unauthorized", "message": "authentication required"}
+        }
+    page = operator_web.get("/")
+    assert page.status_code == 401 and page.mimetype == "text/html"
+    assert page.headers["WWW-Authenticate"] == challenge
+    assert "401 Unauthorized" in page.get_data(as_text=True)
+    # a form post whose Origin cannot even be parsed is refused like a cross-site one
+    saga_id = stack.start("trip", {})
+    refused = operator_web.post(
+        f"/sagas/{saga_id}/cancel", headers={**basic(*AUTH), "Origin": "http://[::1"}
+    )
+    assert refused.status_code == 403
+    assert "cross-site" in refused.get_data(as_text=True)
+
+
+def test_a_failure_of_the_dashboard_itself_is_a_500_that_keeps_its_details_in_the_log(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_dashboard(stack.settings, client=stack.client)
+
+    def broken() -> str:
+        raise RuntimeError("internal detail")
+
+    app.add_url_rule("/api/broken", view_func=broken)
+    app.add_url_rule("/broken", view_func=broken)
+    web = app.test_client()
+    failed = web.get("/api/broken")
+    assert failed.status_code == 500
+    assert failed.json["error"]["type"] == "InternalServerError"
+    assert "internal detail" not in failed.get_data(as_text=True)
+    page = web.get("/broken")
+    assert page.status_code == 500 and page.mimetype == "text/html"
+    assert "500 Internal Server Error" in page.get_data(as_text=True)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 2 and all(r.exc_info for r in logged)
+
+
+def test_metrics_carry_prometheus_content_type_once(web: FlaskClient) -> None:
+    response = web.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers.getlist("Content-Type") == [CONTENT_TYPE_LATEST]
+
+
+def test_openapi_describes_every_route_of_the_api(web: FlaskClient) -> None:
+    document = web.get("/api/openapi.json").json
+    assert document["openapi"].startswith("3.")
+    described = {
+        (path, method.upper())
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    app = web.application
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(("/api/", "/metrics", "/healthz")):
+            continue
+        path = re.sub(r"<(?:[^:>]+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            if "{action}" in path:  # any(cancel, retry): one described path per action
+                served |= {(path.replace("{action}", a), method) for a in ("cancel", "retry")}
+            else:
+                served.add((path, method))
+    assert described == served
+    for operation in (op for ops in document["paths"].values() for op in ops.values()):
+        assert operation["responses"], operation["operationId"]
+        for parameter in operation.get("parameters", []):
+            assert parameter["schema"], (operation["operationId"], parameter["name"])
+
+
+def test_real_answers_match_the_openapi_description(stack: Stack, web: FlaskClient) -> None:
+    failed = stack.start("partial", {"fail_at": ["a3"], "fail_compensation_at": ["a1"]})
+    done = stack.start("trip", {})
+    stack.wait([failed, done])
+    schema = schemathesis.openapi.from_dict(web.get("/api/openapi.json").json)
+    answers = [
+        ("/api/sagas", "GET", web.get("/api/sagas?limit=20")),
+        ("/api/sagas", "GET", web.get("/api/sagas?since=1h&state=failed")),
+        ("/api/sagas/{saga_id}", "GET", web.get(f"/api/sagas/{failed}")),
+        ("/api/sagas/{saga_id}", "GET", web.get(f"/api/sagas/{done}")),
+        ("/api/sagas/{saga_id}/history", "GET", web.get(f"/api/sagas/{failed}/history")),
+        ("/api/sagas/{saga_id}", "GET", web.get("/api/sagas/a%00b")),
+        ("/api/counts", "GET", web.get("/api/counts")),
+        ("/api/sagas/{saga_id}/cancel", "POST", web.post(f"/api/sagas/{done}/cancel", json={})),
+        ("/healthz", "GET", web.get("/healthz")),
+    ]
+    for path, method, response in answers:
+        schema[path][method].validate_response(response)
+    assert len(web.get("/api/sagas?limit=20").json) >= 2
 
 
 def test_actions_are_off_unless_enabled(stack: Stack, web: FlaskClient) -> None:
@@ -145,7 +403,7 @@ def test_actions_are_off_unless_enabled(stack: Stack, web: FlaskClient) -> None:
     html = web.get(f"/sagas/{saga_id}").get_data(as_text=True)
     assert "<button>" not in html
     refused = web.post(f"/api/sagas/{saga_id}/cancel", json={})
-    assert refused.status_code == 403 and "disabled" in refused.json["error"]
+    assert refused.status_code == 403 and "disabled" in refused.json["error"]["message"]
     with pytest.raises(ConfigurationError, match="need authentication"):
         create_dashboard(stack.settings, client=stack.client, actions=True)
 
@@ -183,7 +441,7 @@ def test_retry_from_the_dashboard_resumes_compensation(
     )
     again = operator_web.post(f"/api/sagas/{saga_id}/retry", json={}, headers=basic(*AUTH))
     assert again.status_code == 409, again.json
-    assert "failed" in again.json["error"]
+    assert "failed" in again.json["error"]["message"]
 
 
 def test_cancel_from_the_api(stack: Stack, operator_web: FlaskClient) -> None:
@@ -267,7 +525,9 @@ def test_unreachable_store_is_reported_not_hidden(tmp_path: Any) -> None:
     web = create_dashboard(settings).test_client()
     counts = web.get("/api/counts")
     assert counts.status_code == 503
-    assert "unavailable" in counts.json["error"] and "secretpw" not in counts.json["error"]
+    assert counts.json["error"]["type"] == "StoreUnavailable"
+    message = counts.json["error"]["message"]
+    assert "unavailable" in message and "secretpw" not in message
     assert web.get("/healthz").status_code == 503
     metrics = metric_samples(web.get("/metrics").get_data(as_text=True))
     assert metrics["sagaflow_store_up", ()] == 0
@@ -284,7 +544,7 @@ def test_dashboard_command_serves_pages_api_and_metrics(
     status, headers, body = http_get(f"{url}/sagas/{saga_id}")
     assert status == 200 and "text/html" in headers["Content-Type"] and saga_id in body
     status, headers, body = http_get(f"{url}/metrics")
-    assert headers["Content-Type"].startswith("text/plain")
+    assert headers["Content-Type"] == CONTENT_TYPE_LATEST
     assert "sagaflow_sagas_started_total" in body
 
 
