@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from sagaflow.client import SagaClient
-from sagaflow.quarantine import QuarantinedMessage, QuarantineReason
+from sagaflow.quarantine import QuarantineReason
 from sagaflow.quarantine_admin import QuarantineAdmin
+from sagaflow.render import body_text, quarantined_json
 
 console = Console()
 BODY_PREVIEW_CHARS = 4_000
@@ -25,26 +25,6 @@ def _admin(ctx: click.Context) -> QuarantineAdmin:
     settings = ctx.find_object(Settings)
     assert settings is not None
     return QuarantineAdmin(SagaClient(settings))
-
-
-def record_json(record: QuarantinedMessage, with_body: bool = True) -> dict[str, Any]:
-    data = record.to_json()
-    data["replayable"] = record.replayable
-    data.pop("body")
-    if with_body:
-        text = _body_text(record.body)
-        if text is not None:
-            data["body_text"] = text
-        else:
-            data["body_base64"] = base64.b64encode(record.body).decode()
-    return data
-
-
-def _body_text(body: bytes) -> str | None:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 @click.group()
@@ -69,7 +49,9 @@ def list_command(
     records = admin.newest(limit, offset, QuarantineReason(reason) if reason else None)
     if as_json:
         click.echo(
-            json.dumps([record_json(r, with_body=False) for r in records], indent=2, default=str)
+            json.dumps(
+                [quarantined_json(r, with_body=False) for r in records], indent=2, default=str
+            )
         )
         return
     if not records:
@@ -104,7 +86,7 @@ def show(ctx: click.Context, record_id: str, as_json: bool) -> None:
     RECORD_ID may be the first characters of the id that `list` shows."""
     record = _admin(ctx).get(record_id)
     if as_json:
-        click.echo(json.dumps(record_json(record), indent=2, default=str))
+        click.echo(json.dumps(quarantined_json(record), indent=2, default=str))
         return
     cut = " (cut: cannot replay)" if record.truncated else ""
     table = Table(show_header=False, box=None)
@@ -126,7 +108,7 @@ def show(ctx: click.Context, record_id: str, as_json: bool) -> None:
     ):
         table.add_row(label, value)
     console.print(table)
-    text = _body_text(record.body)
+    text = body_text(record.body)
     if text is None:
         shown = base64.b64encode(record.body).decode()
         console.print("[bold]body[/] (base64, not UTF-8 text):", highlight=False)

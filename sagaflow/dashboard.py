@@ -29,9 +29,11 @@ from sagaflow.dashboard_http import (
     list_filters,
     register_error_handlers,
 )
+from sagaflow.dashboard_quarantine import register_quarantine_routes
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.errors import ConfigurationError, SagaflowError
 from sagaflow.metrics import SagaMetrics
+from sagaflow.quarantine_metrics import QuarantineMetrics
 
 DEFAULT_PORT = 8650
 MAX_REFRESH_SECONDS = 86400
@@ -78,6 +80,7 @@ def create_dashboard(
     client = client or SagaClient(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SagaMetrics(client.store, lag=metrics_lag))
+    registry.register(QuarantineMetrics(client.store))
     flower = flower_url.rstrip("/") if flower_url else None
     dashboard = Dashboard(client, registry, auth, actions, flower)
 
@@ -97,6 +100,7 @@ def create_dashboard(
         register_authentication,
         register_ui_routes,
         register_api_routes,
+        register_quarantine_routes,
         register_operations_routes,
     ):
         register(app, dashboard)

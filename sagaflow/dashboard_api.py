@@ -18,7 +18,10 @@ from sagaflow.definitions import SagaState
 
 # The query arguments each API route takes; the others take none. Anything else is refused
 # rather than ignored, so that a misspelt filter is not a list of every saga.
-QUERY_ARGUMENTS = {"api_list": ("state", "type", "since", "id_prefix", "limit", "offset")}
+QUERY_ARGUMENTS = {
+    "api_list": ("state", "type", "since", "id_prefix", "limit", "offset"),
+    "api_quarantine_list": ("reason", "limit", "offset"),
+}
 
 
 def register_api_routes(app: Flask, dashboard: Dashboard) -> None:

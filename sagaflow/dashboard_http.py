@@ -28,7 +28,13 @@ from sagaflow.client import (
     parse_since,
 )
 from sagaflow.definitions import SagaState
-from sagaflow.errors import InvalidSagaInput, SagaflowError, SagaNotFound, StoreUnavailable
+from sagaflow.errors import (
+    InvalidSagaInput,
+    QuarantinedMessageNotFound,
+    SagaflowError,
+    SagaNotFound,
+    StoreUnavailable,
+)
 from sagaflow.protocol import SAGA_ID_PATTERN
 
 PAGE_SIZE = 50
@@ -44,6 +50,7 @@ MACHINE_PATHS = ("/metrics", "/healthz")
 
 ERROR_STATUS: dict[type[SagaflowError], int] = {
     SagaNotFound: 404,
+    QuarantinedMessageNotFound: 404,
     InvalidSagaInput: 400,
     InvalidOperation: 409,
     StoreUnavailable: 503,

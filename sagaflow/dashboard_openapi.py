@@ -12,6 +12,7 @@ from sagaflow.client import MAX_SAGA_TYPE_LENGTH
 from sagaflow.dashboard_http import MAX_LIMIT, MAX_OFFSET, PAGE_SIZE, STATES
 from sagaflow.definitions import StepStatus
 from sagaflow.protocol import SAGA_ID_PATTERN
+from sagaflow.quarantine import QuarantineReason
 
 JSON = "application/json"
 
@@ -234,8 +235,139 @@ def _action(verb: str, summary: str, conflict: str) -> dict[str, Any]:
 _SAGA_OPERATIONS = ("get_saga", "get_saga_history", "cancel_saga", "retry_saga")
 
 
+_QUARANTINE_REASONS = [reason.value for reason in QuarantineReason]
+_RECORD_ID_PARAMETER = {
+    "name": "record_id",
+    "in": "path",
+    "required": True,
+    "description": "The quarantined message's id (letters and digits).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"},
+}
+_NO_RECORD = _error("No quarantined message with this id.")
+_QUARANTINED_FIELDS: dict[str, Any] = {
+    "id": _TEXT,
+    "reason": {"type": "string", "enum": _QUARANTINE_REASONS},
+    "detail": _TEXT,
+    "queue": _nullable(_TEXT),
+    "task": _nullable(_TEXT),
+    "task_id": _nullable(_TEXT),
+    "saga_id": _nullable(_TEXT),
+    "hostname": _nullable(_TEXT),
+    "received_at": _TIME,
+    "content_type": _nullable(_TEXT),
+    "content_encoding": _nullable(_TEXT),
+    "headers": {"type": "object"},
+    "properties": {"type": "object"},
+    "body_size": _COUNT,
+    "truncated": {"type": "boolean"},
+    "note": _nullable(_TEXT),
+    "replayable": {"type": "boolean"},
+}
+SCHEMAS["QuarantinedSummary"] = _record(_QUARANTINED_FIELDS)
+SCHEMAS["Quarantined"] = {
+    "description": "A quarantined message with its body: as text if it is UTF-8, else base64.",
+    "type": "object",
+    "properties": {**_QUARANTINED_FIELDS, "body_text": _TEXT, "body_base64": _TEXT},
+    "required": list(_QUARANTINED_FIELDS),
+    "additionalProperties": False,
+}
+SCHEMAS["QuarantineActionDone"] = _record({"id": _TEXT, "result": _TEXT})
+
+
+def _quarantine_action(verb: str, summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": f"{verb}_quarantined",
+            "summary": summary,
+            "tags": ["quarantine"],
+            "parameters": [_RECORD_ID_PARAMETER],
+            "requestBody": {
+                "required": True,
+                "description": "JSON (a cross-site form cannot send it).",
+                "content": {JSON: {"schema": body}},
+            },
+            "responses": {
+                "200" if verb == "drop" else "202": _json("Done.", _ref("QuarantineActionDone")),
+                "400": _error("An option that cannot be used."),
+                "403": _error("Operator actions are disabled (start with --enable-actions)."),
+                "404": _NO_RECORD,
+                "409": _error("The message cannot be replayed (cut, or its saga was told)."),
+                "415": _error("The request was not sent as application/json."),
+                "503": _error("The saga store or the broker could not be reached."),
+            },
+        }
+    }
+
+
+def _quarantine_paths() -> dict[str, Any]:
+    return {
+        "/api/quarantine": {
+            "get": {
+                "operationId": "list_quarantined",
+                "summary": "Messages workers refused, newest first, without their bodies "
+                "(`sagaflow quarantine list --json`).",
+                "tags": ["quarantine"],
+                "parameters": [
+                    _query(
+                        "reason",
+                        "Only messages refused for this (empty: any).",
+                        {"type": "string", "enum": ["", *_QUARANTINE_REASONS]},
+                    ),
+                    _query(
+                        "limit",
+                        "At most this many.",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+                    ),
+                    _query(
+                        "offset",
+                        "Skip this many of the newest first.",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        "The quarantined messages.",
+                        {"type": "array", "items": _ref("QuarantinedSummary")},
+                    ),
+                    "400": _error("A filter or paging argument that cannot be used."),
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/api/quarantine/{record_id}": {
+            "get": {
+                "operationId": "get_quarantined",
+                "summary": "One quarantined message with its headers and body "
+                "(`sagaflow quarantine show --json`).",
+                "tags": ["quarantine"],
+                "parameters": [_RECORD_ID_PARAMETER],
+                "responses": {
+                    "200": _json("The message.", _ref("Quarantined")),
+                    "404": _NO_RECORD,
+                    "503": _UNAVAILABLE,
+                },
+            }
+        },
+        "/api/quarantine/{record_id}/drop": _quarantine_action(
+            "drop", "Forget a quarantined message for good.", {}
+        ),
+        "/api/quarantine/{record_id}/replay": _quarantine_action(
+            "replay",
+            "Put a quarantined message back on its queue (or on `queue`), byte for byte.",
+            {
+                "type": "object",
+                "properties": {
+                    "queue": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "force": {"type": "boolean"},
+                },
+            },
+        ),
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
+        **_quarantine_paths(),
         "/api/sagas": {
             "get": {
                 "operationId": "list_sagas",

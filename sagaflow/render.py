@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.text import Text
 
 from sagaflow.definitions import SagaState, StepStatus
 from sagaflow.machine import SagaRecord, StepRecord
+from sagaflow.quarantine import QuarantinedMessage
 from sagaflow.store import HistoryRow
 
 STATE_STYLE = {
@@ -210,3 +212,25 @@ def _detail_value(value: Any) -> str:
     if isinstance(value, dict) and "type" in value:
         return f"{value['type']}: {value.get('message', '')}"
     return str(value)
+
+
+def quarantined_json(record: QuarantinedMessage, with_body: bool = True) -> dict[str, Any]:
+    """A quarantined message as the CLI's --json and the dashboard's API show it: the body as
+    text when it is UTF-8, else base64."""
+    data = record.to_json()
+    data["replayable"] = record.replayable
+    data.pop("body")
+    if with_body:
+        text = body_text(record.body)
+        if text is not None:
+            data["body_text"] = text
+        else:
+            data["body_base64"] = base64.b64encode(record.body).decode()
+    return data
+
+
+def body_text(body: bytes) -> str | None:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -7,6 +7,7 @@ Runs against real worker processes on Redis + PostgreSQL and on the embedded bro
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from sagaflow import SagaState
+from sagaflow.dashboard import create_dashboard
 from sagaflow.processes import WorkerProcess
 from sagaflow.protocol import (
     OPERATOR_TASK,
@@ -346,3 +348,63 @@ def test_an_oversized_message_cannot_be_replayed(stack: Stack) -> None:
     refused = stack.cli("quarantine", "replay", record.id)
     assert refused.returncode == 1 and "cannot be replayed" in refused.stderr
     assert QuarantineStore(stack.store).get(record.id) is not None
+
+
+def test_the_dashboard_shows_counts_drops_and_replays_quarantined_messages(stack: Stack) -> None:
+    poison = Poison("dashboard", _json({"shown": "in the dashboard"}), QuarantineReason.NOT_A_TASK)
+    record = wait_quarantined(stack, publish(stack, "svc_a", poison))
+    web = create_dashboard(stack.settings, client=stack.client).test_client()
+
+    listed = web.get("/api/quarantine?reason=not_a_task&limit=1000")
+    assert listed.status_code == 200
+    assert record.id in [r["id"] for r in listed.json]
+    shown = web.get(f"/api/quarantine/{record.id}")
+    assert shown.status_code == 200 and shown.json["body_text"] == poison.body.decode()
+    assert shown.json["queue"] == "svc_a" and shown.json["replayable"] is True
+    page = web.get("/quarantine")
+    assert page.status_code == 200 and record.id[:12] in page.text
+    detail = web.get(f"/quarantine/{record.id}")
+    assert detail.status_code == 200 and "in the dashboard" in detail.text
+    assert "not Celery&#39;s [args, kwargs, embed]" in detail.text
+    metrics = web.get("/metrics").text
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('sagaflow_quarantined_messages{reason="not_a_task"}')
+    ]
+    assert counted and float(counted[0].split()[-1]) >= 1
+    for bad in ("/api/quarantine/no%00pe", "/api/quarantine/" + "a" * 65, "/quarantine/x-y"):
+        answer = web.get(bad)
+        assert answer.status_code == 404, bad
+    assert web.get("/api/quarantine?reason=bogus").status_code == 400
+    refused = web.post(f"/api/quarantine/{record.id}/drop", json={})
+    assert refused.status_code == 403 and refused.json["error"]["type"] == "Forbidden"
+
+    token = base64.b64encode(b"op:secret").decode()
+    operator = create_dashboard(
+        stack.settings, client=stack.client, auth=("op", "secret"), actions=True
+    ).test_client()
+    headers = {"Authorization": f"Basic {token}"}
+    dropped = operator.post(f"/api/quarantine/{record.id}/drop", json={}, headers=headers)
+    assert dropped.status_code == 200 and dropped.json["result"] == "dropped"
+    assert QuarantineStore(stack.store).get(record.id) is None
+    gone = operator.get(f"/api/quarantine/{record.id}", headers=headers)
+    assert gone.status_code == 404 and gone.json["error"]["type"] == "QuarantinedMessageNotFound"
+
+    # A misrouted start, replayed from the dashboard onto the orchestrator's queue, runs.
+    saga_id = f"from-dashboard-{uuid.uuid4().hex[:8]}"
+    task_id = f"misrouted-{uuid.uuid4().hex[:8]}"
+    stack.client.app.send_task(
+        START_TASK,
+        kwargs={"saga_id": saga_id, "saga_type": "trip", "data": {}},
+        queue="svc_b",
+        task_id=task_id,
+    )
+    misrouted = wait_quarantined(stack, task_id)
+    replayed = operator.post(
+        f"/api/quarantine/{misrouted.id}/replay",
+        json={"queue": stack.settings.queue},
+        headers=headers,
+    )
+    assert replayed.status_code == 202, replayed.json
+    assert stack.wait_one(saga_id).state is SagaState.COMPLETED
