@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SAGA_ID_LENGTH = 64
 MAX_SAGA_TYPE_LENGTH = 200  # the store's column
+MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.messages checks it again)
 
 
 class BrokerUnavailable(SagaflowError):
@@ -118,6 +119,8 @@ class SagaClient:
             raise InvalidSagaInput(
                 f"saga type {saga_type:.80}... is over {MAX_SAGA_TYPE_LENGTH} characters"
             )
+        if (problem := input_problem(saga_type)) is not None:
+            raise InvalidSagaInput(f"saga type {saga_type!r:.80} refused: {problem}")
         payload = validate_input(data, self.settings.max_input_bytes)
         if saga_id is not None and (
             not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id)
@@ -190,6 +193,7 @@ class SagaClient:
     def cancel(self, saga_id: str, reason: str = "") -> int:
         """Cancel a running saga: the step in flight finishes, then what completed is
         compensated and the saga ends `cancelled`. Returns the version before."""
+        reason = _text_argument("reason", reason)
         saga = self.get(saga_id)
         outcome = cancel(saga, reason, utcnow())
         if isinstance(outcome, Ignored):
@@ -211,6 +215,7 @@ class SagaClient:
     def mark_compensated(self, saga_id: str, step: str, reason: str) -> int:
         """Record that a failed compensation was done by hand, with the reason, and let the
         saga carry on compensating the steps before it. Returns the version before."""
+        step, reason = _text_argument("step", step), _text_argument("reason", reason)
         if not reason.strip():
             raise InvalidOperation("a reason is required to mark a step compensated")
         saga = self.get(saga_id)
@@ -228,6 +233,9 @@ class SagaClient:
         Applied: the step counts as completed (with `result`) and the saga goes on. Not
         applied: the steps before it are compensated (a retriable step is sent again).
         Returns the version before."""
+        step, reason = _text_argument("step", step), _text_argument("reason", reason)
+        if not isinstance(applied, bool):
+            raise InvalidOperation(f"applied must be true or false, not {applied!r:.80}")
         if not reason.strip():
             raise InvalidOperation("a reason is required to resolve a step")
         if result is not None:
@@ -284,7 +292,7 @@ class SagaClient:
 
     def list_sagas(self, **filters: Any) -> list[SagaRecord]:
         """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset."""
-        return self.store.list_sagas(**filters)
+        return self.store.list_sagas(**_list_filters(filters))
 
     def history(self, saga_id: str) -> list[HistoryRow]:
         self.get(saga_id)
@@ -293,6 +301,49 @@ class SagaClient:
     def close(self) -> None:
         if self._store is not None:
             self._store.dispose()
+
+
+def _text_argument(name: str, value: object) -> str:
+    """Text an operator gives (a step name, a reason), refused with the reason when the store
+    could not keep it."""
+    if not isinstance(value, str):
+        raise InvalidOperation(f"{name} must be text, not {type(value).__name__}")
+    problem = input_problem(value)
+    if problem is not None:
+        raise InvalidOperation(f"{name} refused: {problem}")
+    if len(value) > MAX_OPERATOR_TEXT:
+        raise InvalidOperation(f"{name} is over {MAX_OPERATOR_TEXT} characters")
+    return value
+
+
+def _list_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """SagaStore.list_sagas's filters, each checked: a wrong one is a clear error."""
+    known = {"state", "saga_type", "since", "id_prefix", "limit", "offset"}
+    unknown = sorted(set(filters) - known)
+    if unknown:
+        raise InvalidSagaInput(f"unknown filter {unknown[0]!r}: use {', '.join(sorted(known))}")
+    checked = dict(filters)
+    state = checked.get("state")
+    if state is not None:
+        try:
+            checked["state"] = SagaState(state) if not isinstance(state, SagaState) else state
+        except (ValueError, TypeError):
+            states = ", ".join(s.value for s in SagaState)
+            raise InvalidSagaInput(f"unknown state {state!r:.80}: use one of {states}") from None
+    for name in ("saga_type", "id_prefix"):
+        value = checked.get(name)
+        if value is not None and (not isinstance(value, str) or input_problem(value)):
+            raise InvalidSagaInput(f"{name} must be plain text, not {value!r:.80}")
+        if isinstance(value, str) and len(value) > MAX_SAGA_TYPE_LENGTH:
+            raise InvalidSagaInput(f"{name} is over {MAX_SAGA_TYPE_LENGTH} characters")
+    since = checked.get("since")
+    if since is not None and not isinstance(since, datetime):
+        raise InvalidSagaInput(f"since must be a datetime, not {since!r:.80}")
+    for name, default, high in (("limit", 50, 10_000), ("offset", 0, 10**9)):
+        value = checked.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            raise InvalidSagaInput(f"{name} must be an integer from 0 to {high}, not {value!r:.80}")
+    return checked
 
 
 def _check_saga_id(saga_id: object) -> None:

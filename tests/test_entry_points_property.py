@@ -177,3 +177,85 @@ def test_no_orchestrator_task_raises_on_random_json(
     assert tried >= 100
     assert snapshot(store) == before, "a random message changed a saga's state"
     assert store.get(running).version == version, "a random message moved the running saga"
+
+
+# -- the client -------------------------------------------------------------------------------
+
+CLIENT_CALLS: dict[str, Any] = {
+    "start": st.tuples(
+        st.sampled_from(["no-such-type", "t\x00", "x" * 300, ""]) | JSON,
+        JSON,
+        st.fixed_dictionaries(
+            {}, optional={"saga_id": NEAR_VALID["saga_id"], "deadline": NEAR_VALID["deadline"]}
+        ),
+    ),
+    "get": st.tuples(NEAR_VALID["saga_id"]),
+    "history": st.tuples(NEAR_VALID["saga_id"]),
+    "cancel": st.tuples(NEAR_VALID["saga_id"], NEAR_VALID["reason"]),
+    "retry": st.tuples(NEAR_VALID["saga_id"]),
+    "mark_compensated": st.tuples(NEAR_VALID["saga_id"], HOSTILE_TEXT | JSON, HOSTILE_TEXT | JSON),
+    "resolve": st.tuples(
+        NEAR_VALID["saga_id"], HOSTILE_TEXT | JSON, st.booleans() | JSON, HOSTILE_TEXT | JSON
+    ),
+    "list_sagas": st.fixed_dictionaries(
+        {},
+        optional={
+            "state": st.sampled_from(["pending", "bogus"]) | JSON,
+            "saga_type": HOSTILE_TEXT | JSON,
+            "id_prefix": HOSTILE_TEXT | JSON,
+            "limit": COUNT | JSON,
+            "offset": COUNT | JSON,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(CLIENT_CALLS))
+def test_no_client_method_raises_anything_but_a_sagaflow_error(
+    orchestrator_app: Any, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sagaflow.client import SagaClient
+    from sagaflow.errors import SagaflowError
+
+    store: SagaStore = orchestrator_app.sagaflow_orchestrator.store
+    conf = orchestrator_app.sagaflow_orchestrator.app.conf
+    settings_used = Settings(
+        home=Path(conf.broker_transport_options["data_folder_in"]).parent,
+        database_url=store.url,
+    )
+    client = SagaClient(settings_used, store=store)
+    before = snapshot(store)
+    before.pop("requested", None)
+    call = getattr(client, method)
+    started: list[str] = []
+
+    @settings(
+        max_examples=100,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(arguments=CLIENT_CALLS[method])
+    def one(arguments: Any) -> None:
+        caplog.clear()
+        try:
+            if method == "start":
+                saga_type, data, options = arguments
+                started.append(call(saga_type, data, **options))
+            elif method == "list_sagas":
+                call(**arguments)
+            else:
+                call(*arguments)
+        except SagaflowError:
+            pass  # a clear error, sagaflow's own
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert not tracebacks, f"{method}{arguments!r:.300}: {tracebacks[0]}"
+
+    with caplog.at_level(logging.INFO):
+        one()
+    after = snapshot(store)
+    after.pop("requested", None)
+    assert after == before, "a client call changed a saga's state"
+    for saga_id in started:  # what start accepted is recorded as asked, to be planned later
+        assert store.get(saga_id).state.value in ("requested", "rejected")
