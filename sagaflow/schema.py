@@ -112,3 +112,26 @@ events = sa.Table(
     sa.Index("ix_sagaflow_events_saga", "saga_id"),
     sa.Index("ix_sagaflow_events_unpublished", "published_at", "created_at"),
 )
+
+# Outcomes the orchestrator ignored (duplicate, late or forged), counted per saga: the history
+# keeps only the first few of them in full (store_rows.IGNORED_IN_HISTORY), these rows the count.
+# No foreign key to the saga: checking one would lock the saga row for share, and wait for a
+# transition of the saga in flight.
+ignored = sa.Table(
+    "sagaflow_ignored",
+    metadata,
+    sa.Column("saga_id", sa.String(64), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("first_at", Timestamp, nullable=False),
+    sa.Column("last_at", Timestamp, nullable=False),
+)
+
+ignored_by_step = sa.Table(
+    "sagaflow_ignored_by_step",
+    metadata,
+    sa.Column("saga_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.String(200), primary_key=True),  # "" for a position with no step
+    sa.Column("outcome", sa.String(16), primary_key=True),  # succeeded or failed
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("last_at", Timestamp, nullable=False),
+)
