@@ -185,7 +185,8 @@ def start(
 @click.pass_context
 def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """Where saga SAGA_ID is, step by step, and why."""
-    saga = client_of(ctx).get(saga_id)
+    client = client_of(ctx)
+    saga = client.get(saga_id)
     if as_json:
         print_json(render.saga_json(saga))
         return
@@ -205,6 +206,8 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
             f"waiting on step {step.name!r} ({step.status.value}) for {render.age(started)}",
             highlight=False,
         )
+    if (ignored := client.store.ignored(saga_id)).count:
+        console.print(ignored.summary(), highlight=False)
 
 
 def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:

@@ -91,7 +91,7 @@ from sagaflow.quarantine_store import QuarantineStore
 from sagaflow.records import parse_task_id
 from sagaflow.screening import DEFAULT_MAX_MESSAGE_BYTES
 from sagaflow.service import install_service_support
-from sagaflow.store import Decision, SagaStore, utcnow
+from sagaflow.store import IGNORED_IN_HISTORY, Decision, SagaStore, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -491,17 +491,22 @@ class Orchestrator:
     def _note_ignored(self, saga: SagaRecord, event: Event, reason: str) -> None:
         step = saga.steps[event.position].name if 0 <= event.position < len(saga.steps) else None
         outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
-        logger.info("saga %s: %s %s outcome ignored: %s", saga.saga_id, step, outcome, reason)
-        self.store.record_ignored(
-            saga.saga_id,
-            step,
-            {
-                "outcome": outcome,
-                "phase": event.phase.value,
-                "attempt": event.attempt,
-                "reason": reason,
-            },
-        )
+        detail = {
+            "outcome": outcome,
+            "phase": event.phase.value,
+            "attempt": event.attempt,
+            "reason": reason,
+        }
+        count = self.store.record_ignored(saga.saga_id, step, detail)
+        # Past the history's bound a flood is only counted: a line each would grow the log.
+        if count <= IGNORED_IN_HISTORY:
+            logger.info("saga %s: %s %s outcome ignored: %s", saga.saga_id, step, outcome, reason)
+        if count == IGNORED_IN_HISTORY:
+            logger.warning(
+                "saga %s: %d outcomes ignored; further ones are only counted (sagaflow status)",
+                saga.saga_id,
+                count,
+            )
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -618,6 +623,18 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
             return
         orchestrator.handle(parsed.saga_id, _event_from(parsed, succeeded=False))
 
+    def store_retry(sender: Any = None, reason: Any = None, **_: Any) -> None:
+        # Celery logs its own retries at INFO: an unreachable store gets a warning saying so.
+        exc = getattr(reason, "exc", None)
+        if getattr(sender, "app", None) is app and isinstance(exc, StoreUnavailable):
+            logger.warning(
+                "%s; the transition (%s) is retried %s",
+                _one_line(exc),
+                sender.name,
+                reason.humanize(),
+            )
+
+    signals.task_retry.connect(store_retry, weak=False)
     app.task(name=START_TASK, **retrying)(start)
     app.task(name=STEP_SUCCEEDED_TASK, **retrying)(step_succeeded)
     app.task(name=STEP_FAILED_TASK, **retrying)(step_failed)
@@ -644,12 +661,19 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
 
     app.task(name=WORKER_LOST_TASK, **retrying)(worker_lost)
 
-    def recover(task: Any, *args: Any, **kwargs: Any) -> dict[str, int]:
+    def recover(task: Any, *args: Any, **kwargs: Any) -> dict[str, int] | None:
         malformed = parse_no_arguments(args, kwargs, RECOVER_TASK)
         if malformed is not None:
             orchestrator.refuse(task_message_record(task.request, args, kwargs, malformed))
-            return {}
-        report = orchestrator.recover(orchestrator.stall_timeout)
+            return None
+        try:
+            report = orchestrator.recover(orchestrator.stall_timeout)
+        except StoreUnavailable as exc:
+            # Expected while the database restarts; the next sweep finds what this one missed.
+            interval = app.conf.beat_schedule.get("sagaflow-recover", {}).get("schedule")
+            when = f"in {interval:g}s" if isinstance(interval, float | int) else "as scheduled"
+            logger.warning("recovery sweep skipped: %s; next sweep %s", _one_line(exc), when)
+            return None
         return {
             "started": len(report.started),
             "timed_out": len(report.timed_out),
@@ -678,6 +702,10 @@ def install_orchestrator_tasks(app: Celery, orchestrator: Orchestrator) -> None:
     install_service_support(
         app, orchestrator.queue, max_message_bytes=orchestrator.max_message_bytes
     )
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())  # driver messages span lines
 
 
 def create_orchestrator_app(

@@ -137,3 +137,26 @@ quarantine = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
     sa.Index("ix_sagaflow_quarantine_received", "received_at"),
 )
+
+# Outcomes the orchestrator ignored (duplicate, late or forged), counted per saga: the history
+# keeps only the first few of them in full (store_rows.IGNORED_IN_HISTORY), these rows the count.
+# No foreign key to the saga: checking one would lock the saga row for share, and wait for a
+# transition of the saga in flight.
+ignored = sa.Table(
+    "sagaflow_ignored",
+    metadata,
+    sa.Column("saga_id", sa.String(64), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("first_at", Timestamp, nullable=False),
+    sa.Column("last_at", Timestamp, nullable=False),
+)
+
+ignored_by_step = sa.Table(
+    "sagaflow_ignored_by_step",
+    metadata,
+    sa.Column("saga_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.String(200), primary_key=True),  # "" for a position with no step
+    sa.Column("outcome", sa.String(16), primary_key=True),  # succeeded or failed
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("last_at", Timestamp, nullable=False),
+)

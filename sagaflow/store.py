@@ -35,17 +35,29 @@ from sagaflow.machine import (
 )
 from sagaflow.schema import events, history, sagas, steps
 from sagaflow.store_rows import (
+    IGNORED_IN_HISTORY as IGNORED_IN_HISTORY,
+)
+from sagaflow.store_rows import (
     EventRow as EventRow,
 )
 from sagaflow.store_rows import (
     HistoryRow as HistoryRow,
 )
 from sagaflow.store_rows import (
+    IgnoredCount as IgnoredCount,
+)
+from sagaflow.store_rows import (
+    IgnoredOutcomes as IgnoredOutcomes,
+)
+from sagaflow.store_rows import (
     aware,
     event_from_row,
     history_row,
+    ignored_params,
     insert_history,
+    load_ignored,
     load_saga,
+    note_ignored,
     saga_from_row,
     saga_row,
     step_row,
@@ -372,26 +384,12 @@ class SagaStore:
         with open(path, "w") as out:
             json.dump({"saga_id": known.saga_id, "remembered_vs_stored": differences}, out)
 
-    def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> None:
-        """Note an outcome that changed nothing (duplicate, late or forged) in the history."""
+    def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> int:
+        """Count an outcome that changed nothing (duplicate, late or forged), by saga and by
+        step and kind (detail's "outcome"), and note it in the history while the saga has at
+        most IGNORED_IN_HISTORY of them. The saga's count, this one included."""
         with self._write() as conn:
-            state = conn.execute(
-                sa.select(sagas.c.state).where(sagas.c.id == saga_id)
-            ).scalar_one_or_none()
-            insert_history(
-                conn,
-                saga_id,
-                utcnow(),
-                [
-                    HistoryEntry(
-                        "outcome_ignored",
-                        None,
-                        SagaState(state) if state else SagaState.REJECTED,
-                        step,
-                        detail,
-                    )
-                ],
-            )
+            return note_ignored(conn, ignored_params(saga_id, step, detail, utcnow()))
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
         if not event_ids:
@@ -539,6 +537,11 @@ class SagaStore:
             )
             for r in rows
         ]
+
+    def ignored(self, saga_id: str) -> IgnoredOutcomes:
+        """How many outcomes were ignored for the saga (see record_ignored)."""
+        with self._connect() as conn:
+            return load_ignored(conn, saga_id)
 
     def events(self, saga_id: str) -> list[EventRow]:
         with self._connect() as conn:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sagaflow.errors import ConcurrencyConflict
-from sagaflow.schema import events, history, sagas, steps
+from sagaflow.schema import events, history, ignored, sagas, steps
 
 T = TypeVar("T")
 
@@ -123,14 +123,56 @@ def _driver_errors(conn: Connection, statement: str, action: Callable[[], T]) ->
     try:
         return action()
     except psycopg.Error as exc:
-        if conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None):  # type: ignore[arg-type]
+        if _connection_lost(conn, exc):
             # As SQLAlchemy does on a disconnect: this connection and every pooled one (a
-            # restarted server dropped them all) are replaced on their next checkout.
+            # restarted server dropped them all) are replaced on their next checkout. Closed
+            # here, it is not rolled back on its way back to the pool (which would fail).
             conn.invalidate(exc)
             conn.engine.dispose(close=False)
         raise sa.exc.DBAPIError.instance(
             statement, None, exc, psycopg.Error, connection_invalidated=conn.invalidated
         ) from exc
+
+
+def _connection_lost(conn: Connection, exc: Exception) -> bool:
+    from psycopg import pq
+
+    raw = conn.connection.driver_connection
+    if raw is None or raw.closed or raw.broken:
+        return True
+    # A server that went away mid-pipeline can leave libpq in pipeline mode ("cannot exit
+    # pipeline mode while busy"): nothing else can be sent on that connection.
+    if raw.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        return True
+    # Connection exceptions, and the server shutting down or terminating this backend.
+    if (getattr(exc, "sqlstate", None) or "").startswith(("08", "57P")):
+        return True
+    return bool(conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None))  # type: ignore[arg-type]
+
+
+def _pipelined(raw: Any, body: Callable[[], T]) -> T:
+    """Run `body` in pipeline mode, raising what it raised once the pipeline is left.
+
+    Raised inside the block, an error makes psycopg log a warning ("error ignored terminating
+    <psycopg.Pipeline ...>") whenever leaving the pipeline fails too: after every version check
+    that refuses a write, and whenever the server went away. The first error says why.
+    """
+    import psycopg
+
+    failure: psycopg.Error | None = None
+    result: T | None = None
+    try:
+        with raw.pipeline():
+            try:
+                result = body()
+            except psycopg.Error as exc:
+                failure = exc
+    except psycopg.Error:
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure
+    return cast(T, result)
 
 
 def load_locked(conn: Connection, saga_id: str) -> list[dict[str, Any]] | None:
@@ -141,17 +183,16 @@ def load_locked(conn: Connection, saga_id: str) -> list[dict[str, Any]] | None:
     assert raw is not None
 
     def run() -> list[dict[str, Any]] | None:
-        with raw.pipeline():
-            lock = raw.cursor()
-            lock.execute(lock_sql, {"saga_id": saga_id})
-            load = raw.cursor()
-            load.execute(load_sql, {"saga_id": saga_id})
-            if lock.fetchone() is None:
-                return None
-            # The labels are known: reading cursor.description builds 40 column objects.
-            return [dict(zip(LOAD_NAMES, row, strict=True)) for row in load.fetchall()]
+        lock = raw.cursor()
+        lock.execute(lock_sql, {"saga_id": saga_id})
+        load = raw.cursor()
+        load.execute(load_sql, {"saga_id": saga_id})
+        if lock.fetchone() is None:
+            return None
+        # The labels are known: reading cursor.description builds 40 column objects.
+        return [dict(zip(LOAD_NAMES, row, strict=True)) for row in load.fetchall()]
 
-    return _driver_errors(conn, load_sql, run)
+    return _driver_errors(conn, load_sql, lambda: _pipelined(raw, run))
 
 
 def insert(
@@ -167,16 +208,15 @@ def insert(
     assert raw is not None
 
     def run() -> None:
-        with raw.pipeline():
-            cursor = raw.cursor()
-            cursor.execute(sql["new_saga"], _params(saga, SAGA_JSON))
-            for row in step_rows:
-                cursor.execute(sql["new_step"], _params(row, STEP_JSON))
-            for row in history_rows:
-                cursor.execute(sql["history"], _params(row, HISTORY_JSON))
-            raw.commit()
+        cursor = raw.cursor()
+        cursor.execute(sql["new_saga"], _params(saga, SAGA_JSON))
+        for row in step_rows:
+            cursor.execute(sql["new_step"], _params(row, STEP_JSON))
+        for row in history_rows:
+            cursor.execute(sql["history"], _params(row, HISTORY_JSON))
+        raw.commit()
 
-    _driver_errors(conn, sql["new_saga"], run)
+    _driver_errors(conn, sql["new_saga"], lambda: _pipelined(raw, run))
 
 
 def write(
@@ -194,22 +234,25 @@ def write(
     raw = conn.connection.driver_connection
     assert raw is not None
 
+    def send() -> list[Any]:
+        raw.cursor().execute(sql["saga"], _params(saga_update, SAGA_JSON))
+        cursor = raw.cursor()
+        for row in new_steps:
+            cursor.execute(sql["new_step"], _params(row, STEP_JSON))
+        for row in step_updates:
+            cursor.execute(sql["step"], _params(row, STEP_JSON))
+        for row in history_rows:
+            cursor.execute(sql["history"], _params(row, HISTORY_JSON))
+        event_cursors = []
+        for row in event_rows:
+            event_cursor = raw.cursor()
+            event_cursor.execute(sql["event"], _params(row, EVENT_JSON))
+            event_cursors.append(event_cursor)
+        raw.commit()
+        return event_cursors
+
     def run() -> list[int]:
-        with raw.pipeline():
-            raw.cursor().execute(sql["saga"], _params(saga_update, SAGA_JSON))
-            cursor = raw.cursor()
-            for row in new_steps:
-                cursor.execute(sql["new_step"], _params(row, STEP_JSON))
-            for row in step_updates:
-                cursor.execute(sql["step"], _params(row, STEP_JSON))
-            for row in history_rows:
-                cursor.execute(sql["history"], _params(row, HISTORY_JSON))
-            event_cursors = []
-            for row in event_rows:
-                event_cursor = raw.cursor()
-                event_cursor.execute(sql["event"], _params(row, EVENT_JSON))
-                event_cursors.append(event_cursor)
-            raw.commit()
+        event_cursors = _pipelined(raw, send)
         ids = []
         for event_cursor in event_cursors:
             fetched = event_cursor.fetchone()
@@ -236,8 +279,36 @@ def mark_published(conn: Connection, event_ids: Sequence[int], at: Any) -> None:
     sql = "UPDATE sagaflow_events SET published_at = %(at)s WHERE id = ANY(%(ids)s)"
 
     def run() -> None:
-        with raw.pipeline():
-            raw.cursor().execute(sql, {"at": at, "ids": list(event_ids)})
-            raw.commit()
+        raw.cursor().execute(sql, {"at": at, "ids": list(event_ids)})
+        raw.commit()
 
-    _driver_errors(conn, sql, run)
+    _driver_errors(conn, sql, lambda: _pipelined(raw, run))
+
+
+def note_ignored(conn: Connection, params: dict[str, Any]) -> int:
+    """Count an ignored outcome and note it in the history within the bound, sent together
+    with the COMMIT (store_rows.ignored_statements). The saga's count, this one included."""
+    per_saga, per_step, noted = _ignored_statements()
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    values = _params(params, frozenset(["detail"]))
+
+    def run() -> int:
+        counted = raw.cursor()
+        counted.execute(per_saga, values)
+        raw.cursor().execute(per_step, values)
+        raw.cursor().execute(noted, values)
+        raw.commit()
+        row = counted.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return _driver_errors(conn, per_saga, lambda: _pipelined(raw, run))
+
+
+@cache
+def _ignored_statements() -> tuple[str, str, str]:
+    from sagaflow.store_rows import ignored_statements
+
+    per_saga, per_step, noted = ignored_statements("postgresql")
+    return _sql(per_saga.returning(ignored.c.count)), _sql(per_step), _sql(noted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +24,20 @@ from sagaflow.machine import (
     SagaRecord,
     StepRecord,
 )
-from sagaflow.schema import events, history, sagas, steps
+from sagaflow.schema import (
+    JSONType,
+    Timestamp,
+    events,
+    history,
+    ignored,
+    ignored_by_step,
+    sagas,
+    steps,
+)
+
+# Ignored outcomes (duplicate, late or forged) a saga's history keeps in full; past them, each
+# one only adds to the saga's counters, so a flood of them costs an upsert each and no row.
+IGNORED_IN_HISTORY = 20
 
 
 def utcnow() -> datetime:
@@ -64,6 +78,57 @@ class EventRow:
     payload: dict[str, Any]
     created_at: datetime
     published_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IgnoredCount:
+    """Outcomes of one kind (succeeded or failed) ignored for one step (None: no such step)."""
+
+    step: str | None
+    outcome: str
+    count: int
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class IgnoredOutcomes:
+    """How many outcomes the orchestrator ignored for a saga, in all and by step and kind."""
+
+    count: int
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+    by_step: tuple[IgnoredCount, ...] = ()
+
+    @property
+    def in_history(self) -> int:
+        """How many of them the history holds in full (the first ones)."""
+        return min(self.count, IGNORED_IN_HISTORY)
+
+    def summary(self) -> str:
+        noun = "outcome" if self.count == 1 else "outcomes"
+        where = (
+            f"first {IGNORED_IN_HISTORY} in the history"
+            if self.count > IGNORED_IN_HISTORY
+            else "all in the history"
+        )
+        return f"{self.count} {noun} ignored ({where})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "in_history": self.in_history,
+            "first_at": self.first_at.isoformat() if self.first_at else None,
+            "last_at": self.last_at.isoformat() if self.last_at else None,
+            "by_step": [
+                {
+                    "step": c.step,
+                    "outcome": c.outcome,
+                    "count": c.count,
+                    "last_at": c.last_at.isoformat(),
+                }
+                for c in self.by_step
+            ],
+        }
 
 
 SAGA_COLUMNS = [c.label(f"saga_{c.name}") for c in sagas.c]
@@ -115,6 +180,106 @@ UPDATE_STEP = steps.update().where(
     steps.c.saga_id == sa.bindparam("key_saga_id"),
     steps.c.position == sa.bindparam("key_position"),
 )
+
+
+@cache
+def ignored_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """Count an ignored outcome for its saga, then for its step and kind, then note it in the
+    history if the saga's count is still within IGNORED_IN_HISTORY (parameters: saga_id, at,
+    step, step_key, outcome, detail). The saga's counter goes first: its row lock queues up
+    concurrent notes on one saga, so the bound is exact. (No RETURNING: SQLite has it only
+    since 3.35; PostgreSQL's pipelined path adds it.)
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    saga_id, at = sa.bindparam("saga_id", type_=sa.String), sa.bindparam("at", type_=Timestamp)
+    # Constants as SQL text: the pipelined path sends only the parameters named above.
+    one: sa.ColumnClause[Any] = sa.literal_column("1")
+    bound: sa.ColumnClause[Any] = sa.literal_column(str(IGNORED_IN_HISTORY))
+    new_count = insert(ignored).values(saga_id=saga_id, count=one, first_at=at, last_at=at)
+    per_saga = new_count.on_conflict_do_update(
+        index_elements=[ignored.c.saga_id],
+        set_={"count": ignored.c.count + one, "last_at": new_count.excluded.last_at},
+    )
+    per_step = insert(ignored_by_step).values(
+        saga_id=saga_id,
+        step=sa.bindparam("step_key", type_=sa.String),
+        outcome=sa.bindparam("outcome", type_=sa.String),
+        count=one,
+        last_at=at,
+    )
+    per_step = per_step.on_conflict_do_update(
+        index_elements=list(ignored_by_step.primary_key),
+        set_={"count": ignored_by_step.c.count + one, "last_at": per_step.excluded.last_at},
+    )
+    count_now = sa.select(ignored.c.count).where(ignored.c.saga_id == saga_id).scalar_subquery()
+    noted = history.insert().from_select(
+        ["saga_id", "at", "event", "from_state", "to_state", "step", "detail"],
+        sa.select(
+            saga_id,
+            at,
+            sa.literal_column("'outcome_ignored'"),
+            sa.null(),
+            sagas.c.state,
+            sa.bindparam("step", type_=sa.String),
+            sa.bindparam("detail", type_=JSONType),
+        ).where(count_now <= bound, sagas.c.id == saga_id),
+    )
+    return per_saga, per_step, noted
+
+
+def ignored_params(
+    saga_id: str, step: str | None, detail: dict[str, Any], at: datetime
+) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "at": to_utc(at),
+        "step": step,
+        "step_key": step or "",
+        "outcome": str(detail.get("outcome", ""))[:16],
+        "detail": detail,
+    }
+
+
+def note_ignored(conn: Connection, params: dict[str, Any]) -> int:
+    """Count an ignored outcome, noted in the history within the bound (ignored_statements);
+    the saga's count, this one included."""
+    if store_pg.uses_pipeline(conn):
+        return store_pg.note_ignored(conn, params)
+    per_saga, per_step, noted = ignored_statements(conn.dialect.name)
+    conn.execute(per_saga, params)
+    counted = sa.select(ignored.c.count).where(ignored.c.saga_id == params["saga_id"])
+    count = int(conn.execute(counted).scalar_one())
+    conn.execute(per_step, params)
+    if count <= IGNORED_IN_HISTORY:
+        conn.execute(noted, params)
+    return count
+
+
+def load_ignored(conn: Connection, saga_id: str) -> IgnoredOutcomes:
+    total = conn.execute(
+        sa.select(ignored.c.count, ignored.c.first_at, ignored.c.last_at).where(
+            ignored.c.saga_id == saga_id
+        )
+    ).first()
+    if total is None:
+        return IgnoredOutcomes(0)
+    by_step = ignored_by_step.c
+    rows = conn.execute(
+        sa.select(by_step.step, by_step.outcome, by_step.count, by_step.last_at)
+        .where(by_step.saga_id == saga_id)
+        .order_by(by_step.step, by_step.outcome)
+    ).all()
+    return IgnoredOutcomes(
+        count=int(total[0]),
+        first_at=aware(total[1]),
+        last_at=aware(total[2]),
+        by_step=tuple(
+            IgnoredCount(step or None, outcome, int(count), aware(at) or utcnow())
+            for step, outcome, count, at in rows
+        ),
+    )
 
 
 def write_transition(

@@ -7,6 +7,7 @@ password) and drops it afterwards. If that server cannot be reached the PostgreS
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -40,7 +41,7 @@ from sagaflow.machine import (
 )
 from sagaflow.migrate import VERSION_TABLE, current_revision, head_revision
 from sagaflow.schema import metadata
-from sagaflow.store import SagaStore
+from sagaflow.store import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
 from tests.conftest import drop_pooled_connection, poll
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -75,6 +76,8 @@ SAGA_TABLES = {
     "sagaflow_history",
     "sagaflow_events",
     "sagaflow_quarantine",
+    "sagaflow_ignored",
+    "sagaflow_ignored_by_step",
 }
 
 
@@ -210,6 +213,144 @@ def datetimes(saga: SagaRecord) -> list[datetime]:
     for step in saga.steps:
         values += [getattr(step, f.name) for f in fields(step) if f.name.endswith("_at")]
     return [v for v in values if v is not None]
+
+
+# -- ignored outcomes -----------------------------------------------------------------------------
+
+
+def ignore(store: SagaStore, saga_id: str, step: str | None, outcome: str, n: int) -> list[int]:
+    """Record `n` ignored outcomes of one kind; the saga's count after each."""
+    return [
+        store.record_ignored(saga_id, step, {"outcome": outcome, "reason": "a duplicate"})
+        for _ in range(n)
+    ]
+
+
+def ignored_rows(store: SagaStore, saga_id: str) -> list[Any]:
+    return [h for h in store.history(saga_id) if h.event == "outcome_ignored"]
+
+
+def test_ignored_outcomes_are_counted_and_only_the_first_ones_kept_in_the_history(
+    store: SagaStore,
+) -> None:
+    saga_id = create_running(store)
+    other = create_running(store)
+    counts = ignore(store, saga_id, "reserve_stock", "succeeded", 30)
+    counts += ignore(store, saga_id, "charge_payment", "failed", 15)
+    counts += ignore(store, saga_id, None, "failed", 5)  # a position with no step
+    ignore(store, other, "reserve_stock", "succeeded", 3)
+    assert counts == list(range(1, 51))
+
+    noted = ignored_rows(store, saga_id)
+    assert IGNORED_IN_HISTORY == 20
+    assert len(noted) == IGNORED_IN_HISTORY
+    # The first ones, in full: all 20 were of the first kind recorded.
+    assert {(h.step, h.detail["outcome"] if h.detail else None) for h in noted} == {
+        ("reserve_stock", "succeeded")
+    }
+    assert all(h.to_state == SagaState.PENDING.value and h.from_state is None for h in noted)
+
+    ignored = store.ignored(saga_id)
+    assert ignored.count == 50 and ignored.in_history == 20
+    assert ignored.summary() == "50 outcomes ignored (first 20 in the history)"
+    assert [(c.step, c.outcome, c.count) for c in ignored.by_step] == [
+        (None, "failed", 5),
+        ("charge_payment", "failed", 15),
+        ("reserve_stock", "succeeded", 30),
+    ]
+    assert all(isinstance(c, IgnoredCount) and c.last_at.tzinfo for c in ignored.by_step)
+    assert ignored.first_at is not None and ignored.last_at is not None
+    assert ignored.first_at <= ignored.last_at
+    assert ignored.to_json()["count"] == 50
+
+    # Counted per saga: the other saga's three are all in its history.
+    assert store.ignored(other).summary() == "3 outcomes ignored (all in the history)"
+    assert len(ignored_rows(store, other)) == 3
+    assert store.ignored(create_running(store)).count == 0
+
+
+def test_the_history_bound_holds_for_outcomes_ignored_at_the_same_time(
+    store: SagaStore,
+) -> None:
+    saga_id = create_running(store)
+    start = threading.Barrier(6, timeout=30)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def flood(step: str, outcome: str) -> None:
+        try:
+            start.wait()
+            counts.extend(ignore(store, saga_id, step, outcome, 10))
+        except BaseException as exc:
+            errors.append(exc)
+
+    kinds = [(s.name, o) for s in STEPS for o in ("succeeded", "failed")]
+    threads = [threading.Thread(target=flood, args=kind) for kind in kinds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(counts) == list(range(1, 61))  # each note saw the count its own made
+    assert len(ignored_rows(store, saga_id)) == IGNORED_IN_HISTORY
+    ignored = store.ignored(saga_id)
+    assert ignored.count == 60
+    assert sorted((c.step, c.outcome, c.count) for c in ignored.by_step) == sorted(
+        (step, outcome, 10) for step, outcome in kinds
+    )
+
+
+def test_postgres_without_pipeline_mode_counts_ignored_outcomes_the_same(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("PostgreSQL's two write paths")
+    from sagaflow import store_pg
+
+    monkeypatch.setattr(store_pg, "uses_pipeline", lambda conn: False)
+    saga_id = create_running(backend.store)
+    assert ignore(backend.store, saga_id, "reserve_stock", "failed", 22)[-1] == 22
+    assert len(ignored_rows(backend.store, saga_id)) == IGNORED_IN_HISTORY
+    assert backend.store.ignored(saga_id).count == 22
+
+
+def test_upgrade_counts_the_outcomes_the_history_already_holds(
+    backend: Backend, tmp_path: Path
+) -> None:
+    from sagaflow.migrate import downgrade
+
+    sqlite = backend.name == "sqlite"
+    store = SagaStore(f"sqlite:///{tmp_path / 'backfill.db'}") if sqlite else backend.store
+    try:
+        if sqlite:
+            store.upgrade()
+        saga_id = create_running(store)
+        downgrade(store, "0008")
+        noted = [
+            HistoryEntry("outcome_ignored", None, SagaState.PENDING, step, detail)
+            for step, detail in [
+                ("reserve_stock", {"outcome": "succeeded", "reason": "late"}),
+                ("reserve_stock", {"outcome": "succeeded", "reason": "late"}),
+                (None, {"outcome": "failed", "reason": "no step at position 7"}),
+                ("charge_payment", {"reason": "noted before outcomes had a kind"}),
+            ]
+        ]
+        from sagaflow.store_rows import insert_history
+
+        with store.engine.begin() as conn:
+            insert_history(conn, saga_id, NOW, noted)
+        store.upgrade()
+        ignored = store.ignored(saga_id)
+        assert ignored.count == 4 and ignored.first_at == NOW
+        assert [(c.step, c.outcome, c.count) for c in ignored.by_step] == [
+            (None, "failed", 1),
+            ("charge_payment", "", 1),
+            ("reserve_stock", "succeeded", 2),
+        ]
+        assert store.record_ignored(saga_id, None, {"outcome": "failed"}) == 5
+    finally:
+        if sqlite:
+            store.dispose()
 
 
 # -- create and load ------------------------------------------------------------------------------
@@ -854,6 +995,74 @@ def test_a_store_connection_the_server_dropped_fails_once_then_recovers(backend:
         assert saga.version == 1 and saga.steps[0].result == {"reservation": "r-1"}
     finally:
         store.dispose()
+
+
+def test_a_dropped_connection_fails_each_pipelined_write_once_and_quietly(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """StoreUnavailable, then a new connection; nothing logged on the way (psycopg warned of
+    each pipeline it could not leave, SQLAlchemy's pool of each connection it could not roll
+    back)."""
+    if backend.name != "postgresql":
+        pytest.skip("terminates PostgreSQL backends")
+    store = SagaStore(backend.url)
+    try:
+        saga_id = create_running(store)
+        operations = {
+            "transition": lambda: store.transition(saga_id, outcome_of(0)),
+            "create": lambda: store.create(started(new_id()).saga),
+            "record_ignored": lambda: store.record_ignored(saga_id, None, {"outcome": "failed"}),
+            "mark_published": lambda: store.mark_published([1]),
+        }
+        for name, operation in operations.items():
+            store.forget()  # the transition loads the saga under its lock
+            drop_pooled_connection(store, backend.store.engine)
+            caplog.clear()
+            with caplog.at_level(logging.INFO), pytest.raises(StoreUnavailable):
+                operation()
+            assert [r for r in caplog.records if r.levelno >= logging.WARNING] == [], name
+            operation()  # on a new connection
+        assert store.get(saga_id).version == 1
+        assert store.ignored(saga_id).count == 1
+    finally:
+        store.dispose()
+
+
+def test_an_error_mid_pipeline_is_raised_without_a_warning(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement's error can come back while later ones are still being sent (a loaded
+    machine): leaving the pipeline then fails too, and psycopg warned of it on every refused
+    write. The error is raised, the connection stays usable."""
+    if backend.name != "postgresql":
+        pytest.skip("psycopg's pipeline mode")
+    import time
+
+    import psycopg
+
+    from sagaflow.store_pg import _pipelined
+
+    raw = psycopg.connect(
+        sa.make_url(backend.url).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+
+        def refused() -> None:
+            failing = raw.cursor()
+            failing.execute("SELECT 1 / 0")
+            time.sleep(0.2)  # its error arrives before the next statements are sent
+            raw.cursor().execute("SELECT 2")
+            time.sleep(0.2)
+            raw.cursor().execute("SELECT 3")
+            raw.commit()
+
+        with caplog.at_level(logging.INFO), pytest.raises(psycopg.errors.DivisionByZero):
+            _pipelined(raw, refused)
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+        raw.rollback()
+        assert raw.execute("SELECT 4").fetchone() == (4,)
+    finally:
+        raw.close()
 
 
 def test_postgres_without_pipeline_mode_stores_the_same_transitions(
