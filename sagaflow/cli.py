@@ -13,61 +13,31 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from sagaflow import render
+from sagaflow.cli_errors import (
+    EXIT_ERROR,
+    BadInput,
+    ErrorHandlingGroup,
+    check_urls,
+    err_console,
+    load_json,
+    read_text_file,
+)
 from sagaflow.cli_quarantine import quarantine
-from sagaflow.client import BrokerUnavailable, SagaClient, parse_since
+from sagaflow.client import SagaClient, parse_since
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState
-from sagaflow.errors import (
-    InvalidSagaInput,
-    QuarantinedMessageNotFound,
-    SagaflowError,
-    SagaNotFound,
-    SagaTimeout,
-    StoreUnavailable,
-)
-from sagaflow.store import SagaStore, mask_url
-
-EXIT_ERROR = 1
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 4
-EXIT_TIMEOUT = 5
-
+from sagaflow.errors import InvalidSagaInput, SagaflowError, StoreUnavailable
+from sagaflow.store import SagaStore
+from sagaflow.urls import mask_url
 
 console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    message = " ".join(message.split())  # driver messages carry newlines: keep it one line
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    sys.exit(code)
-
-
-def exit_code_for(exc: SagaflowError) -> int:
-    if isinstance(exc, SagaNotFound | QuarantinedMessageNotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, (StoreUnavailable, BrokerUnavailable)):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, SagaTimeout):
-        return EXIT_TIMEOUT
-    return EXIT_ERROR
-
-
-class SagaflowGroup(click.Group):
-    """Turns sagaflow's errors into one clear line and a meaningful exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SagaflowError as exc:
-            fail(str(exc), exit_code_for(exc))
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -90,7 +60,7 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-@click.group(cls=SagaflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--broker-url", envvar="SAGAFLOW_BROKER_URL", help="Celery broker URL.")
 @click.option("--database-url", envvar="SAGAFLOW_DATABASE_URL", help="Saga store URL.")
 @click.option("--queue", envvar="SAGAFLOW_QUEUE", help="Orchestrator queue (default sagaflow).")
@@ -123,6 +93,8 @@ def cli(
     if definitions is not None:
         overrides["definitions"] = tuple(d.strip() for d in definitions.split(",") if d.strip())
     ctx.obj = Settings.from_env(**overrides)
+    if ctx.invoked_subcommand is not None:
+        check_urls(ctx.obj)
 
 
 def client_of(ctx: click.Context) -> SagaClient:
@@ -132,7 +104,7 @@ def client_of(ctx: click.Context) -> SagaClient:
 @cli.command()
 @click.argument("saga_type")
 @click.option("--data", "data_text", default="{}", help="Saga input as a JSON object.")
-@click.option("--data-file", type=click.File("r"), help="Read the input JSON from a file ('-').")
+@click.option("--data-file", type=click.File("rb"), help="Read the input JSON from a file ('-').")
 @click.option("--id", "saga_id", help="Saga id to use (default: a new UUID).")
 @click.option(
     "--deadline",
@@ -155,12 +127,15 @@ def start(
     as_json: bool,
 ) -> None:
     """Start a saga of SAGA_TYPE; prints its id."""
-    text = data_file.read() if data_file is not None else data_text
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidSagaInput(f"--data is not valid JSON: {exc}") from exc
     client = client_of(ctx)
+    if data_file is not None:
+        # The input's JSON may carry whitespace the stored input does not: some room for it.
+        limit = 4 * client.settings.max_input_bytes
+        data_text = read_text_file(data_file, "--data-file", limit)
+    try:
+        data = load_json(data_text, "--data-file" if data_file is not None else "--data")
+    except BadInput as exc:
+        raise InvalidSagaInput(str(exc)) from None
     new_id = client.start(saga_type, data, saga_id=saga_id, deadline=deadline)
     if not wait:
         if as_json:
@@ -346,9 +321,9 @@ def resolve_command(
     if applied is None:
         raise click.UsageError("say --applied or --not-applied")
     try:
-        result = json.loads(result_text) if result_text is not None else None
-    except ValueError as exc:
-        raise click.UsageError(f"--result is not valid JSON: {exc}") from exc
+        result = load_json(result_text, "--result") if result_text is not None else None
+    except BadInput as exc:
+        raise click.UsageError(str(exc)) from None
     client = client_of(ctx)
     version = client.resolve(saga_id, step, applied, reason, result)
     click.echo(f"saga {saga_id}: {step} resolved as {'applied' if applied else 'not applied'}")
