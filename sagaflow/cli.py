@@ -2,7 +2,8 @@
 
 Built on SagaClient and the store's public API. Every option can also be set with its SAGAFLOW_*
 environment variable. Exit codes: 0 success; 1 error (or, with `start --wait`, the saga did not
-complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed out waiting.
+complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed out waiting;
+130 interrupted. Errors are one line (sagaflow.cli_errors), JSON under `--json`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from sqlalchemy.engine import make_url
 from sagaflow import render
 from sagaflow.cli_errors import (
     EXIT_ERROR,
+    SECONDS,
     BadInput,
     ErrorHandlingGroup,
     check_urls,
+    driver_message,
     err_console,
     load_json,
     read_text_file,
@@ -33,7 +36,7 @@ from sagaflow.cli_quarantine import quarantine
 from sagaflow.client import SagaClient, parse_since
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState
-from sagaflow.errors import InvalidSagaInput, SagaflowError, StoreUnavailable
+from sagaflow.errors import ConfigurationError, InvalidSagaInput, SagaflowError, StoreUnavailable
 from sagaflow.store import SagaStore
 from sagaflow.urls import mask_url
 
@@ -49,7 +52,7 @@ def settings_of(ctx: click.Context) -> Settings:
 def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--wait/--no-wait` and `--timeout`, the same on every command that can wait."""
     command = click.option(
-        "--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait."
+        "--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait."
     )(command)
     return click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")(
         command
@@ -187,7 +190,7 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
         return None
     try:
         return parse_since(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: a date past the year 9999
         raise click.BadParameter(str(exc)) from None
 
 
@@ -205,7 +208,7 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option("--id-prefix", help="Only sagas whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_command(
@@ -348,7 +351,7 @@ def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: in
 @cli.command()
 @click.option(
     "--older-than",
-    type=float,
+    type=SECONDS,
     help="Seconds without progress before a saga counts as stalled, or a requested saga as "
     "not started (default SAGAFLOW_STALL_TIMEOUT, 300).",
 )
@@ -419,7 +422,9 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     except SagaflowError:
         raise
     except Exception as exc:
-        raise StoreUnavailable(f"cannot migrate {mask_url(settings.database_url)}: {exc}") from exc
+        raise StoreUnavailable(
+            f"cannot migrate {mask_url(settings.database_url)}: {driver_message(exc)}"
+        ) from exc
     from sagaflow.migrate import current_revision
 
     click.echo(f"{mask_url(settings.database_url)} at revision {current_revision(store)}")
@@ -471,7 +476,13 @@ def worker(
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the demo's store, broker and logs (default: a new temporary folder).",
 )
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the sagas.")
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=SECONDS,
+    help="Seconds to wait for the sagas.",
+)
 @click.pass_context
 def demo(ctx: click.Context, count: int, demo_home: Path | None, timeout: float) -> None:
     """Run the order saga example end to end.
@@ -537,7 +548,10 @@ def dashboard(
         f"{mask_url(settings.database_url)}",
         highlight=False,
     )
-    serve(app, host, port)
+    try:
+        serve(app, host, port)
+    except (OSError, ValueError) as exc:  # the port is taken, the host unknown
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc}") from exc
 
 
 def _stack_services(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:

@@ -9,6 +9,7 @@ driver's message echoes its connection string. SAGAFLOW_DEBUG=1 adds the traceba
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import traceback
@@ -41,9 +42,32 @@ EXIT_UNAVAILABLE = 4
 EXIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 DEBUG_ENV = "SAGAFLOW_DEBUG"
-URL_ENV = ("SAGAFLOW_DATABASE_URL", "SAGAFLOW_BROKER_URL", "SAGAFLOW_RESULT_BACKEND")
+URL_ENV = (
+    "SAGAFLOW_DATABASE_URL",
+    "SAGAFLOW_BROKER_URL",
+    "SAGAFLOW_RESULT_BACKEND",
+    "WORKERS_DATABASE_URL",
+)
 
 err_console = Console(stderr=True)
+
+
+class Seconds(click.types.FloatParamType):
+    """A finite number of seconds, not negative: NaN or infinity would wait forever."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 class BadInput(ValueError):
@@ -67,6 +91,11 @@ def exit_code_for(exc: SagaflowError) -> int:
     return EXIT_ERROR
 
 
+def driver_message(exc: BaseException) -> str:
+    """A database error in its driver's words (SQLAlchemy's adds the statement and a link)."""
+    return str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+
+
 def failure_of(exc: BaseException, settings: Settings | None) -> Failure:
     """What to tell the operator about `exc`."""
     if isinstance(exc, click.UsageError):
@@ -84,7 +113,9 @@ def failure_of(exc: BaseException, settings: Settings | None) -> Failure:
     if isinstance(exc, sa.exc.DBAPIError):  # a driver error the store does not map itself
         store = mask_url(settings.database_url) if settings else "the saga store"
         return Failure(
-            EXIT_UNAVAILABLE, "StoreUnavailable", f"saga store {store} failed: {exc.orig}"
+            EXIT_UNAVAILABLE,
+            "StoreUnavailable",
+            f"saga store {store} failed: {driver_message(exc)}",
         )
     return Failure(
         EXIT_ERROR,
@@ -113,10 +144,11 @@ def report(
 def secret_sources(settings: Settings | None, argv: Iterable[str]) -> list[str]:
     """Every URL this process may have been given, whose passwords must never be printed."""
     urls = [os.environ.get(name, "") for name in URL_ENV]
-    urls += [arg for arg in argv if "://" in arg]
+    # --database-url=URL is one argument
+    urls += [arg.partition("=")[2] if arg.startswith("--") else arg for arg in argv]
     if settings is not None:
         urls += [settings.database_url, settings.broker_url, settings.result_backend or ""]
-    return [url for url in urls if url]
+    return [url for url in urls if "://" in url]
 
 
 def check_urls(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sagaflow import render
+from sagaflow.cli_errors import driver_message
 from sagaflow.client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.definitions import SagaState
@@ -152,9 +153,9 @@ def run_demo(
     try:
         db.seed(BALANCES, STOCK, url=services_url)
     except sa.exc.SQLAlchemyError as exc:
-        reason = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         raise StoreUnavailable(
-            f"the example services' database {mask_url(services_url)} is unavailable: {reason}"
+            f"the example services' database {mask_url(services_url)} is unavailable: "
+            f"{driver_message(exc)}"
         ) from exc
 
     group = WorkerGroup(env, home / "logs", cwd=root)

@@ -30,6 +30,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from sagaflow.app import create_app
+from sagaflow.cli_errors import driver_message
 from sagaflow.client import BrokerUnavailable
 from sagaflow.config import Settings, ensure_home
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
@@ -141,7 +142,11 @@ def run_stack(
     log_dir = (settings.home / "stack-logs").resolve()
     group = WorkerGroup(env, log_dir, cwd=root)
     app = create_app("sagaflow-stack", settings)
-    check_broker(app, settings.broker_url)
+    try:
+        check_broker(app, settings.broker_url)
+    except BrokerUnavailable:
+        app.close()
+        raise
     code = 0
     with _Signals() as signals:
         try:
@@ -298,7 +303,9 @@ def _migrate(settings: Settings, console: Console) -> None:
     except SagaflowError:
         raise
     except Exception as exc:
-        raise StoreUnavailable(f"cannot migrate {mask_url(settings.database_url)}: {exc}") from exc
+        raise StoreUnavailable(
+            f"cannot migrate {mask_url(settings.database_url)}: {driver_message(exc)}"
+        ) from exc
     finally:
         store.dispose()
     console.print(f"store at revision {revision}", highlight=False)

@@ -25,12 +25,13 @@ from tests.conftest import (
     create_postgres_database,
     drop_postgres_database,
     free_port,
+    redis_url,
     require_redis,
 )
 from tests.test_cli import cli_env, describe, isolated_env, sagaflow
 from tests.test_stack import ORDER, StackProcess
 
-REDIS_DB = 14  # this file's own Redis database
+REDIS_DB = 14  # this file's own database on the run's Redis
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Planted:
     home: Path
     database_url: str  # with its password
     broker_url: str
+    server: str  # the broker's host:port/db
     secrets: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)  # where outputs were read, for the report
@@ -65,12 +67,13 @@ def secret(kind: str) -> str:
 def planted(tmp_path: Path) -> Iterator[Planted]:
     """PostgreSQL (trust auth takes any password) and Redis (its default user takes any
     password) reached with passwords that must never show."""
-    broker_url = f"redis://default:{secret('broker')}@127.0.0.1:6379/{REDIS_DB}"
+    server = redis_url(REDIS_DB).removeprefix("redis://")
+    broker_url = f"redis://default:{secret('broker')}@{server}"
     require_redis(broker_url)
     redis.Redis.from_url(broker_url).flushdb()
     bare = create_postgres_database("sagaflow_secrets")
     database_url = sa.engine.make_url(bare).set(password=secret("store")).render_as_string(False)
-    results_url = f"redis://default:{secret('results')}@127.0.0.1:6379/{REDIS_DB}"
+    results_url = f"redis://default:{secret('results')}@{server}"
     secrets = (
         *secrets_of(database_url),
         *secrets_of(broker_url),
@@ -88,7 +91,7 @@ def planted(tmp_path: Path) -> Iterator[Planted]:
         SAGAFLOW_DASHBOARD_AUTH=f"ops:{secrets[-1]}",
     )
     try:
-        yield Planted(tmp_path / "home", database_url, broker_url, secrets, env)
+        yield Planted(tmp_path / "home", database_url, broker_url, server, secrets, env)
     finally:
         drop_postgres_database(bare)
 
@@ -107,7 +110,7 @@ def test_demo_on_redis_and_postgres_prints_no_password(planted: Planted, tmp_pat
     assert "every failed order was compensated" in text
     # The URLs are shown, masked.
     assert "store: postgresql+psycopg://postgres:***@127.0.0.1:5432/" in text, text
-    assert f"default:***@127.0.0.1:6379/{REDIS_DB}" in text, text
+    assert f"default:***@{planted.server}" in text, text
     logs = planted.check_logs(home / "logs")
     assert set(logs) == {"orchestrator.log", "inventory.log", "payments.log", "shipping.log"}
     assert (
@@ -115,8 +118,8 @@ def test_demo_on_redis_and_postgres_prints_no_password(planted: Planted, tmp_pat
         in (logs["orchestrator.log"])
     )
     for name, log in logs.items():  # Celery's banner, which masks with two stars
-        assert f"transport:   redis://default:**@127.0.0.1:6379/{REDIS_DB}" in log, name
-        assert f"results:     redis://default:**@127.0.0.1:6379/{REDIS_DB}" in log, name
+        assert f"transport:   redis://default:**@{planted.server}" in log, name
+        assert f"results:     redis://default:**@{planted.server}" in log, name
 
 
 def test_stack_and_cli_commands_print_no_password(planted: Planted, tmp_path: Path) -> None:
@@ -146,7 +149,7 @@ def test_stack_and_cli_commands_print_no_password(planted: Planted, tmp_path: Pa
         stack.close()
     output = stack.output()
     planted.check(output, "sagaflow stack")
-    assert "broker: redis://default:***@127.0.0.1:6379/" in output, output
+    assert f"broker: redis://default:***@{planted.server}" in output, output
     # `python -m workers.db`'s line, passed through
     assert "example data in postgresql+psycopg://postgres:***@127.0.0.1" in output, output
     logs = planted.check_logs(planted.home / "stack-logs")
@@ -182,6 +185,7 @@ def test_failures_print_no_password(planted: Planted, tmp_path: Path) -> None:
     for args, code, shows_url in (
         (["--database-url", down_store, "status", "some-id"], 4, True),
         (["--database-url", down_store, "status", "some-id", "--json"], 4, True),
+        ([f"--database-url={down_store}", "history", "some-id"], 4, True),
         (["--database-url", down_store, "db", "upgrade"], 4, True),
         (["--database-url", down_store, "dashboard"], 4, True),
         (["--database-url", f"not-a-url://postgres:{store_secret}@", "list"], 2, True),
