@@ -9,6 +9,7 @@ driver's message echoes its connection string. SAGAFLOW_DEBUG=1 adds the traceba
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -151,6 +152,24 @@ def secret_sources(settings: Settings | None, argv: Iterable[str]) -> list[str]:
     return [url for url in urls if "://" in url]
 
 
+class _ScrubbedLogRecords(logging.Filter):
+    """Masks the passwords of `urls` in every record that logging's last resort prints (what
+    the CLI shows of a library's warnings, as it configures no logging of its own)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__()
+        self.urls = urls
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage(), self.urls), None
+        return True
+
+
+def scrub_warnings(argv: Sequence[str]) -> None:
+    if logging.lastResort is not None:
+        logging.lastResort.addFilter(_ScrubbedLogRecords(secret_sources(None, argv)))
+
+
 def check_urls(settings: Settings) -> None:
     """Refuse a store or broker URL that cannot work, before anything connects."""
     for what, option, url, problem in (
@@ -224,6 +243,7 @@ class ErrorHandlingGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         argv = list(sys.argv[1:] if args is None else args)
+        scrub_warnings(argv)
         try:
             result = super().main(argv, prog_name, complete_var, False, **extra)
         except SystemExit:

@@ -212,6 +212,30 @@ def test_failures_print_no_password(planted: Planted, tmp_path: Path) -> None:
     )
 
 
+def test_warnings_a_command_logs_are_scrubbed(planted: Planted) -> None:
+    """Libraries' warnings reach the terminal through logging's last resort: masked too."""
+    store_secret = planted.secrets[0]
+    script = (
+        "import logging, sys\n"
+        "from sagaflow.cli_errors import scrub_warnings\n"
+        "scrub_warnings(sys.argv[1:])\n"
+        "logging.getLogger('driver').warning('cannot use %s (%s)', sys.argv[2], sys.argv[3])\n"
+    )
+    given = ["--database-url", planted.database_url, store_secret]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *given],
+        env=cli_env(planted.env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, describe(done)
+    planted.check(done.stderr, "a warning logged by the CLI")
+    assert done.stderr.startswith("cannot use postgresql+psycopg://postgres:***@"), describe(done)
+    assert done.stderr.rstrip().endswith("(***)"), describe(done)
+
+
 # -- the masking function ---------------------------------------------------------------------
 
 
