@@ -166,6 +166,7 @@ class _ScrubbedLogRecords(logging.Filter):
 
 
 def scrub_warnings(argv: Sequence[str]) -> None:
+    """Mask, in what logging prints, the passwords of the URLs in `argv` and the environment."""
     if logging.lastResort is not None:
         logging.lastResort.addFilter(_ScrubbedLogRecords(secret_sources(None, argv)))
 
