@@ -2,7 +2,8 @@
 
 Built on SagaClient and the store's public API. Every option can also be set with its SAGAFLOW_*
 environment variable. Exit codes: 0 success; 1 error (or, with `start --wait`, the saga did not
-complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed out waiting.
+complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed out waiting;
+130 interrupted. Errors are one line (sagaflow.cli_errors), JSON under `--json`.
 """
 
 from __future__ import annotations
@@ -13,61 +14,33 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from sagaflow import render
+from sagaflow.cli_errors import (
+    EXIT_ERROR,
+    SECONDS,
+    BadInput,
+    ErrorHandlingGroup,
+    check_urls,
+    driver_message,
+    err_console,
+    load_json,
+    read_text_file,
+)
 from sagaflow.cli_quarantine import quarantine
-from sagaflow.client import BrokerUnavailable, SagaClient, parse_since
+from sagaflow.client import SagaClient, parse_since
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState
-from sagaflow.errors import (
-    InvalidSagaInput,
-    QuarantinedMessageNotFound,
-    SagaflowError,
-    SagaNotFound,
-    SagaTimeout,
-    StoreUnavailable,
-)
-from sagaflow.store import SagaStore, mask_url
-
-EXIT_ERROR = 1
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 4
-EXIT_TIMEOUT = 5
-
+from sagaflow.errors import ConfigurationError, InvalidSagaInput, SagaflowError, StoreUnavailable
+from sagaflow.store import SagaStore
+from sagaflow.urls import mask_url
 
 console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    message = " ".join(message.split())  # driver messages carry newlines: keep it one line
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    sys.exit(code)
-
-
-def exit_code_for(exc: SagaflowError) -> int:
-    if isinstance(exc, SagaNotFound | QuarantinedMessageNotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, (StoreUnavailable, BrokerUnavailable)):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, SagaTimeout):
-        return EXIT_TIMEOUT
-    return EXIT_ERROR
-
-
-class SagaflowGroup(click.Group):
-    """Turns sagaflow's errors into one clear line and a meaningful exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SagaflowError as exc:
-            fail(str(exc), exit_code_for(exc))
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -79,7 +52,7 @@ def settings_of(ctx: click.Context) -> Settings:
 def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--wait/--no-wait` and `--timeout`, the same on every command that can wait."""
     command = click.option(
-        "--timeout", default=60.0, show_default=True, help="Seconds to wait with --wait."
+        "--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait."
     )(command)
     return click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")(
         command
@@ -90,7 +63,7 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-@click.group(cls=SagaflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--broker-url", envvar="SAGAFLOW_BROKER_URL", help="Celery broker URL.")
 @click.option("--database-url", envvar="SAGAFLOW_DATABASE_URL", help="Saga store URL.")
 @click.option("--queue", envvar="SAGAFLOW_QUEUE", help="Orchestrator queue (default sagaflow).")
@@ -123,6 +96,8 @@ def cli(
     if definitions is not None:
         overrides["definitions"] = tuple(d.strip() for d in definitions.split(",") if d.strip())
     ctx.obj = Settings.from_env(**overrides)
+    if ctx.invoked_subcommand is not None:
+        check_urls(ctx.obj)
 
 
 def client_of(ctx: click.Context) -> SagaClient:
@@ -132,7 +107,7 @@ def client_of(ctx: click.Context) -> SagaClient:
 @cli.command()
 @click.argument("saga_type")
 @click.option("--data", "data_text", default="{}", help="Saga input as a JSON object.")
-@click.option("--data-file", type=click.File("r"), help="Read the input JSON from a file ('-').")
+@click.option("--data-file", type=click.File("rb"), help="Read the input JSON from a file ('-').")
 @click.option("--id", "saga_id", help="Saga id to use (default: a new UUID).")
 @click.option(
     "--deadline",
@@ -155,12 +130,15 @@ def start(
     as_json: bool,
 ) -> None:
     """Start a saga of SAGA_TYPE; prints its id."""
-    text = data_file.read() if data_file is not None else data_text
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidSagaInput(f"--data is not valid JSON: {exc}") from exc
     client = client_of(ctx)
+    if data_file is not None:
+        # The input's JSON may carry whitespace the stored input does not: some room for it.
+        limit = 4 * client.settings.max_input_bytes
+        data_text = read_text_file(data_file, "--data-file", limit)
+    try:
+        data = load_json(data_text, "--data-file" if data_file is not None else "--data")
+    except BadInput as exc:
+        raise InvalidSagaInput(str(exc)) from None
     new_id = client.start(saga_type, data, saga_id=saga_id, deadline=deadline)
     if not wait:
         if as_json:
@@ -215,7 +193,7 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
         return None
     try:
         return parse_since(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: a date past the year 9999
         raise click.BadParameter(str(exc)) from None
 
 
@@ -233,7 +211,7 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
 )
 @click.option("--id-prefix", help="Only sagas whose id starts with this.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_command(
@@ -349,9 +327,9 @@ def resolve_command(
     if applied is None:
         raise click.UsageError("say --applied or --not-applied")
     try:
-        result = json.loads(result_text) if result_text is not None else None
-    except ValueError as exc:
-        raise click.UsageError(f"--result is not valid JSON: {exc}") from exc
+        result = load_json(result_text, "--result") if result_text is not None else None
+    except BadInput as exc:
+        raise click.UsageError(str(exc)) from None
     client = client_of(ctx)
     version = client.resolve(saga_id, step, applied, reason, result)
     click.echo(f"saga {saga_id}: {step} resolved as {'applied' if applied else 'not applied'}")
@@ -376,7 +354,7 @@ def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: in
 @cli.command()
 @click.option(
     "--older-than",
-    type=float,
+    type=SECONDS,
     help="Seconds without progress before a saga counts as stalled, or a requested saga as "
     "not started (default SAGAFLOW_STALL_TIMEOUT, 300).",
 )
@@ -447,7 +425,9 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     except SagaflowError:
         raise
     except Exception as exc:
-        raise StoreUnavailable(f"cannot migrate {mask_url(settings.database_url)}: {exc}") from exc
+        raise StoreUnavailable(
+            f"cannot migrate {mask_url(settings.database_url)}: {driver_message(exc)}"
+        ) from exc
     from sagaflow.migrate import current_revision
 
     click.echo(f"{mask_url(settings.database_url)} at revision {current_revision(store)}")
@@ -499,7 +479,13 @@ def worker(
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the demo's store, broker and logs (default: a new temporary folder).",
 )
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the sagas.")
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=SECONDS,
+    help="Seconds to wait for the sagas.",
+)
 @click.pass_context
 def demo(ctx: click.Context, count: int, demo_home: Path | None, timeout: float) -> None:
     """Run the order saga example end to end.
@@ -565,7 +551,10 @@ def dashboard(
         f"{mask_url(settings.database_url)}",
         highlight=False,
     )
-    serve(app, host, port)
+    try:
+        serve(app, host, port)
+    except (OSError, ValueError) as exc:  # the port is taken, the host unknown
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc}") from exc
 
 
 def _stack_services(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:

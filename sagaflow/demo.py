@@ -17,19 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from sagaflow import render
+from sagaflow.cli_errors import driver_message
 from sagaflow.client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.definitions import SagaState
-from sagaflow.errors import ConfigurationError
+from sagaflow.errors import ConfigurationError, StoreUnavailable
 from sagaflow.machine import SagaRecord
 from sagaflow.processes import WorkerGroup, WorkerSpec
-from sagaflow.store import SagaStore, mask_url
+from sagaflow.stack import check_broker
+from sagaflow.store import SagaStore
+from sagaflow.urls import mask_url
 
 SERVICES = ("inventory", "payments", "shipping")
 BALANCES = {"alice": 1_000_000, "bob": 1_500, "carol": 250_000}
@@ -146,10 +150,17 @@ def run_demo(
     store.upgrade()
     from workers import db  # the example's own tables: balances and stock
 
-    db.seed(BALANCES, STOCK, url=services_url)
+    try:
+        db.seed(BALANCES, STOCK, url=services_url)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"the example services' database {mask_url(services_url)} is unavailable: "
+            f"{driver_message(exc)}"
+        ) from exc
 
     group = WorkerGroup(env, home / "logs", cwd=root)
     client = SagaClient(settings, store=store)
+    check_broker(client.app, settings.broker_url)  # at once, not after the workers' timeout
     try:
         with console.status("starting the orchestrator and 3 service workers…"):
             group.start(WorkerSpec("orchestrator", "sagaflow.worker", [settings.queue]))

@@ -24,11 +24,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from celery import Celery
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from sagaflow.app import create_app
+from sagaflow.cli_errors import driver_message
+from sagaflow.client import BrokerUnavailable
 from sagaflow.config import Settings, ensure_home
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.processes import (
@@ -38,7 +41,8 @@ from sagaflow.processes import (
     WorkerSpec,
     WorkerStartError,
 )
-from sagaflow.store import SagaStore, mask_url
+from sagaflow.store import SagaStore
+from sagaflow.urls import mask_url, scrub, secrets_of
 
 FLOWER_PORT = 5555
 DASHBOARD_PORT = 8650
@@ -133,10 +137,16 @@ def run_stack(
     _migrate(settings, console)
     if examples:
         _prepare_examples(env, root, console)
+    hidden = secrets_in(env)
 
     log_dir = (settings.home / "stack-logs").resolve()
     group = WorkerGroup(env, log_dir, cwd=root)
     app = create_app("sagaflow-stack", settings)
+    try:
+        check_broker(app, settings.broker_url)
+    except BrokerUnavailable:
+        app.close()
+        raise
     code = 0
     with _Signals() as signals:
         try:
@@ -147,13 +157,13 @@ def run_stack(
             console.print("[bold green]stack ready[/]; Ctrl-C to stop", highlight=False)
             with signals.interruptible():
                 dead = _watch(group)
-            _report_death(dead, console)
+            _report_death(dead, console, hidden)
             code = 1
         except _StopRequested as stop:
             console.print(f"{stop}: stopping…", highlight=False)
         except WorkerStartError as exc:  # printed whole: the end of the log says why
             console.print("[bold red]stack not started:[/]")
-            console.print(str(exc), markup=False, highlight=False)
+            console.print(scrub(str(exc), secrets=hidden), markup=False, highlight=False)
             code = 1
         finally:
             names = [w.spec.name for w in group.workers if w.alive]
@@ -293,7 +303,9 @@ def _migrate(settings: Settings, console: Console) -> None:
     except SagaflowError:
         raise
     except Exception as exc:
-        raise StoreUnavailable(f"cannot migrate {mask_url(settings.database_url)}: {exc}") from exc
+        raise StoreUnavailable(
+            f"cannot migrate {mask_url(settings.database_url)}: {driver_message(exc)}"
+        ) from exc
     finally:
         store.dispose()
     console.print(f"store at revision {revision}", highlight=False)
@@ -310,11 +322,44 @@ def _prepare_examples(env: Mapping[str, str], root: Path, console: Console) -> N
         text=True,
         timeout=120,
     )
+    hidden = secrets_in(env)
     if done.returncode != 0:
-        raise ConfigurationError(
-            f"`python -m workers.db` failed (exit {done.returncode}): {done.stderr.strip()}"
-        )
-    console.print(done.stdout.strip(), style="dim", highlight=False, markup=False)
+        # Its last line says why (the whole stderr would be a traceback if it crashed).
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = scrub(lines[-1].strip() if lines else "no output", secrets=hidden)
+        raise ConfigurationError(f"`python -m workers.db` failed (exit {done.returncode}): {why}")
+    console.print(
+        scrub(done.stdout.strip(), secrets=hidden), style="dim", highlight=False, markup=False
+    )
+
+
+# Variables of a stack process's environment whose secrets never reach the terminal.
+_URL_VARIABLES = (
+    "SAGAFLOW_DATABASE_URL",
+    "SAGAFLOW_BROKER_URL",
+    "SAGAFLOW_RESULT_BACKEND",
+    "WORKERS_DATABASE_URL",
+)
+_AUTH_VARIABLES = ("FLOWER_BASIC_AUTH", "SAGAFLOW_DASHBOARD_AUTH")  # user:password[,...]
+
+
+def secrets_in(env: Mapping[str, str]) -> set[str]:
+    """The passwords in the URLs and basic-auth settings of `env`."""
+    found = {s for name in _URL_VARIABLES for s in secrets_of(env.get(name, ""))}
+    for name in _AUTH_VARIABLES:
+        for entry in env.get(name, "").split(","):
+            found.add(entry.partition(":")[2])
+    return {s for s in found if s}
+
+
+def check_broker(app: Celery, broker_url: str) -> None:
+    """Connect to the broker once: an unreachable one is said at once, not after the workers'
+    ready timeout (they would wait for it, retrying)."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=10)
+    except Exception as exc:  # kombu's OperationalError, or a transport's own error
+        raise BrokerUnavailable(f"broker {mask_url(broker_url)} unavailable: {exc}") from exc
 
 
 def _celery(*args: str) -> list[str]:
@@ -366,13 +411,13 @@ def _watch(group: WorkerGroup) -> WorkerProcess:
         time.sleep(0.2)
 
 
-def _report_death(dead: WorkerProcess, console: Console) -> None:
+def _report_death(dead: WorkerProcess, console: Console, hidden: set[str]) -> None:
     console.print(
         f"[bold red]{dead.spec.name} (pid {dead.process.pid}) exited with code "
         f"{dead.process.returncode}[/]; end of {dead.log_path}:",
         highlight=False,
     )
-    console.print(dead.log_tail(20), markup=False, highlight=False)
+    console.print(scrub(dead.log_tail(20), secrets=hidden), markup=False, highlight=False)
     console.print("stopping the other processes…")
 
 

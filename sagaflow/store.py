@@ -67,6 +67,7 @@ from sagaflow.store_rows import (
 from sagaflow.store_rows import (
     utcnow as utcnow,
 )
+from sagaflow.urls import mask_url as mask_url
 
 TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
 # Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
@@ -75,14 +76,6 @@ TIMER_STATUSES = [
     StepStatus.WAITING_RETRY.value,
     StepStatus.VERIFYING.value,
 ]
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for anything printed or logged."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
 
 
 # Sagas whose last stored state a store keeps in memory (see SagaStore.transition), and the

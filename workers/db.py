@@ -8,6 +8,7 @@ there and does nothing, so each effect happens once, and the log shows the order
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.effects import EffectLog, effect_log_table
 from sagaflow.store import create_sqlite_engine
+from sagaflow.urls import database_url_problem, mask_url, scrub
 
 metadata = sa.MetaData()
 
@@ -129,9 +131,27 @@ def effects_for(saga_id: str, url: str | None = None) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    """`python -m workers.db`: create the example tables and give them some money and stock."""
-    seed({"alice": 100_000, "bob": 1_500, "carol": 25_000}, {"widget": 1_000, "gadget": 3})
-    print(f"example data in {database_url()}: balances {balances()}, stock {quantities()}")
+    """`python -m workers.db`: create the example tables and give them some money and stock.
+
+    Fails with one line on stderr (exit 2 for a URL that cannot work, 1 otherwise), the URL's
+    password masked: the stack and compose's `migrate` show what it prints.
+    """
+    url = database_url()
+    problem = database_url_problem(url)
+    if problem is not None:
+        print(f"error: database URL {mask_url(url)}: {problem}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        seed({"alice": 100_000, "bob": 1_500, "carol": 25_000}, {"widget": 1_000, "gadget": 3})
+        print(f"example data in {mask_url(url)}: balances {balances()}, stock {quantities()}")
+    except sa.exc.SQLAlchemyError as exc:
+        reason = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        message = " ".join(str(reason).split())
+        print(
+            f"error: cannot prepare the example data in {mask_url(url)}: {scrub(message, [url])}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":
