@@ -284,7 +284,7 @@ class SagaClient:
             )
             self._store_answering = False
         logger.info("saga %s kept in the outbox %s", saga_id, outbox.path)
-        self._drainer(self.store).wake()
+        self._drainer(self.store).wake(added=True)
         return Durability.OUTBOX
 
     def _drainer(self, store: SagaStore) -> OutboxDrainer:

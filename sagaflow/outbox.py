@@ -269,20 +269,21 @@ class OutboxDrainer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._more = False  # woken since the current pass began
+        self._more = False  # a start kept since the current pass began
         self._backing_off = False
         self._stopping = False
         self._last_attempt = 0.0
 
-    def wake(self, store_answered: bool = False) -> None:
+    def wake(self, store_answered: bool = False, added: bool = False) -> None:
         """Drain soon: at once if the store just answered the caller, else no sooner than a
-        second after the last try (a caller that has not reached the store proves nothing)."""
+        second after the last try (a caller that has not reached the store proves nothing).
+        `added`: the caller has just kept a start, which a pass under way may have missed."""
         if self._pid != os.getpid():
             self._init_process_state()
         with self._lock:
             if self._stopping:
                 return
-            self._more = True
+            self._more = self._more or added
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="sagaflow-outbox-drain", daemon=True
@@ -328,6 +329,7 @@ class OutboxDrainer:
         while True:
             with self._lock:
                 self._more = False
+                self._wake.clear()
             self._last_attempt = time.monotonic()
             try:
                 report = drain(self.outbox, self.store)
@@ -355,7 +357,6 @@ class OutboxDrainer:
                 self._backing_off = True
             self._wake.wait(delay)
             with self._lock:
-                self._wake.clear()
                 self._backing_off = False
                 if self._stopping:
                     self._thread = None
