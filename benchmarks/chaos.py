@@ -3,15 +3,17 @@
     python benchmarks/chaos.py --sagas 200 --faults 6 --seed 7
     python benchmarks/chaos.py --sagas 5000 --faults 40 --json chaos.json
 
-Starts its own redis-server (no persistence) on a free port, a fresh PostgreSQL database, the
-orchestrator, the three example services (prefork) and beat (the recovery sweep, short interval
-and stall timeout). It runs N orders of the demo's mix (some fail on purpose at stock, payment or
-shipping) and, while they run, injects K faults at random points: SIGKILL of a service worker
-(its whole process group) or of one of its pool children, SIGKILL of the orchestrator or of one
-of its children, FLUSHALL, Redis killed and started again empty, and PostgreSQL dropping every
-connection sagaflow holds (the orchestrator's, beat's and this producer's; the services' own
-effects table is left alone). Killed workers are started
-again, and so is any worker that exits on its own (as a supervisor would), which is reported.
+Starts its own redis-server (no persistence) on a free port, fresh PostgreSQL databases for the
+saga store and for the services, the orchestrator, the three example services (prefork) and beat
+(the recovery sweep, short interval and stall timeout). It runs N orders of the demo's mix (some
+fail on purpose at stock, payment or shipping) and, while they run, injects K faults at random
+points: SIGKILL of a service worker (its whole process group) or of one of its pool children,
+SIGKILL of the orchestrator or of one of its children, FLUSHALL, Redis killed and started again
+empty, PostgreSQL dropping every connection sagaflow holds (the orchestrator's, beat's and this
+producer's), and the store's database refusing connections while sagas are started, Redis is
+killed and started empty, and one more saga is started with both away (the services' database is
+left alone). Killed workers are started again, and so is any worker that exits on its own (as a
+supervisor would), which is reported.
 
 Then it audits every saga against the services' own effects table (`example_effects`, one row
 per idempotency key): a completed saga shows each action once and no compensation; a failed one
@@ -21,9 +23,9 @@ input says (a failing order fails at its step) and the balances, stock and shipm
 what the audit predicts. Exit 1 on any violation or any saga not terminal by the deadline.
 
 SagaClient.start records each saga as requested before sending its start, and the sweep starts
-one whose message was lost with Redis. A start made while the database was away went through
-Redis alone: this producer sends it again (same saga id; the store refuses a duplicate) once it
-has not been recorded for the stall timeout. Their number is reported.
+one whose message was lost with Redis; a start made while the store was away is kept in the
+producer's outbox and recorded from there once it is back. This producer never starts a saga
+again once it was given its id: a saga given an id and never recorded is a violation.
 """
 
 from __future__ import annotations
@@ -52,13 +54,16 @@ from benchmarks.chaos_audit import SEED_BALANCES, SEED_STOCK, audit, read_servic
 from benchmarks.chaos_cluster import (  # noqa: E402
     Cluster,
     RedisServer,
+    accept_connections,
     create_database,
     drop_database,
     drop_store_connections,
+    refuse_connections,
 )
 from sagaflow import SagaRecord, SagaState, Settings  # noqa: E402
-from sagaflow.client import SagaClient  # noqa: E402
+from sagaflow.client import Durability, SagaClient  # noqa: E402
 from sagaflow.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
+from sagaflow.outbox import StartOutbox  # noqa: E402
 from sagaflow.schema import history, sagas  # noqa: E402
 from sagaflow.store import SagaStore  # noqa: E402
 
@@ -72,7 +77,11 @@ FAULT_KINDS = (
     "redis_flush",
     "redis_restart",
     "postgres_drop",
+    "store_outage_redis_loss",
 )
+# Orders held back for each store outage, started while the store is away (and one more once
+# Redis is gone too): by then the window may have started every other order.
+OUTAGE_STARTS = 10
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -102,7 +111,10 @@ class RunFigures:
     violations: list[str] = field(default_factory=list)
     not_terminal_detail: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
-    starts_resent: int = 0
+    starts_in_store: int = 0  # where SagaClient.submit kept each start
+    starts_in_outbox: int = 0
+    starts_lost: int = 0  # given an id, never recorded
+    outbox_left: int = 0  # starts still in the outbox after the run
     unplanned_exits: list[str] = field(default_factory=list)
     steps_redriven: int = 0
     outcomes_ignored: int = 0
@@ -135,6 +147,12 @@ def plan_faults(
     return list(zip(points, kinds[:count], strict=True))
 
 
+def held_back(plan: Sequence[tuple[int, str]], sagas: int) -> int:
+    """Orders kept for the store outages still to come."""
+    outages = sum(1 for _, kind in plan if kind == "store_outage_redis_loss")
+    return min(outages * (OUTAGE_STARTS + 1), sagas // 4)
+
+
 def inject(
     kind: str,
     cluster: Cluster,
@@ -142,6 +160,7 @@ def inject(
     rng: random.Random,
     max_downtime: float,
     database_url: str,
+    producer: Producer,
 ) -> Fault:
     if kind == "service_worker":
         return Fault(0, kind, cluster.kill(rng.choice(SERVICES)))
@@ -163,11 +182,25 @@ def inject(
         redis.start()
         cluster.wait_ready()
         return Fault(0, kind, f"SIGKILL redis-server, start it empty after {downtime}s", downtime)
+    if kind == "store_outage_redis_loss":
+        downtime = round(rng.uniform(0.2, max_downtime), 2)
+        target = refuse_connections(database_url)
+        try:
+            started = producer.start_now(OUTAGE_STARTS)  # kept in the outbox, sent to Redis
+            redis.stop()  # every message lost, those starts' included
+            started += producer.start_now(1)  # neither store nor broker: the outbox alone
+            time.sleep(downtime)  # the outage itself, not a wait for work
+            redis.start()
+            cluster.wait_ready()
+        finally:
+            accept_connections(database_url)
+        detail = f"{target}, {started} sagas started, Redis killed and started empty after "
+        return Fault(0, kind, f"{detail}{downtime}s, then the store back", downtime)
     raise ValueError(kind)
 
 
 class Producer:
-    """Starts the orders, at most `window` running at once, and re-sends lost starts."""
+    """Starts the orders, at most `window` running at once, each once it was given its id."""
 
     def __init__(
         self,
@@ -176,32 +209,43 @@ class Producer:
         orders: list[DemoOrder],
         ids: list[str],
         window: int,
-        resend_after: float,
+        held_back: int = 0,
     ) -> None:
         self.client = client
         self.store = store
         self.orders = orders
         self.ids = ids
-        self.index = {saga_id: i for i, saga_id in enumerate(ids)}
         self.window = window
-        self.resend_after = resend_after
+        self.held_back = held_back  # the last orders, for start_now
         self.next = 0
-        self.sent_at: dict[str, float] = {}  # open (not terminal) sagas -> when last sent
+        self.sent_at: dict[str, float] = {}  # open (not terminal) sagas -> when started
         self.finished = 0
-        self.resent = 0
+        self.kept: Counter[Durability] = Counter()  # where each start was kept
+        self.given: set[str] = set()  # ids start() returned
 
     def send(self, index: int) -> bool:
         order = self.orders[index]
         try:
-            self.client.start(order.saga_type, order.data, saga_id=self.ids[index])
+            receipt = self.client.submit(order.saga_type, order.data, saga_id=self.ids[index])
         except Exception:
-            return False  # broker away: sent again on a later tick
+            return False  # not kept anywhere, no id given: tried again on a later tick
+        self.kept[receipt.durability] += 1
+        self.given.add(receipt.saga_id)
+        self.sent_at[receipt.saga_id] = time.monotonic()
+        self.next += 1
         return True
+
+    def start_now(self, count: int) -> int:
+        """Start up to `count` more orders whatever the window, the held-back ones included."""
+        started = 0
+        while started < count and self.next < len(self.orders) and self.send(self.next):
+            started += 1
+        self.held_back = max(0, self.held_back - started)
+        return started
 
     def tick(self) -> None:
         open_ids = list(self.sent_at)
         states: dict[str, str] = {}
-        read_all = True
         for chunk in range(0, len(open_ids), 500):
             part = open_ids[chunk : chunk + 500]
             try:
@@ -213,27 +257,25 @@ class Producer:
                         )
                     )
             except Exception:
-                read_all = False  # the database away: unknown is not "never recorded"
-        now = time.monotonic()
+                pass  # the store away: read again on the next tick
         for saga_id in open_ids:
             state = states.get(saga_id)
-            if state is not None:
-                if SagaState(state).is_terminal:
-                    del self.sent_at[saga_id]
-                    self.finished += 1
-            elif read_all and now - self.sent_at[saga_id] > self.resend_after:
-                if self.send(self.index[saga_id]):
-                    self.resent += 1
-                self.sent_at[saga_id] = now
-        while self.next < len(self.orders) and len(self.sent_at) < self.window:
+            if state is not None and SagaState(state).is_terminal:
+                del self.sent_at[saga_id]
+                self.finished += 1
+        while self.next < len(self.orders) - self.held_back and len(self.sent_at) < self.window:
             if not self.send(self.next):
                 break
-            self.sent_at[self.ids[self.next]] = time.monotonic()
-            self.next += 1
 
     @property
     def done(self) -> bool:
         return self.next == len(self.orders) and not self.sent_at
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing more to start but what is held back: no saga will
+        finish to bring the next fault due."""
+        return not self.sent_at and self.next >= len(self.orders) - self.held_back
 
 
 def history_counts(store: SagaStore) -> Counter[str]:
@@ -263,10 +305,13 @@ def run(args: argparse.Namespace) -> RunFigures:
     )
     redis = RedisServer(home / "redis")
     redis.start()
+    # The services keep their data apart, so that a store outage is the store's alone.
     database_url = create_database()
+    services_url = create_database("sagaflow_chaos_services")
     console.print(
-        f"redis-server on port {redis.port}, database {sa.engine.make_url(database_url).database},"
-        f" logs in {home}",
+        f"redis-server on port {redis.port}, databases "
+        f"{sa.engine.make_url(database_url).database} (store) and "
+        f"{sa.engine.make_url(services_url).database} (services), logs in {home}",
         highlight=False,
     )
     settings = Settings(
@@ -280,7 +325,7 @@ def run(args: argparse.Namespace) -> RunFigures:
     env = {
         **os.environ,
         **settings.to_env(),
-        "WORKERS_DATABASE_URL": database_url,
+        "WORKERS_DATABASE_URL": services_url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     store = SagaStore(database_url)
@@ -290,13 +335,13 @@ def run(args: argparse.Namespace) -> RunFigures:
         store.upgrade()
         from workers import db
 
-        db.seed(SEED_BALANCES, SEED_STOCK, url=database_url)
+        db.seed(SEED_BALANCES, SEED_STOCK, url=services_url)
         with console.status("starting the orchestrator, 3 services and beat…"):
             cluster.start()
         orders = demo_orders(args.sagas)
         ids = [f"chaos{seed}-{i:06d}" for i in range(args.sagas)]
-        producer = Producer(client, store, orders, ids, args.window, args.stall_timeout)
         plan = plan_faults(rng, args.faults, args.sagas, args.kinds)
+        producer = Producer(client, store, orders, ids, args.window, held_back(plan, args.sagas))
         started = time.monotonic()
         deadline: float | None = None
         last_report = started
@@ -307,10 +352,13 @@ def run(args: argparse.Namespace) -> RunFigures:
             now = time.monotonic()
             # Every fault due strikes now: the last sagas can finish within one tick, and a
             # fault left for the next tick would then never strike.
-            while plan and producer.finished >= plan[0][0]:
+            while plan and (producer.finished >= plan[0][0] or producer.idle):
                 _, kind = plan.pop(0)
                 at = time.monotonic() - started
-                fault = inject(kind, cluster, redis, rng, args.redis_downtime, database_url)
+                fault = inject(
+                    kind, cluster, redis, rng, args.redis_downtime, database_url, producer
+                )
+                producer.held_back = held_back(plan, args.sagas)
                 fault.at = round(at, 2)
                 figures.faults.append(fault)
                 console.print(
@@ -332,13 +380,28 @@ def run(args: argparse.Namespace) -> RunFigures:
                 last_report = now
             time.sleep(0.1)
         figures.elapsed_s = round(time.monotonic() - started, 2)
-        figures.starts_resent = producer.resent
+        figures.starts_in_store = producer.kept[Durability.STORE]
+        figures.starts_in_outbox = producer.kept[Durability.OUTBOX]
         figures.unplanned_exits = list(cluster.exits)
         with console.status("auditing…"):
+            # A connection the last fault dropped may still be pooled: read on new ones.
+            store.dispose()
             records = [store.load(saga_id) for saga_id in ids]
-            services = read_services(database_url)
-            figures.violations, figures.not_terminal_detail = audit(orders, records, ids, services)
+            services = read_services(services_url)
+            figures.violations, figures.not_terminal_detail = audit(
+                orders, records, ids, services, producer.given
+            )
             counts = history_counts(store)
+            figures.starts_lost = sum(
+                1
+                for saga_id, r in zip(ids, records, strict=True)
+                if r is None and saga_id in producer.given
+            )
+            figures.outbox_left = StartOutbox(Path(settings.outbox_path), database_url).count()
+            if figures.outbox_left:
+                figures.violations.append(
+                    f"the outbox still holds {figures.outbox_left} starts after the run"
+                )
         figures.steps_redriven = counts["step_redriven"] + counts["compensation_redriven"]
         figures.outcomes_ignored = counts["outcome_ignored"]
         states = Counter(r.state for r in records if r is not None)
@@ -349,7 +412,7 @@ def run(args: argparse.Namespace) -> RunFigures:
         figures.not_terminal = args.sagas - figures.terminal
         figures.sagas_per_s = round(figures.terminal / max(figures.elapsed_s, 0.001), 2)
         if args.self_check:
-            figures.self_check = self_check(orders, records, ids, database_url)
+            figures.self_check = self_check(orders, records, ids, services_url, producer.given)
     finally:
         with console.status("stopping…"):
             cluster.stop()
@@ -357,9 +420,10 @@ def run(args: argparse.Namespace) -> RunFigures:
             store.dispose()
             redis.stop()
             if args.keep:
-                console.print(f"kept database {database_url}", highlight=False)
+                console.print(f"kept databases {database_url} {services_url}", highlight=False)
             else:
                 drop_database(database_url)
+                drop_database(services_url)
     return figures
 
 
@@ -367,7 +431,8 @@ def self_check(
     orders: Sequence[DemoOrder],
     records: Sequence[SagaRecord | None],
     ids: Sequence[str],
-    database_url: str,
+    services_url: str,
+    given: set[str],
 ) -> str:
     """Delete one effect of a completed saga and make sure the audit notices."""
     from workers import db
@@ -375,13 +440,13 @@ def self_check(
     target = next((r for r in records if r is not None and r.state is SagaState.COMPLETED), None)
     if target is None:
         return "failed: no completed saga to corrupt"
-    with db.engine(database_url).begin() as conn:
+    with db.engine(services_url).begin() as conn:
         conn.execute(
             db.effects.delete().where(
                 db.effects.c.idempotency_key == f"{target.saga_id}:{target.steps[-1].name}"
             )
         )
-    violations, _ = audit(orders, records, ids, read_services(database_url))
+    violations, _ = audit(orders, records, ids, read_services(services_url), given)
     if any(v.startswith(f"{target.saga_id}:") for v in violations):
         return f"passed: the deleted effect of {target.saga_id} was flagged"
     return f"failed: deleting an effect of {target.saga_id} went unnoticed"
@@ -401,7 +466,11 @@ def summary(figures: RunFigures) -> Table:
         ("  by kind", by_kind or "-"),
         ("terminal", f"{figures.terminal:,} of {figures.sagas:,}"),
         ("violations", str(len(figures.violations))),
-        ("starts re-sent by the producer", str(figures.starts_resent)),
+        (
+            "starts kept in the store / in the outbox",
+            f"{figures.starts_in_store:,} / {figures.starts_in_outbox}",
+        ),
+        ("starts given an id, never recorded", str(figures.starts_lost)),
         ("workers that exited on their own (restarted)", str(len(figures.unplanned_exits))),
         ("steps re-driven by the sweep", str(figures.steps_redriven)),
         ("outcomes ignored (late/duplicate)", str(figures.outcomes_ignored)),

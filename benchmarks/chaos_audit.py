@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -81,8 +81,10 @@ def audit(
     records: Sequence[SagaRecord | None],
     ids: Sequence[str],
     services: ServiceState,
+    given: Collection[str],
 ) -> tuple[list[str], list[str]]:
-    """(violations, sagas not terminal with where they stand)."""
+    """(violations, sagas not terminal with where they stand). `given`: the ids the producer's
+    start returned, each a saga that must be in the store."""
     violations: list[str] = []
     not_terminal: list[str] = []
     balances, stock = dict(SEED_BALANCES), dict(SEED_STOCK)
@@ -91,6 +93,8 @@ def audit(
         applied = services.effects.get(saga_id, [])
         if saga is None:
             not_terminal.append(f"{saga_id}: never recorded (effects: {applied})")
+            if saga_id in given:
+                violations.append(f"{saga_id}: its start returned the id, but it was lost")
             if applied:
                 violations.append(f"{saga_id}: not recorded but has effects {applied}")
             continue

@@ -92,8 +92,8 @@ class RedisServer:
         self.process = None
 
 
-def create_database() -> str:
-    name = f"sagaflow_chaos_{uuid.uuid4().hex[:10]}"
+def create_database(prefix: str = "sagaflow_chaos") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -124,6 +124,32 @@ def drop_store_connections(url: str) -> str:
         ).scalar_one()
     admin.dispose()
     return f"pg_terminate_backend of {dropped} sagaflow connections"
+
+
+def refuse_connections(url: str) -> str:
+    """Make the database unreachable, as a PostgreSQL server that is down: new connections are
+    refused and every open one is terminated. Other databases on the server are left alone."""
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        ).scalar_one()
+    admin.dispose()
+    return f"{name} refusing connections ({dropped} terminated)"
+
+
+def accept_connections(url: str) -> None:
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    admin.dispose()
 
 
 def children(pid: int) -> list[int]:

@@ -1,20 +1,26 @@
 """The producer's and operator's entry point: start sagas, read their state.
 
 A start is recorded in the store as `requested`, then sent to the orchestrator: if the message
-is lost, the recovery sweep starts the saga from the store. A producer that cannot reach the
-store still starts sagas through the broker alone (the orchestrator records them when it takes
-the message), without that guarantee. Reading needs the store.
+is lost, the recovery sweep starts the saga from the store. When the store does not answer, the
+start is kept in a local outbox file and recorded from there once it answers again
+(sagaflow.outbox); a producer may instead accept the broker alone (`durability="broker"`), or
+only the store. Reading needs the store.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -23,6 +29,7 @@ from sagaflow.app import create_app
 from sagaflow.config import Settings
 from sagaflow.definitions import SagaState, check_deadline
 from sagaflow.errors import (
+    ConfigurationError,
     DefinitionError,
     InvalidSagaInput,
     SagaflowError,
@@ -31,13 +38,20 @@ from sagaflow.errors import (
     StoreUnavailable,
 )
 from sagaflow.machine import (
-    HistoryEntry,
     Ignored,
     SagaRecord,
     cancel,
     mark_compensated,
     resolve,
     retry_compensation,
+)
+from sagaflow.outbox import (
+    DrainReport,
+    OutboxDrainer,
+    OutboxUnavailable,
+    StartOutbox,
+    StartRequest,
+    drain,
 )
 from sagaflow.protocol import (
     MAX_INPUT_DEPTH,
@@ -54,6 +68,8 @@ logger = logging.getLogger(__name__)
 MAX_SAGA_ID_LENGTH = 64
 MAX_SAGA_TYPE_LENGTH = 200  # the store's column
 MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.messages checks it again)
+# How often a client looks for starts another process left in the outbox.
+OUTBOX_RECHECK_SECONDS = 60.0
 
 
 class BrokerUnavailable(SagaflowError):
@@ -64,8 +80,37 @@ class InvalidOperation(SagaflowError):
     """The operator action does not apply to the saga in its current state."""
 
 
+class Durability(str, Enum):
+    """Where a start is kept when its id is returned, most durable first."""
+
+    STORE = "store"  # recorded in the saga store
+    OUTBOX = "outbox"  # the store did not answer: kept in the local outbox until it does
+    BROKER = "broker"  # the store did not answer: carried by the broker's message alone
+
+    @classmethod
+    def of(cls, value: Durability | str) -> Durability:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(d.value) for d in cls)
+            raise ConfigurationError(
+                f"durability must be one of {choices}, not {value!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class StartReceipt:
+    """What `SagaClient.submit` did: the saga's id and where its start was kept."""
+
+    saga_id: str
+    durability: Durability
+
+
 class SagaClient:
-    """Start sagas through the broker and read them from the store."""
+    """Start sagas through the broker and read them from the store.
+
+    `durability` is the least durable place a start may be kept in for its id to be returned
+    (see `submit`); each call may ask for another."""
 
     def __init__(
         self,
@@ -73,10 +118,16 @@ class SagaClient:
         *,
         app: Celery | None = None,
         store: SagaStore | None = None,
+        durability: Durability | str = Durability.OUTBOX,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._app = app
         self._store = store
+        self.durability = Durability.of(durability)
+        self._outbox_drainer: OutboxDrainer | None = None
+        self._outbox_checked_at: float | None = None
+        self._store_answering = True  # for one warning per outage, not one per start
+        self._drainer_lock = threading.Lock()
 
     @property
     def app(self) -> Celery:
@@ -88,7 +139,14 @@ class SagaClient:
     def store(self) -> SagaStore:
         if self._store is None:
             self._store = SagaStore(self.settings.database_url)
+        self._look_at_outbox(self._store)
         return self._store
+
+    @property
+    def outbox(self) -> StartOutbox:
+        """This client's store's starts in the local outbox file."""
+        url = self._store.url if self._store is not None else self.settings.database_url
+        return StartOutbox(Path(self.settings.outbox_path), url)
 
     def start(
         self,
@@ -97,18 +155,41 @@ class SagaClient:
         *,
         saga_id: str | None = None,
         deadline: float | None = None,
+        durability: Durability | str | None = None,
     ) -> str:
-        """Start a saga and return its id; the saga happens once, however often it is called
-        with the same `saga_id`.
+        """Start a saga and return its id: `submit(...).saga_id`."""
+        receipt = self.submit(
+            saga_type, data, saga_id=saga_id, deadline=deadline, durability=durability
+        )
+        return receipt.saga_id
 
-        The request is recorded in the store (state `requested`) before the start message is
-        sent, so a lost message delays the saga (the recovery sweep starts it) but never loses
-        it: once recorded, a broker that cannot be reached is only logged. Without the store,
-        the start goes through the broker alone and BrokerUnavailable means nothing was sent.
+    def submit(
+        self,
+        saga_type: str,
+        data: Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+        deadline: float | None = None,
+        durability: Durability | str | None = None,
+    ) -> StartReceipt:
+        """Start a saga; the receipt gives its id and where the start was kept. The saga
+        happens once, however often this is called with the same `saga_id`.
+
+        The start is recorded in the store (state `requested`) before its message is sent, so
+        a lost message delays the saga (the recovery sweep starts it) but never loses it; once
+        the start is kept, a broker that cannot be reached is only logged. When the store does
+        not answer, `durability` (default: the client's) says what else will do:
+
+        - "store": nothing else; StoreUnavailable, and nothing is sent.
+        - "outbox": the local outbox file, recorded in the store from there once it answers;
+          OutboxUnavailable (a StoreUnavailable) if that cannot be written either.
+        - "broker": the start message alone, as the orchestrator records it when it takes
+          it: lost if the broker loses it first. BrokerUnavailable if it cannot be sent.
 
         `deadline` (seconds from now) overrides the definition's. Raises InvalidSagaInput at
         once for input that is not a JSON object or is too large.
         """
+        wanted = self.durability if durability is None else Durability.of(durability)
         try:
             check_deadline("deadline", deadline)
         except DefinitionError as exc:
@@ -130,7 +211,9 @@ class SagaClient:
                 "letters, digits and _.:@- (starting with a letter or digit)"
             )
         saga_id = saga_id or str(uuid.uuid4())
-        recorded = self._record_request(saga_id, saga_type, payload, deadline)
+        kept = self._record_request(
+            StartRequest(saga_id, saga_type, payload, deadline, utcnow()), wanted
+        )
         kwargs = {
             "saga_id": saga_id,
             "saga_type": saga_type,
@@ -150,45 +233,91 @@ class SagaClient:
         except SagaflowError:
             raise
         except Exception as exc:  # kombu raises transport-specific errors
-            if not recorded:
+            if kept is Durability.BROKER:
                 raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
             logger.warning(
-                "saga %s recorded but its start could not be sent (%s): the recovery sweep "
-                "will start it",
+                "saga %s kept in the %s but its start could not be sent (%s): the recovery "
+                "sweep will start it",
                 saga_id,
+                kept.value,
                 exc,
             )
-        return saga_id
+        return StartReceipt(saga_id, kept)
 
-    def _record_request(
-        self, saga_id: str, saga_type: str, data: dict[str, Any], deadline: float | None
-    ) -> bool:
-        """Record the start as `requested`; True if the store has it (now or from an earlier
-        start with the same id), False if the store could not be reached."""
-        now = utcnow()
-        request = SagaRecord(
-            saga_id=saga_id,
-            saga_type=saga_type,
-            state=SagaState.REQUESTED,
-            data=data,
-            steps=(),
-            created_at=now,
-            updated_at=now,
-            deadline_at=now + timedelta(seconds=deadline) if deadline is not None else None,
-        )
-        history = [HistoryEntry("saga_requested", None, request.state)]
+    def _record_request(self, request: StartRequest, wanted: Durability) -> Durability:
+        """Keep the start as `requested`: in the store (now, or from an earlier start with the
+        same id), else where `wanted` allows. Returns where it was kept."""
+        saga, history = request.as_saga()
         try:
             try:
-                self.store.create(request, history)
+                self.store.create(saga, history)
             except StoreUnavailable:
                 # Once more, on a new connection: a pooled one the server dropped (a restart,
                 # a proxy's idle timeout) fails once; a database that is down fails again.
-                self.store.create(request, history)
+                self.store.create(saga, history)
         except StoreUnavailable as exc:
-            # A producer without store access is a supported setup: not worth a warning.
-            logger.info("saga %s not recorded (%s): starting through the broker only", saga_id, exc)
-            return False
-        return True
+            return self._keep_without_store(request, wanted, exc)
+        self._store_answering = True
+        if self._outbox_drainer is not None and self._outbox_drainer.running:
+            self._outbox_drainer.wake(store_answered=True)
+        return Durability.STORE
+
+    def _keep_without_store(
+        self, request: StartRequest, wanted: Durability, problem: StoreUnavailable
+    ) -> Durability:
+        saga_id = request.saga_id
+        if wanted is Durability.STORE:
+            raise StoreUnavailable(
+                f"saga {saga_id} not started: {problem} (durability 'store' takes nothing else)"
+            ) from problem
+        if wanted is Durability.BROKER:
+            logger.info(
+                "saga %s not recorded (%s): starting through the broker only", saga_id, problem
+            )
+            return Durability.BROKER
+        outbox = self.outbox
+        try:
+            outbox.put(request)
+        except OutboxUnavailable as exc:
+            raise OutboxUnavailable(f"saga {saga_id} not started: {problem}; and {exc}") from exc
+        if self._store_answering:
+            logger.warning(
+                "saga store not answering (%s): starts are kept in the outbox %s until it does",
+                problem,
+                outbox.path,
+            )
+            self._store_answering = False
+        logger.info("saga %s kept in the outbox %s", saga_id, outbox.path)
+        self._drainer(self.store).wake(added=True)
+        return Durability.OUTBOX
+
+    def _drainer(self, store: SagaStore) -> OutboxDrainer:
+        with self._drainer_lock:
+            if self._outbox_drainer is None:
+                self._outbox_drainer = OutboxDrainer(self.outbox, store)
+            return self._outbox_drainer
+
+    def _look_at_outbox(self, store: SagaStore) -> None:
+        """Drain what this or another process left in the outbox: soon while a drain runs,
+        else on the first call and once a minute, if the file exists (no I/O otherwise)."""
+        drainer = self._outbox_drainer
+        if drainer is not None and drainer.running:
+            drainer.wake()
+            return
+        now = time.monotonic()
+        if self._outbox_checked_at is not None and now - self._outbox_checked_at < (
+            OUTBOX_RECHECK_SECONDS
+        ):
+            return
+        self._outbox_checked_at = now
+        if os.path.exists(self.settings.outbox_path):
+            self._drainer(store).wake()
+
+    def drain_outbox(self) -> DrainReport:
+        """Record this store's starts from the outbox now, in the caller's thread (the
+        background drain does the same on its own). StoreUnavailable if the store does not
+        answer."""
+        return drain(self.outbox, self.store)
 
     def cancel(self, saga_id: str, reason: str = "") -> int:
         """Cancel a running saga: the step in flight finishes, then what completed is
@@ -299,6 +428,11 @@ class SagaClient:
         return self.store.history(saga_id)
 
     def close(self) -> None:
+        """Release the store's connections; a drain of the outbox under way may finish first
+        (a few seconds at most, none while the store does not answer)."""
+        if self._outbox_drainer is not None:
+            self._outbox_drainer.finish()
+            self._outbox_drainer = None
         if self._store is not None:
             self._store.dispose()
 
@@ -387,7 +521,15 @@ def _describe(saga: SagaRecord) -> str:
     return where
 
 
-__all__ = ["BrokerUnavailable", "InvalidOperation", "SagaClient", "validate_input"]
+__all__ = [
+    "BrokerUnavailable",
+    "Durability",
+    "InvalidOperation",
+    "OutboxUnavailable",
+    "SagaClient",
+    "StartReceipt",
+    "validate_input",
+]
 
 
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

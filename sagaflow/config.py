@@ -56,10 +56,14 @@ class Settings:
     # saga history records every transition and each task's three events cost the orchestrator
     # a tenth of its throughput. Step tasks on service workers send theirs either way.
     orchestrator_task_events: bool = False
+    # Where a producer keeps starts the store did not answer for (sagaflow.outbox).
+    outbox_path: str = ""
 
     def __post_init__(self) -> None:
         home = Path(self.home)
         object.__setattr__(self, "home", home)
+        if not self.outbox_path:
+            object.__setattr__(self, "outbox_path", str(home / "start-outbox.db"))
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "filesystem://")
         if not self.database_url:
@@ -84,6 +88,7 @@ class Settings:
             "queue": env.get("SAGAFLOW_QUEUE", DEFAULT_QUEUE),
             "events_exchange": env.get("SAGAFLOW_EVENTS_EXCHANGE", DEFAULT_EVENTS_EXCHANGE),
             "definitions": _split(env.get("SAGAFLOW_DEFINITIONS", "")),
+            "outbox_path": env.get("SAGAFLOW_OUTBOX_PATH", ""),
         }
         for name, key, kind in (
             ("SAGAFLOW_MAX_INPUT_BYTES", "max_input_bytes", int),
@@ -137,6 +142,7 @@ class Settings:
             "SAGAFLOW_STALL_TIMEOUT": str(self.stall_timeout),
             "SAGAFLOW_RECOVER_INTERVAL": str(self.recover_interval),
             "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": "1" if self.orchestrator_task_events else "0",
+            "SAGAFLOW_OUTBOX_PATH": self.outbox_path,
         }
         if self.result_backend:
             env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend

@@ -151,11 +151,13 @@ def test_start_with_input_that_is_not_an_object_exits_1(tmp_path: Path, data: st
     assert "must be a JSON object" in line
 
 
-def test_start_with_an_unreachable_broker_exits_4(tmp_path: Path) -> None:
-    env = isolated_env(tmp_path / "home")
+def test_start_that_nothing_can_keep_exits_4(tmp_path: Path) -> None:
+    # No store, an outbox that cannot be created (its folder would be a file) and no broker.
+    (tmp_path / "a-file").write_text("")
+    env = isolated_env(tmp_path / "home", SAGAFLOW_OUTBOX_PATH=str(tmp_path / "a-file" / "o.db"))
     result = sagaflow("--broker-url", "redis://127.0.0.1:1/0", "start", "trip", env=env)
     line = assert_one_line_error(result, 4)
-    assert "could not enqueue saga" in line
+    assert "not started" in line and "start outbox" in line
 
 
 # -- status -----------------------------------------------------------------------------------
