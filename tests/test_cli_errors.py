@@ -295,11 +295,18 @@ def test_a_broker_that_answers_garbage_exits_4(
     env: dict[str, str], garbage_port: int, scheme: str
 ) -> None:
     broker = f"{scheme}://u:pw@127.0.0.1:{garbage_port}/0"
-    # The store has no tables, so the start can only go through the broker.
-    line = assert_one_line_error(sagaflow("--broker-url", broker, "start", "trip", env=env), 4)
-    assert "could not enqueue saga" in line and "pw" not in line
-    error = json_error(sagaflow("--broker-url", broker, "start", "trip", "--json", env=env), 4)
-    assert error["type"] == "BrokerUnavailable"
+    # The store has no tables: the start is kept in the producer's outbox, and the broker's
+    # garbage is one warning line, without its password.
+    kept = sagaflow("--broker-url", broker, "start", "trip", env=env)
+    assert kept.returncode == 0, describe(kept)
+    assert "Traceback" not in kept.stdout + kept.stderr and "pw" not in kept.stderr
+    assert "kept in the outbox but its start could not be sent" in kept.stderr, describe(kept)
+    # Nothing can keep it when the outbox cannot be written either: one line, exit 4.
+    nowhere = {**env, "SAGAFLOW_OUTBOX_PATH": "/dev/null/outbox.db"}
+    line = assert_one_line_error(sagaflow("--broker-url", broker, "start", "trip", env=nowhere), 4)
+    assert "pw" not in line
+    as_json = sagaflow("--broker-url", broker, "start", "trip", "--json", env=nowhere)
+    assert json_error(as_json, 4)["type"] == "OutboxUnavailable"
 
 
 def test_recover_with_the_broker_down_exits_4(env: dict[str, str], garbage_port: int) -> None:
