@@ -116,24 +116,24 @@ def parse_outcome(
         return Malformed(f"malformed step outcome: {bound}")
     saga_id = bound.get("saga_id")
     if plain_saga_id(saga_id) is None:
-        return Malformed(f"malformed step outcome: saga_id {_short(saga_id)} is not a saga id")
+        return Malformed(f"malformed step outcome: saga_id {brief(saga_id)} is not a saga id")
     assert isinstance(saga_id, str)
     problem = None
     position, attempt = bound.get("position"), bound.get("attempt")
     tries = bound.get("tries", 1)
     step = bound.get("step")
     if not _is_count(position):
-        problem = f"position {_short(position)} is not a non-negative integer"
+        problem = f"position {brief(position)} is not a non-negative integer"
     elif not _is_count(attempt):
-        problem = f"attempt {_short(attempt)} is not a non-negative integer"
+        problem = f"attempt {brief(attempt)} is not a non-negative integer"
     elif tries is not None and not _is_count(tries):
-        problem = f"tries {_short(tries)} is not a non-negative integer"
+        problem = f"tries {brief(tries)} is not a non-negative integer"
     elif bound.get("phase") not in {p.value for p in Phase}:
-        problem = f"phase {_short(bound.get('phase'))} is not one of action, compensation, verify"
+        problem = f"phase {brief(bound.get('phase'))} is not one of action, compensation, verify"
     elif step is not None and not (isinstance(step, str) and len(step) <= MAX_NAME_CHARS):
-        problem = f"step {_short(step)} is not a step name"
+        problem = f"step {brief(step)} is not a step name"
     elif payload == "error" and not isinstance(bound.get("error"), dict | None):
-        problem = f"error {_short(bound['error'])} is not an object"
+        problem = f"error {brief(bound['error'])} is not an object"
     if problem is not None:
         return Malformed(f"malformed step outcome: {problem}", saga_id)
     assert isinstance(position, int) and isinstance(attempt, int)
@@ -157,15 +157,15 @@ def parse_operator(args: Sequence[Any], kwargs: Mapping[str, Any]) -> OperatorMe
     step, reason, applied = bound.get("step"), bound.get("reason"), bound.get("applied")
     problem = None
     if action not in OPERATOR_ACTIONS:
-        problem = f"action {_short(action)} is not one of {', '.join(OPERATOR_ACTIONS)}"
+        problem = f"action {brief(action)} is not one of {', '.join(OPERATOR_ACTIONS)}"
     elif plain_saga_id(saga_id) is None:
-        problem = f"saga_id {_short(saga_id)} is not a saga id"
+        problem = f"saga_id {brief(saga_id)} is not a saga id"
     elif step is not None and not (isinstance(step, str) and len(step) <= MAX_NAME_CHARS):
-        problem = f"step {_short(step)} is not a step name"
+        problem = f"step {brief(step)} is not a step name"
     elif reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS):
-        problem = f"reason {_short(reason)} is not text of at most {MAX_REASON_CHARS} characters"
+        problem = f"reason {brief(reason)} is not text of at most {MAX_REASON_CHARS} characters"
     elif applied is not None and not isinstance(applied, bool):
-        problem = f"applied {_short(applied)} is not true or false"
+        problem = f"applied {brief(applied)} is not true or false"
     if problem is not None:
         return Malformed(f"malformed operator action: {problem}", plain_saga_id(saga_id))
     assert isinstance(action, str) and isinstance(saga_id, str)
@@ -190,9 +190,9 @@ def parse_worker_lost(
         return Malformed(f"malformed worker_lost: {bound}")
     hostname, pid, task_ids = bound.get("hostname"), bound.get("pid"), bound.get("task_ids")
     if not isinstance(hostname, str) or not hostname or len(hostname) > MAX_TASK_ID_CHARS:
-        return Malformed(f"malformed worker_lost: hostname {_short(hostname)} is not a hostname")
+        return Malformed(f"malformed worker_lost: hostname {brief(hostname)} is not a hostname")
     if not _is_count(pid):
-        return Malformed(f"malformed worker_lost: pid {_short(pid)} is not a process id")
+        return Malformed(f"malformed worker_lost: pid {brief(pid)} is not a process id")
     if not (
         isinstance(task_ids, list)
         and len(task_ids) <= MAX_LOST_TASKS
@@ -220,7 +220,7 @@ def parse_published_errback(
         return Malformed("malformed errback: expected the failed task's id as its one argument")
     task_id = args[0]
     if not isinstance(task_id, str) or len(task_id) > MAX_TASK_ID_CHARS:
-        return Malformed(f"malformed errback: task id {_short(task_id)} is not a task id")
+        return Malformed(f"malformed errback: task id {brief(task_id)} is not a task id")
     outcome = parse_outcome((), kwargs, payload="error")
     if isinstance(outcome, Malformed):
         return Malformed(outcome.reason.replace("step outcome", "errback", 1), outcome.saga_id)
@@ -231,6 +231,7 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
-def _short(value: object) -> str:
+def brief(value: object) -> str:
+    """repr(value), cut to 80 characters for a reason that quotes what a message held."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, signals
@@ -182,13 +182,9 @@ class Orchestrator:
             stored_data = data if isinstance(data, dict) and problem is None else {"input": data}
             if len(json.dumps(stored_data, default=repr)) > self.max_input_bytes:
                 stored_data = {"input": "<omitted: over the size limit>"}
-            saga = rejected_saga(saga_id, type_name[:MAX_TYPE_LENGTH], stored_data, error, now)
-            rejected = HistoryEntry(
-                "saga_rejected", None, saga.state, None, {"error": error.to_json()}
-            )
-            if self.store.create(saga, [rejected]):
-                logger.warning("saga %s rejected: %s", saga_id, error)
-            else:
+            if not self._record_rejected(
+                saga_id, type_name[:MAX_TYPE_LENGTH], stored_data, error, now
+            ):
                 logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
         assert isinstance(saga_type, str)
@@ -300,16 +296,21 @@ class Orchestrator:
         """A start of the wrong shape: a rejected saga if it names a new, plain saga id (as every
         other bad start), else a quarantined message."""
         if why.saga_id is not None:
-            now = utcnow()
             error = ErrorInfo(type="InvalidSagaInput", message=why.reason)
-            saga = rejected_saga(why.saga_id, "<malformed start>", {}, error, now)
-            entry = HistoryEntry(
-                "saga_rejected", None, saga.state, None, {"error": error.to_json()}
-            )
-            if self.store.create(saga, [entry]):
-                logger.warning("saga %s rejected: %s", why.saga_id, error)
+            if self._record_rejected(why.saga_id, "<malformed start>", {}, error, utcnow()):
                 return
         self.refuse(record)
+
+    def _record_rejected(
+        self, saga_id: str, saga_type: str, data: Any, error: ErrorInfo, now: datetime
+    ) -> bool:
+        """Store a saga rejected before it started; False if its id is already recorded."""
+        saga = rejected_saga(saga_id, saga_type, data, error, now)
+        entry = HistoryEntry("saga_rejected", None, saga.state, None, {"error": error.to_json()})
+        if not self.store.create(saga, [entry]):
+            return False
+        logger.warning("saga %s rejected: %s", saga_id, error)
+        return True
 
     # -- workers lost --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from celery.utils.time import maybe_iso8601
 from celery.worker.consumer.tasks import Tasks
 from kombu.serialization import prepare_accept_content
 
-from sagaflow.messages import plain_saga_id
+from sagaflow.messages import brief, plain_saga_id
 from sagaflow.quarantine import (
     OVERSIZE_KEPT_BYTES,
     QUARANTINE_TASK,
@@ -246,47 +246,47 @@ def _header_problem(headers: Mapping[str, Any]) -> str | None:
     for key in ("task", "id"):
         value = headers.get(key)
         if not isinstance(value, str) or not value or len(value) > 255:
-            return f"header {key!r} is {_short(value)}, not a task {key}"
+            return f"header {key!r} is {brief(value)}, not a task {key}"
     for key in _OPTIONAL_TEXT_HEADERS:
         value = headers.get(key)
         if value is not None and not (isinstance(value, str) and len(value) <= 255):
-            return f"header {key!r} is {_short(value)}, not text"
+            return f"header {key!r} is {brief(value)}, not text"
     for key in _OPTIONAL_REPR_HEADERS:
         value = headers.get(key)
         if value is not None and not isinstance(value, str):
-            return f"header {key!r} is {_short(value)}, not text"
+            return f"header {key!r} is {brief(value)}, not text"
     for key in ("eta", "expires"):
         value = headers.get(key)
         if value is not None:
             try:
                 maybe_iso8601(value)
             except (ValueError, TypeError, AttributeError, OverflowError):
-                return f"header {key!r} is {_short(value)}, not an ISO 8601 time"
+                return f"header {key!r} is {brief(value)}, not an ISO 8601 time"
     timelimit = headers.get("timelimit")
     if timelimit is not None and not (
         isinstance(timelimit, list | tuple)
         and len(timelimit) == 2
         and all(_is_number(limit) or limit is None for limit in timelimit)
     ):
-        return f"header 'timelimit' is {_short(timelimit)}, not [soft, hard] seconds"
+        return f"header 'timelimit' is {brief(timelimit)}, not [soft, hard] seconds"
     retries = headers.get("retries")
     if retries is not None and not (_is_number(retries) and isinstance(retries, int)):
-        return f"header 'retries' is {_short(retries)}, not a count"
+        return f"header 'retries' is {brief(retries)}, not a count"
     if headers.get("ignore_result") not in (None, True, False):
-        return f"header 'ignore_result' is {_short(headers.get('ignore_result'))}"
+        return f"header 'ignore_result' is {brief(headers.get('ignore_result'))}"
     return None
 
 
 def _body_problem(body: Any) -> str | None:
     if not isinstance(body, list | tuple) or len(body) != 3:
-        return f"body is {_short(body)}, not Celery's [args, kwargs, embed]"
+        return f"body is {brief(body)}, not Celery's [args, kwargs, embed]"
     args, kwargs, embed = body
     if not isinstance(args, list | tuple):
-        return f"args are {_short(args)}, not a list"
+        return f"args are {brief(args)}, not a list"
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        return f"kwargs are {_short(kwargs)}, not an object"
+        return f"kwargs are {brief(kwargs)}, not an object"
     if not isinstance(embed, dict):
-        return f"embed is {_short(embed)}, not an object"
+        return f"embed is {brief(embed)}, not an object"
     for key in _EMBED_SIGNATURE_LISTS:
         signatures = embed.get(key)
         if signatures is None:
@@ -294,10 +294,10 @@ def _body_problem(body: Any) -> str | None:
         if not isinstance(signatures, list | tuple) or not all(
             isinstance(s, dict) and isinstance(s.get("task"), str) for s in signatures
         ):
-            return f"embed {key!r} is {_short(signatures)}, not a list of task signatures"
+            return f"embed {key!r} is {brief(signatures)}, not a list of task signatures"
     chord = embed.get("chord")
     if chord is not None and not isinstance(chord, dict):
-        return f"embed 'chord' is {_short(chord)}, not a signature"
+        return f"embed 'chord' is {brief(chord)}, not a signature"
     return None
 
 
@@ -320,8 +320,3 @@ def _is_number(value: object) -> bool:
 def _task_id(message: Any) -> object:
     headers = getattr(message, "headers", None)
     return headers.get("id") if isinstance(headers, Mapping) else None
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

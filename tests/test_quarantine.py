@@ -285,9 +285,9 @@ def test_a_poison_message_delivered_twice_is_one_record(stack: Stack) -> None:
     assert len(matching) == 1
 
 
-def test_the_cli_lists_shows_replays_and_drops_quarantined_messages(stack: Stack) -> None:
-    # A start sent to a service queue by mistake: the service worker has no such task.
-    saga_id = f"misrouted-{uuid.uuid4().hex[:10]}"
+def quarantine_a_misrouted_start(stack: Stack, prefix: str) -> tuple[str, QuarantinedMessage]:
+    """A start sent to a service queue by mistake (its worker has no such task), quarantined."""
+    saga_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
     task_id = f"misrouted-{uuid.uuid4().hex[:8]}"
     stack.client.app.send_task(
         START_TASK,
@@ -295,7 +295,11 @@ def test_the_cli_lists_shows_replays_and_drops_quarantined_messages(stack: Stack
         queue="svc_b",
         task_id=task_id,
     )
-    record = wait_quarantined(stack, task_id)
+    return saga_id, wait_quarantined(stack, task_id)
+
+
+def test_the_cli_lists_shows_replays_and_drops_quarantined_messages(stack: Stack) -> None:
+    saga_id, record = quarantine_a_misrouted_start(stack, "misrouted")
     assert record.reason is QuarantineReason.UNKNOWN_TASK and record.queue == "svc_b"
     assert record.saga_id == saga_id
 
@@ -392,15 +396,7 @@ def test_the_dashboard_shows_counts_drops_and_replays_quarantined_messages(stack
     assert gone.status_code == 404 and gone.json["error"]["type"] == "QuarantinedMessageNotFound"
 
     # A misrouted start, replayed from the dashboard onto the orchestrator's queue, runs.
-    saga_id = f"from-dashboard-{uuid.uuid4().hex[:8]}"
-    task_id = f"misrouted-{uuid.uuid4().hex[:8]}"
-    stack.client.app.send_task(
-        START_TASK,
-        kwargs={"saga_id": saga_id, "saga_type": "trip", "data": {}},
-        queue="svc_b",
-        task_id=task_id,
-    )
-    misrouted = wait_quarantined(stack, task_id)
+    saga_id, misrouted = quarantine_a_misrouted_start(stack, "from-dashboard")
     replayed = operator.post(
         f"/api/quarantine/{misrouted.id}/replay",
         json={"queue": stack.settings.queue},
