@@ -290,15 +290,15 @@ def measure_in_process(redis_url: str, database_url: str, n: int) -> dict[str, A
     """The orchestrator's own CPU per saga, without Celery's workers around it: its start and
     its step outcomes called in this process, against the same PostgreSQL and Redis. What they
     send is never consumed; main flushes the broker's database afterwards."""
-    from sagaflow.client import SagaClient
-    from sagaflow.definitions import Phase, SagaState
-    from sagaflow.orchestrator import create_orchestrator_app
-    from sagaflow.records import StepSucceeded
+    from sagaflow.client.saga_client import SagaClient
+    from sagaflow.core.definitions import Phase, SagaState
+    from sagaflow.core.records import StepSucceeded
+    from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 
     settings = Settings(
         broker_url=redis_url, database_url=database_url, definitions=("benchmarks.bench_sagas",)
     )
-    orchestrator = create_orchestrator_app(settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(settings))
     client = SagaClient(settings, store=orchestrator.store)
     spent = {IN_PROCESS_START: 0.0, IN_PROCESS_OUTCOME: 0.0}
     outcomes = 0

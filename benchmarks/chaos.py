@@ -61,11 +61,11 @@ from benchmarks.chaos_cluster import (  # noqa: E402
     refuse_connections,
 )
 from sagaflow import SagaRecord, SagaState, Settings  # noqa: E402
-from sagaflow.client import Durability, SagaClient  # noqa: E402
-from sagaflow.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
-from sagaflow.outbox import StartOutbox  # noqa: E402
-from sagaflow.schema import history, sagas  # noqa: E402
-from sagaflow.store import SagaStore  # noqa: E402
+from sagaflow.client.outbox import StartOutbox  # noqa: E402
+from sagaflow.client.saga_client import Durability, SagaClient  # noqa: E402
+from sagaflow.devstack.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
+from sagaflow.store.schema import history, sagas  # noqa: E402
+from sagaflow.store.sql import SagaStore  # noqa: E402
 
 console = Console(width=110)
 

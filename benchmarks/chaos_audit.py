@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from sagaflow import SagaRecord, SagaState, StepStatus
-from sagaflow.demo import BALANCES, STOCK, DemoOrder
+from sagaflow.devstack.demo import BALANCES, STOCK, DemoOrder
 
 # Enough money and stock that only the orders meant to fail fail, whatever the order they run in.
 SEED_BALANCES = {**BALANCES, "alice": 1_000_000_000, "carol": 1_000_000_000}

@@ -21,9 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sagaflow import Settings
-from sagaflow.app import create_app
-from sagaflow.demo import SERVICES
-from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.devstack.demo import SERVICES
+from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.messaging.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -58,11 +58,11 @@ from kombu.messaging import Consumer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from sagaflow.client import SagaClient  # noqa: E402
+from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
-from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec  # noqa: E402
-from sagaflow.protocol import START_TASK  # noqa: E402
-from sagaflow.store import SagaStore  # noqa: E402
+from sagaflow.core.protocol import START_TASK  # noqa: E402
+from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec  # noqa: E402
+from sagaflow.store.sql import SagaStore  # noqa: E402
 
 # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80 there).
 console = Console(width=None if sys.stdout.isatty() else 150)

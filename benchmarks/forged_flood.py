@@ -35,11 +35,11 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.compare import add_connection_args, create_database, drop_database  # noqa: E402
 from sagaflow import Saga, Step, StepStatus  # noqa: E402
-from sagaflow.client import SagaClient  # noqa: E402
+from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
-from sagaflow.processes import WorkerGroup, WorkerSpec  # noqa: E402
-from sagaflow.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs  # noqa: E402
-from sagaflow.store import IGNORED_IN_HISTORY, SagaStore  # noqa: E402
+from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs  # noqa: E402
+from sagaflow.devstack.processes import WorkerGroup, WorkerSpec  # noqa: E402
+from sagaflow.store.sql import IGNORED_IN_HISTORY, SagaStore  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 NOBODY = "forged-flood-nobody"  # no worker consumes this queue

@@ -1,7 +1,7 @@
 """The floor under sagaflow's shape: its messages, without its store or state machine.
 
 A stateless orchestrator on the same queue, under the same task names, with the same task
-options as sagaflow's. It sends each step exactly as sagaflow does (sagaflow.orchestrator's
+options as sagaflow's. It sends each step exactly as sagaflow does (sagaflow.engine.orchestrator's
 send_step: the same service worker and step tasks, the success callback and the inline errback
 back to this queue) and publishes the saga's outcome to the same events exchange. It records
 nothing: what it costs is what Celery and Redis cost for two hops per step, so sagaflow against
@@ -18,13 +18,13 @@ import uuid
 from typing import Any
 
 from benchmarks.bench_sagas import bench5
-from sagaflow.app import create_app
 from sagaflow.config import Settings
-from sagaflow.definitions import Phase
-from sagaflow.events import KombuEventPublisher
-from sagaflow.orchestrator import send_step
-from sagaflow.protocol import START_TASK, STEP_FAILED_TASK, STEP_SUCCEEDED_TASK
-from sagaflow.records import DispatchTask
+from sagaflow.core.definitions import Phase
+from sagaflow.core.protocol import START_TASK, STEP_FAILED_TASK, STEP_SUCCEEDED_TASK
+from sagaflow.core.records import DispatchTask
+from sagaflow.messaging.app import create_app
+from sagaflow.messaging.dispatch import send_step
+from sagaflow.messaging.events import KombuEventPublisher
 
 settings = Settings.from_env()
 app = create_app("relay", settings)

@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.compare import create_database, drop_database, percentile  # noqa: E402
-from sagaflow.store import SagaStore  # noqa: E402
+from sagaflow.store.sql import SagaStore  # noqa: E402
 
 console = Console()
 

@@ -1,39 +1,92 @@
-"""sagaflow: saga orchestration on Celery, with saga state in SQL."""
+"""sagaflow: saga orchestration on Celery, with saga state in SQL.
 
-from sagaflow.client import BrokerUnavailable, SagaClient
-from sagaflow.config import Settings
-from sagaflow.definitions import (
-    Phase,
-    Registry,
-    Retry,
-    Saga,
-    SagaOrchestrator,
-    SagaState,
-    Step,
-    StepStatus,
-    load_definitions,
-)
-from sagaflow.effects import EffectLog, effect_log_table
-from sagaflow.errors import (
-    ConcurrencyConflict,
-    ConfigurationError,
-    DefinitionError,
-    InvalidSagaInput,
-    SagaflowError,
-    SagaNotFound,
-    SagaTimeout,
-    StoreUnavailable,
-    UnknownSagaType,
-)
-from sagaflow.machine import ErrorInfo, SagaRecord, StepRecord
-from sagaflow.service import (
-    NonRetryable,
-    SagaStepTask,
-    create_service_app,
-    install_service_support,
-)
+The public names below are loaded on first use, so `import sagaflow` stays light and a service
+worker that needs only `create_service_app` never loads the saga store. The subpackages are the
+layers: core (definitions and the pure state machine), store (the SQL store), engine (the
+orchestrator), messaging (Celery and kombu), service (what a service worker loads), client
+(producers), ops (CLI, dashboard, metrics) and devstack (the demo and the local stack).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sagaflow.client.saga_client import BrokerUnavailable, InvalidOperation, SagaClient
+    from sagaflow.config import Settings
+    from sagaflow.core.definitions import (
+        Phase,
+        Registry,
+        Retry,
+        Saga,
+        SagaOrchestrator,
+        SagaState,
+        Step,
+        StepStatus,
+        load_definitions,
+    )
+    from sagaflow.core.machine import ErrorInfo, SagaRecord, StepRecord
+    from sagaflow.engine.ports import EventPublisher
+    from sagaflow.errors import (
+        ConcurrencyConflict,
+        ConfigurationError,
+        DefinitionError,
+        InvalidSagaInput,
+        SagaflowError,
+        SagaNotFound,
+        SagaTimeout,
+        StoreUnavailable,
+        UnknownSagaType,
+    )
+    from sagaflow.messaging.orchestrator_app import create_orchestrator_app
+    from sagaflow.service.effects import EffectLog, effect_log_table
+    from sagaflow.service.tasks import (
+        NonRetryable,
+        SagaStepTask,
+        create_service_app,
+        install_service_support,
+    )
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "sagaflow.client.saga_client": ("BrokerUnavailable", "InvalidOperation", "SagaClient"),
+    "sagaflow.config": ("Settings",),
+    "sagaflow.core.definitions": (
+        "Phase",
+        "Registry",
+        "Retry",
+        "Saga",
+        "SagaOrchestrator",
+        "SagaState",
+        "Step",
+        "StepStatus",
+        "load_definitions",
+    ),
+    "sagaflow.core.machine": ("ErrorInfo", "SagaRecord", "StepRecord"),
+    "sagaflow.engine.ports": ("EventPublisher",),
+    "sagaflow.errors": (
+        "ConcurrencyConflict",
+        "ConfigurationError",
+        "DefinitionError",
+        "InvalidSagaInput",
+        "SagaflowError",
+        "SagaNotFound",
+        "SagaTimeout",
+        "StoreUnavailable",
+        "UnknownSagaType",
+    ),
+    "sagaflow.messaging.orchestrator_app": ("create_orchestrator_app",),
+    "sagaflow.service.effects": ("EffectLog", "effect_log_table"),
+    "sagaflow.service.tasks": (
+        "NonRetryable",
+        "SagaStepTask",
+        "create_service_app",
+        "install_service_support",
+    ),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "BrokerUnavailable",
@@ -42,6 +95,8 @@ __all__ = [
     "DefinitionError",
     "EffectLog",
     "ErrorInfo",
+    "EventPublisher",
+    "InvalidOperation",
     "InvalidSagaInput",
     "NonRetryable",
     "Phase",
@@ -63,8 +118,22 @@ __all__ = [
     "StoreUnavailable",
     "UnknownSagaType",
     "__version__",
+    "create_orchestrator_app",
     "create_service_app",
     "effect_log_table",
     "install_service_support",
     "load_definitions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sagaflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

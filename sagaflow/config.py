@@ -17,6 +17,8 @@ from sagaflow.errors import ConfigurationError
 DEFAULT_HOME = ".sagaflow"
 DEFAULT_QUEUE = "sagaflow"
 DEFAULT_EVENTS_EXCHANGE = "sagaflow.events"
+# A message larger than this is quarantined before it is decoded.
+DEFAULT_MAX_MESSAGE_BYTES = 4_000_000
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -45,7 +47,7 @@ class Settings:
     definitions: tuple[str, ...] = field(default_factory=tuple)
     max_input_bytes: int = 1_000_000
     # A message on a sagaflow worker's queue over this size is quarantined before it is decoded.
-    max_message_bytes: int = 4_000_000
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # A running saga that has not moved for this long is re-driven by the recovery sweep.
     stall_timeout: float = 300.0
     recover_interval: float = 15.0  # how late a step timeout can be noticed
@@ -56,7 +58,7 @@ class Settings:
     # saga history records every transition and each task's three events cost the orchestrator
     # a tenth of its throughput. Step tasks on service workers send theirs either way.
     orchestrator_task_events: bool = False
-    # Where a producer keeps starts the store did not answer for (sagaflow.outbox).
+    # Where a producer keeps starts the store did not answer for (sagaflow.client.outbox).
     outbox_path: str = ""
 
     def __post_init__(self) -> None:

@@ -117,7 +117,7 @@ def broker_url_problem(url: str) -> str | None:
     """Why `url` cannot be a Celery broker URL, or None. Only parses: connects to nothing."""
     from kombu.transport import TRANSPORT_ALIASES
 
-    from sagaflow import transport
+    from sagaflow.messaging import transport
 
     transport.register()  # sagaflow's own filesystem and Redis transports
     for part in _NEXT_URL.split(url):

@@ -4,6 +4,6 @@ Configured from SAGAFLOW_* environment variables (see sagaflow.config) and, if p
 `celeryconfig` module. Saga definitions are imported from SAGAFLOW_DEFINITIONS.
 """
 
-from sagaflow.orchestrator import create_orchestrator_app
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app
 
 app = create_orchestrator_app()

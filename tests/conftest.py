@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
-from sagaflow.machine import SagaRecord
-from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
-from sagaflow.store import CHECK_REMEMBERED_ENV, SagaStore, mask_url
+from sagaflow.core.machine import SagaRecord
+from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.store.sql import CHECK_REMEMBERED_ENV, SagaStore, mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each run has a redis-server of its own (pytest_configure below), so two runs on one machine
@@ -229,7 +229,7 @@ class Stack:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `sagaflow ARGS` against this stack, in a process of its own."""
-        return self.run("sagaflow.cli", *args)
+        return self.run("sagaflow", *args)
 
     def celery(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `celery -A sagaflow.worker ARGS` against this stack."""
@@ -406,7 +406,7 @@ def free_port() -> int:
 def dashboard_process(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "sagaflow.cli", "dashboard", "--port", str(port)],
+        [sys.executable, "-m", "sagaflow", "dashboard", "--port", str(port)],
         cwd=ROOT,
         env={**stack.env, "NO_COLOR": "1"},
         stdout=subprocess.PIPE,

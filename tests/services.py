@@ -17,7 +17,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from sagaflow import NonRetryable, create_service_app
-from sagaflow.store import create_sqlite_engine
+from sagaflow.store.sql import create_sqlite_engine
 
 app = create_service_app("svc")
 

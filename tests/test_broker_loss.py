@@ -16,10 +16,10 @@ from pathlib import Path
 
 from benchmarks.chaos_cluster import RedisServer
 from sagaflow import SagaState
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
-from sagaflow.processes import WorkerGroup, WorkerSpec
-from sagaflow.store import SagaStore
+from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
+from sagaflow.store.sql import SagaStore
 from tests.conftest import (
     ROOT,
     Stack,

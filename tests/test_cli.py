@@ -18,9 +18,9 @@ import click
 import pytest
 
 from sagaflow import SagaState, StepStatus
-from sagaflow.cli import cli
-from sagaflow.migrate import head_revision
-from sagaflow.store import SagaStore
+from sagaflow.ops.cli import cli
+from sagaflow.store.migrate import head_revision
+from sagaflow.store.sql import SagaStore
 from tests.conftest import ROOT, Stack
 
 TRIP = ["a1", "b2", "a3", "b4"]
@@ -47,7 +47,7 @@ def sagaflow(
     *args: str, env: Mapping[str, str], timeout: float = 120, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", *args],
+        [sys.executable, "-m", "sagaflow", *args],
         env=cli_env(env),
         cwd=ROOT,
         input=stdin,
@@ -478,7 +478,7 @@ def test_demo_runs_end_to_end_and_leaves_no_workers(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
     with open(out_path, "w") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "sagaflow.cli", "demo", "--sagas", "8", "--home", str(home)],
+            [sys.executable, "-m", "sagaflow", "demo", "--sagas", "8", "--home", str(home)],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -531,7 +531,7 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
 
     from sagaflow import SagaClient, SagaState
     from sagaflow.config import Settings
-    from sagaflow.processes import WorkerGroup, WorkerSpec
+    from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
     from tests.conftest import ROOT, poll, service_env
 
     home = tmp_path / "home"
@@ -541,7 +541,7 @@ def test_worker_command_migrates_and_runs_the_orchestrator(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "sagaflow.cli",
+            "sagaflow",
             "--home",
             str(home),
             "--definitions",
@@ -601,7 +601,7 @@ def test_demo_runs_on_redis_and_postgres_with_two_variables(tmp_path: Path) -> N
             [
                 sys.executable,
                 "-m",
-                "sagaflow.cli",
+                "sagaflow",
                 "demo",
                 "--sagas",
                 "8",

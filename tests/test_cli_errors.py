@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sagaflow.store import SagaStore
+from sagaflow.store.sql import SagaStore
 from tests.conftest import ROOT, create_postgres_database, drop_postgres_database, poll
 from tests.test_cli import assert_one_line_error, cli_env, describe, isolated_env, sagaflow
 
@@ -194,7 +194,7 @@ def test_an_unreadable_data_file_is_bad_usage(
     run_env = cli_env({**env, "SAGAFLOW_MAX_INPUT_BYTES": "10"})
     for extra in ([], ["--json"]):
         result = subprocess.run(
-            [sys.executable, "-m", "sagaflow.cli", "start", "trip", "--data-file", path, *extra],
+            [sys.executable, "-m", "sagaflow", "start", "trip", "--data-file", path, *extra],
             env=run_env,
             cwd=ROOT,
             capture_output=True,
@@ -401,7 +401,7 @@ def test_ctrl_c_while_waiting_exits_130_in_one_line(tmp_path: Path) -> None:
     env = cli_env(isolated_env(tmp_path / "home"))  # embedded broker: the start is sent
     assert sagaflow("db", "upgrade", env=env).returncode == 0
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "sagaflow.cli", "start", "trip", "--id", "waits", "--wait"],
+        [sys.executable, "-m", "sagaflow", "start", "trip", "--id", "waits", "--wait"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

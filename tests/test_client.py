@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sagaflow import SagaState, StepStatus
-from sagaflow.client import BrokerUnavailable, SagaClient, validate_input
+from sagaflow.client.saga_client import BrokerUnavailable, SagaClient, validate_input
 from sagaflow.config import Settings
 from sagaflow.errors import InvalidSagaInput, SagaNotFound, SagaTimeout
 from tests.conftest import Stack

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sagaflow.config import Settings
-from sagaflow.definitions import Saga, load_definitions
+from sagaflow.core.definitions import Saga, load_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_every_queue_a_step_routes_to_has_a_worker(compose: dict[str, Any]) -> N
 
 def cli_environment_variables() -> set[str]:
     """SAGAFLOW_* variables the `sagaflow` command's options read (e.g. the dashboard's)."""
-    from sagaflow.cli import cli
+    from sagaflow.ops.cli import cli
 
     names: set[str] = set()
     commands: list[click.Command] = [cli]

@@ -9,10 +9,10 @@ from types import ModuleType
 
 import pytest
 
-from sagaflow.app import CONFIG_MODULE_ENV, create_app
 from sagaflow.config import Settings, celery_settings
-from sagaflow.definitions import Registry
+from sagaflow.core.definitions import Registry
 from sagaflow.errors import ConfigurationError
+from sagaflow.messaging.app import CONFIG_MODULE_ENV, create_app
 from tests.conftest import ROOT
 
 # -- Settings ---------------------------------------------------------------------------------
@@ -126,8 +126,8 @@ def test_a_bad_orchestrator_task_events_flag_is_a_configuration_error() -> None:
 def test_only_the_orchestrator_sends_no_task_events_unless_asked(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sagaflow.orchestrator import create_orchestrator_app
-    from sagaflow.service import create_service_app
+    from sagaflow.messaging.orchestrator_app import create_orchestrator_app
+    from sagaflow.service.tasks import create_service_app
 
     monkeypatch.setenv(CONFIG_MODULE_ENV, "")
     registry = Registry()

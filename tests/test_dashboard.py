@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sagaflow import SagaState
 from sagaflow.config import Settings
-from sagaflow.dashboard import create_dashboard
+from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.errors import ConfigurationError, SagaNotFound
-from sagaflow.processes import WorkerSpec
+from sagaflow.ops.dashboard import create_dashboard
 from tests.conftest import Stack, http_get, poll
 from tests.test_cli import UNREACHABLE_PG, describe, isolated_env, sagaflow
 from tests.test_hostile_input import LONE_SURROGATE

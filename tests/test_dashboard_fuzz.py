@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from sagaflow import SagaState
 from sagaflow.config import Settings, ensure_home
-from sagaflow.dashboard import create_dashboard
-from sagaflow.records import HistoryEntry
-from sagaflow.store import SagaStore
+from sagaflow.core.records import HistoryEntry
+from sagaflow.ops.dashboard import create_dashboard
+from sagaflow.store.sql import SagaStore
 from tests.conftest import (
     ROOT,
     Stack,
@@ -118,7 +118,7 @@ def served(fuzzed_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Pat
     }
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sagaflow.cli", "dashboard", "--port", str(port)],
+            [sys.executable, "-m", "sagaflow", "dashboard", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=output,

@@ -17,8 +17,8 @@ from sagaflow import (
     Step,
     StepStatus,
 )
-from sagaflow.definitions import Phase, SagaOrchestrator
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase, SagaOrchestrator
+from sagaflow.core.machine import (
     DispatchTask,
     ErrorInfo,
     Ignored,
@@ -33,8 +33,8 @@ from sagaflow.machine import (
     new_saga,
     pass_deadline,
 )
-from sagaflow.orchestrator import create_orchestrator_app
-from sagaflow.processes import WorkerSpec
+from sagaflow.devstack.processes import WorkerSpec
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 from tests.test_pivot import sweep_until
 
@@ -128,7 +128,7 @@ def test_a_cancelled_or_finished_saga_is_left_to_its_course() -> None:
 
 
 def test_the_client_refuses_a_bad_deadline_before_sending() -> None:
-    from sagaflow.client import SagaClient
+    from sagaflow.client.saga_client import SagaClient
     from sagaflow.config import Settings
 
     client = SagaClient(Settings(broker_url="redis://127.0.0.1:1/0", database_url="sqlite://"))
@@ -162,7 +162,7 @@ def test_a_deadline_given_at_start_waits_for_the_step_in_flight(stack: Stack) ->
     assert started.returncode == 0, started.stderr
     saga_id = started.stdout.strip()
     stack.wait_dispatched(saga_id, 1)  # l2 waits on a queue nobody consumes yet
-    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(stack.settings))
     poll(
         lambda: orchestrator.recover(stalled_for=3600).deadline_exceeded,
         30,

@@ -25,12 +25,13 @@ import redis
 import sqlalchemy as sa
 
 from sagaflow import SagaState, StoreUnavailable
-from sagaflow.client import BrokerUnavailable, Durability, OutboxUnavailable, SagaClient
+from sagaflow.client.outbox import OutboxDrainer, StartOutbox, StartRequest
+from sagaflow.client.saga_client import BrokerUnavailable, Durability, OutboxUnavailable, SagaClient
 from sagaflow.config import Settings
-from sagaflow.orchestrator import RecoveryReport, create_orchestrator_app
-from sagaflow.outbox import OutboxDrainer, StartOutbox, StartRequest
-from sagaflow.schema import history, sagas
-from sagaflow.store import SagaStore, utcnow
+from sagaflow.engine.orchestrator import RecoveryReport
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
+from sagaflow.store.schema import history, sagas
+from sagaflow.store.sql import SagaStore, utcnow
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
     REDIS_URL,
@@ -143,7 +144,7 @@ def test_the_sweep_leaves_a_fresh_request_to_its_start_message(
     stack: Stack, broker_down_client: SagaClient
 ) -> None:
     saga_id = broker_down_client.start("trip", {}, saga_id=new_id("fresh"))
-    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(stack.settings))
     report = orchestrator.recover(stalled_for=3600)
     assert saga_id not in report.started
     assert stack.store.get(saga_id).state is SagaState.REQUESTED
@@ -155,9 +156,7 @@ def test_concurrent_sweeps_start_a_requested_saga_once(
     stack: Stack, broker_down_client: SagaClient
 ) -> None:
     saga_id = broker_down_client.start("trip", {}, saga_id=new_id("swept"))
-    orchestrators = [
-        create_orchestrator_app(stack.settings).sagaflow_orchestrator for _ in range(4)
-    ]
+    orchestrators = [orchestrator_of(create_orchestrator_app(stack.settings)) for _ in range(4)]
     barrier = threading.Barrier(len(orchestrators))
     reports: list[RecoveryReport] = []
     errors: list[BaseException] = []
@@ -188,7 +187,7 @@ def test_a_requested_saga_of_an_unknown_type_is_rejected_by_the_sweep(
     stack: Stack, broker_down_client: SagaClient
 ) -> None:
     saga_id = broker_down_client.start("no_such_saga", {"x": 1}, saga_id=new_id("unknown"))
-    report = create_orchestrator_app(stack.settings).sagaflow_orchestrator.recover(stalled_for=0)
+    report = orchestrator_of(create_orchestrator_app(stack.settings)).recover(stalled_for=0)
     assert saga_id not in report.started
     saga = stack.store.get(saga_id)
     assert saga.state is SagaState.REJECTED
@@ -212,7 +211,7 @@ def test_the_same_id_started_twice_is_one_saga(stack: Stack) -> None:
     assert events.count("saga_started") == 1
     # A third start of the finished saga changes nothing; the sweep finds nothing to start.
     stack.client.start("trip", {"n": 1}, saga_id=saga_id)
-    report = create_orchestrator_app(stack.settings).sagaflow_orchestrator.recover(stalled_for=0)
+    report = orchestrator_of(create_orchestrator_app(stack.settings)).recover(stalled_for=0)
     assert saga_id not in report.started
     assert stack.store.get(saga_id).version == saga.version
     assert stack.executions(saga_id) == TRIP_ONCE
@@ -377,7 +376,7 @@ def test_a_start_during_a_store_outage_survives_the_loss_of_its_message(
         # A producer process of its own, gone before the store comes back.
         start = ["start", "trip", "--data", '{"n": 3}', "--id", saga_id, "--deadline", "3600"]
         result = subprocess.run(
-            [sys.executable, "-m", "sagaflow.cli", *start],
+            [sys.executable, "-m", "sagaflow", *start],
             cwd=ROOT,
             env=producer_env(stack, unconsumed_queue, outbox_path),
             capture_output=True,
@@ -443,7 +442,7 @@ def test_the_next_start_the_store_takes_drains_the_outbox_at_once(
     # drain the outbox within this test.
     monkeypatch.setattr(OutboxDrainer, "first_delay", 600.0)
     monkeypatch.setattr(OutboxDrainer, "max_delay", 600.0)
-    caplog.set_level("INFO", logger="sagaflow.outbox")
+    caplog.set_level("INFO", logger="sagaflow.client.outbox")
     client = SagaClient(
         replace(stack.settings, queue=unconsumed_queue, outbox_path=str(tmp_path / "outbox.db"))
     )
@@ -474,7 +473,7 @@ def test_the_next_start_the_store_takes_drains_the_outbox_at_once(
 
 FILL = """
 import json, sys, threading
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 client = SagaClient()
 prefix, threads, each = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 receipts = []
@@ -492,7 +491,7 @@ print(json.dumps({r.saga_id: r.durability.value for r in receipts}))
 DRAIN = """
 import json, os, sys, time
 from dataclasses import asdict
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 client = SagaClient()
 print("ready", flush=True)
 go, deadline = sys.argv[1], time.monotonic() + 60
@@ -575,7 +574,7 @@ def test_processes_and_threads_share_one_outbox_and_two_drains_record_each_saga_
 DENIED_OUTBOX = """
 import json, sys
 from sagaflow import StoreUnavailable
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 client = SagaClient()
 try:
     client.start("trip", {}, saga_id=sys.argv[1])

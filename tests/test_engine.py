@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sagaflow import SagaState, StepStatus
-from sagaflow.processes import WorkerSpec
-from sagaflow.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
+from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
+from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
 TRIP = ["a1", "b2", "a3", "b4"]

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sagaflow.config import Settings
-from sagaflow.orchestrator import create_orchestrator_app
-from sagaflow.protocol import (
+from sagaflow.core.protocol import (
     ERRBACK_TASK,
     OPERATOR_TASK,
     RECOVER_TASK,
@@ -28,8 +27,9 @@ from sagaflow.protocol import (
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
 )
-from sagaflow.quarantine import QUARANTINE_TASK
-from sagaflow.store import SagaStore
+from sagaflow.core.quarantine import QUARANTINE_TASK
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
+from sagaflow.store.sql import SagaStore
 from tests.conftest import create_postgres_database, drop_postgres_database
 
 HOSTILE_TEXT = st.one_of(
@@ -141,9 +141,9 @@ def snapshot(store: SagaStore) -> dict[str, int]:
 def test_no_orchestrator_task_raises_on_random_json(
     orchestrator_app: Any, task_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store: SagaStore = orchestrator_app.sagaflow_orchestrator.store
+    store: SagaStore = orchestrator_of(orchestrator_app).store
     # A saga in flight, which no random message may move.
-    running = orchestrator_app.sagaflow_orchestrator.start(
+    running = orchestrator_of(orchestrator_app).start(
         f"prop-{uuid.uuid4().hex[:8]}", "trip", {}, None
     )
     version = store.get(running).version
@@ -214,11 +214,11 @@ CLIENT_CALLS: dict[str, Any] = {
 def test_no_client_method_raises_anything_but_a_sagaflow_error(
     orchestrator_app: Any, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from sagaflow.client import SagaClient
+    from sagaflow.client.saga_client import SagaClient
     from sagaflow.errors import SagaflowError
 
-    store: SagaStore = orchestrator_app.sagaflow_orchestrator.store
-    conf = orchestrator_app.sagaflow_orchestrator.app.conf
+    store: SagaStore = orchestrator_of(orchestrator_app).store
+    conf = orchestrator_app.conf
     settings_used = Settings(
         home=Path(conf.broker_transport_options["data_folder_in"]).parent,
         database_url=store.url,

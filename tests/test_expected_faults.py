@@ -11,11 +11,11 @@ import redis
 import sqlalchemy as sa
 
 from sagaflow import SagaState
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
-from sagaflow.processes import WorkerGroup, WorkerProcess, WorkerSpec
-from sagaflow.protocol import RECOVER_TASK
-from sagaflow.store import SagaStore
+from sagaflow.core.protocol import RECOVER_TASK
+from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
+from sagaflow.store.sql import SagaStore
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
     REDIS_URL,

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from sagaflow import SagaState
-from sagaflow.client import SagaClient
+from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, celery_settings, ensure_home
-from sagaflow.processes import WorkerGroup, WorkerSpec
-from sagaflow.store import SagaStore
+from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
+from sagaflow.store.sql import SagaStore
 from tests.conftest import (
     REDIS_URL,
     ROOT,
@@ -147,7 +147,7 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
     no consumer crashes on a half-written file."""
     from kombu import Connection, Exchange, Queue
 
-    from sagaflow import transport
+    from sagaflow.messaging import transport
 
     transport.register()
     settings = Settings(home=tmp_path, broker_url="filesystem://")
@@ -211,7 +211,7 @@ def test_filesystem_broker_keeps_every_binding_when_workers_start_together(
     be lost and nobody may read a half-written exchange table."""
     from kombu import Connection, Exchange, Queue
 
-    from sagaflow import transport
+    from sagaflow.messaging import transport
 
     transport.register()
     settings = Settings(home=tmp_path, broker_url="filesystem://")

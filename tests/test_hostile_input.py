@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from sagaflow import InvalidSagaInput, SagaState
-from sagaflow.machine import SagaRecord
-from sagaflow.protocol import MAX_INPUT_DEPTH, START_TASK
+from sagaflow.core.machine import SagaRecord
+from sagaflow.core.protocol import MAX_INPUT_DEPTH, START_TASK
 from tests.conftest import Stack, poll
 
 

@@ -4,8 +4,8 @@ the orchestrator ignores are kept in full, the rest only counted."""
 from __future__ import annotations
 
 from sagaflow import SagaState, StepStatus
-from sagaflow.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
-from sagaflow.store import IGNORED_IN_HISTORY
+from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
+from sagaflow.store.sql import IGNORED_IN_HISTORY
 from tests.conftest import Stack, poll
 
 FORGED = 50

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sagaflow.definitions import Phase, SagaState, Step, StepStatus
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.core.machine import (
     DispatchTask,
     ErrorInfo,
     Ignored,

@@ -7,8 +7,8 @@ import subprocess
 from datetime import datetime, timezone
 
 from sagaflow import SagaState, Step, StepStatus
-from sagaflow.definitions import Phase
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase
+from sagaflow.core.machine import (
     DispatchTask,
     ErrorInfo,
     Ignored,
@@ -23,7 +23,7 @@ from sagaflow.machine import (
     new_saga,
     retry_compensation,
 )
-from sagaflow.processes import WorkerSpec
+from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from sagaflow import SagaState, Step, StepStatus
-from sagaflow.client import InvalidOperation
-from sagaflow.definitions import Phase
-from sagaflow.machine import (
+from sagaflow.client.saga_client import InvalidOperation
+from sagaflow.core.definitions import Phase
+from sagaflow.core.machine import (
     RETRY_BACKOFF_MAX,
     DispatchTask,
     ErrorInfo,
@@ -29,7 +29,7 @@ from sagaflow.machine import (
     resolve,
     retry_delay,
 )
-from sagaflow.orchestrator import create_orchestrator_app
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -173,7 +173,7 @@ def test_without_a_pivot_cancel_is_refused_once_a_retriable_step_started() -> No
 
 def sweep_until(stack: Stack, saga_id: str, done: SagaState, timeout: float = 60) -> SagaRecord:
     """Run the recovery sweep (what beat sends) until the saga reaches `done`."""
-    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(stack.settings))
     return wait_for_state(
         stack, saga_id, done, timeout, before=lambda: orchestrator.recover(stalled_for=3600)
     )

@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from uuid import UUID
 
-from sagaflow.protocol import error_payload, strict_json
+from sagaflow.core.protocol import error_payload, strict_json
 
 
 def test_strict_json_turns_every_odd_value_into_plain_json() -> None:

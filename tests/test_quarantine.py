@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 
 from sagaflow import SagaState
-from sagaflow.dashboard import create_dashboard
-from sagaflow.processes import WorkerProcess
-from sagaflow.protocol import (
+from sagaflow.core.protocol import (
     OPERATOR_TASK,
     RECOVER_TASK,
     START_TASK,
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
 )
-from sagaflow.quarantine import QuarantinedMessage, QuarantineReason
-from sagaflow.quarantine_store import QuarantineStore
+from sagaflow.core.quarantine import QuarantinedMessage, QuarantineReason
+from sagaflow.devstack.processes import WorkerProcess
+from sagaflow.ops.dashboard import create_dashboard
+from sagaflow.store.quarantine import QuarantineStore
 from tests.conftest import Stack, poll
 
 

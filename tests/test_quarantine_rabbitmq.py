@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sagaflow import SagaState
-from sagaflow.protocol import OPERATOR_TASK, START_TASK
-from sagaflow.quarantine import QuarantineReason
+from sagaflow.core.protocol import OPERATOR_TASK, START_TASK
+from sagaflow.core.quarantine import QuarantineReason
 from tests.conftest import Stack
 from tests.test_quarantine import check_every_kind_of_poison, send_task, wait_quarantined
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from sagaflow import SagaState, Step
-from sagaflow.definitions import Phase
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase
+from sagaflow.core.machine import (
     DispatchTask,
     Ignored,
     StepSucceeded,
@@ -19,9 +19,9 @@ from sagaflow.machine import (
     new_saga,
     redrive,
 )
-from sagaflow.orchestrator import create_orchestrator_app
-from sagaflow.processes import WorkerSpec
-from sagaflow.schema import events, sagas
+from sagaflow.devstack.processes import WorkerSpec
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
+from sagaflow.store.schema import events, sagas
 from tests.conftest import Stack
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -73,7 +73,7 @@ def test_redrive_resends_a_waiting_compensation() -> None:
     saga = running().saga
     done = apply(saga, StepSucceeded(0, Phase.ACTION, 1, {"r": 1}, "s-1.0.action.1"), T0)
     assert isinstance(done, Transition)
-    from sagaflow.machine import ErrorInfo, StepFailed
+    from sagaflow.core.machine import ErrorInfo, StepFailed
 
     failed = apply(
         done.saga, StepFailed(1, Phase.ACTION, 1, ErrorInfo("E", "x", task_id="s-1.1.action.1")), T0
@@ -137,9 +137,7 @@ def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
     saga_id = stack.start("orphan", {})
     stack.wait_dispatched(saga_id, 1)
     age(stack, saga_id, timedelta(hours=1))
-    orchestrators = [
-        create_orchestrator_app(stack.settings).sagaflow_orchestrator for _ in range(4)
-    ]
+    orchestrators = [orchestrator_of(create_orchestrator_app(stack.settings)) for _ in range(4)]
     barrier = threading.Barrier(len(orchestrators))
     reports = []
 
@@ -167,7 +165,7 @@ def test_an_outcome_event_whose_publishing_was_lost_is_published(stack: Stack) -
             .where(events.c.id == recorded.id)
             .values(published_at=None, created_at=recorded.created_at - timedelta(hours=1))
         )
-    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(stack.settings))
     report = orchestrator.recover(stalled_for=600)
     assert (saga.saga_id, "DynamicCompleted") in report.republished
     (event,) = stack.store.events(saga.saga_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sagaflow import DefinitionError, Retry, SagaState, Step
-from sagaflow.machine import begin, new_saga
+from sagaflow.core.machine import begin, new_saga
 from tests.conftest import Stack
 
 
@@ -86,7 +86,7 @@ def test_a_compensation_has_its_own_retry_budget(stack: Stack) -> None:
 
 
 def test_retry_on_names_a_class_and_covers_its_subclasses() -> None:
-    from sagaflow.service import _retry_delay
+    from sagaflow.service.tasks import _retry_delay
 
     context = {"retry": Retry(on=("ConnectionError",), jitter=False).to_json()}
     assert _retry_delay((context,), ConnectionResetError("x"), 0) == 1.0

@@ -219,7 +219,7 @@ def test_warnings_a_command_logs_are_scrubbed(planted: Planted) -> None:
     store_secret = planted.secrets[0]
     script = (
         "import logging, sys\n"
-        "from sagaflow.cli_errors import scrub_warnings\n"
+        "from sagaflow.ops.cli_errors import scrub_warnings\n"
         "scrub_warnings(sys.argv[1:])\n"
         "logging.getLogger('driver').warning('cannot use %s (%s)', sys.argv[2], sys.argv[3])\n"
     )

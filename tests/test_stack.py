@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from sagaflow.cli import cli
+from sagaflow.ops.cli import cli
 from tests.conftest import (
     ROOT,
     create_postgres_database,
@@ -45,7 +45,7 @@ class StackProcess:
         self.out = out
         self.file = out.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sagaflow.cli", "stack", *args],
+            [sys.executable, "-m", "sagaflow", "stack", *args],
             env=cli_env({**env, "PYTHONUNBUFFERED": "1"}),
             cwd=ROOT,
             stdout=self.file,

@@ -24,9 +24,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from sagaflow.definitions import Phase, SagaState, Step, StepStatus
-from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.core.machine import (
     ErrorInfo,
     HistoryEntry,
     Ignored,
@@ -39,9 +38,10 @@ from sagaflow.machine import (
     begin,
     new_saga,
 )
-from sagaflow.migrate import VERSION_TABLE, current_revision, head_revision
-from sagaflow.schema import metadata
-from sagaflow.store import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
+from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
+from sagaflow.store.migrate import VERSION_TABLE, current_revision, head_revision
+from sagaflow.store.schema import metadata
+from sagaflow.store.sql import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
 from tests.conftest import drop_pooled_connection, poll
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -305,7 +305,7 @@ def test_postgres_without_pipeline_mode_counts_ignored_outcomes_the_same(
 ) -> None:
     if backend.name != "postgresql":
         pytest.skip("PostgreSQL's two write paths")
-    from sagaflow import store_pg
+    from sagaflow.store import postgres as store_pg
 
     monkeypatch.setattr(store_pg, "uses_pipeline", lambda conn: False)
     saga_id = create_running(backend.store)
@@ -317,7 +317,7 @@ def test_postgres_without_pipeline_mode_counts_ignored_outcomes_the_same(
 def test_upgrade_counts_the_outcomes_the_history_already_holds(
     backend: Backend, tmp_path: Path
 ) -> None:
-    from sagaflow.migrate import downgrade
+    from sagaflow.store.migrate import downgrade
 
     sqlite = backend.name == "sqlite"
     store = SagaStore(f"sqlite:///{tmp_path / 'backfill.db'}") if sqlite else backend.store
@@ -335,7 +335,7 @@ def test_upgrade_counts_the_outcomes_the_history_already_holds(
                 ("charge_payment", {"reason": "noted before outcomes had a kind"}),
             ]
         ]
-        from sagaflow.store_rows import insert_history
+        from sagaflow.store.rows import insert_history
 
         with store.engine.begin() as conn:
             insert_history(conn, saga_id, NOW, noted)
@@ -941,7 +941,7 @@ def test_a_transition_that_waited_for_the_lock_sees_the_steps_the_holder_wrote(
 
 
 def test_downgrading_and_upgrading_keeps_the_data(backend: Backend, tmp_path: Path) -> None:
-    from sagaflow.migrate import downgrade
+    from sagaflow.store.migrate import downgrade
 
     # SQLite: a file of its own (the module's store stays at head for the other tests).
     sqlite = backend.name == "sqlite"
@@ -1040,7 +1040,7 @@ def test_an_error_mid_pipeline_is_raised_without_a_warning(
 
     import psycopg
 
-    from sagaflow.store_pg import _pipelined
+    from sagaflow.store.postgres import _pipelined
 
     raw = psycopg.connect(
         sa.make_url(backend.url).set(drivername="postgresql").render_as_string(False)
@@ -1072,7 +1072,7 @@ def test_postgres_without_pipeline_mode_stores_the_same_transitions(
     # SQLAlchemy: the same rows, the same conflict check.
     if backend.name != "postgresql":
         pytest.skip("PostgreSQL's two write paths")
-    from sagaflow import store_pg
+    from sagaflow.store import postgres as store_pg
 
     monkeypatch.setattr(store_pg, "uses_pipeline", lambda conn: False)
     store = backend.store
@@ -1111,7 +1111,7 @@ def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the sagas the store loads from the database from now on (the check of
     remembered sagas, which loads them too, is off)."""
-    import sagaflow.store as store_module
+    import sagaflow.store.sql as store_module
 
     monkeypatch.delenv(store_module.CHECK_REMEMBERED_ENV, raising=False)
     loaded: list[str] = []
@@ -1238,7 +1238,7 @@ def test_the_remembered_check_reports_a_saga_changed_without_its_version(
 ) -> None:
     """The check the test suite runs with: a remembered saga that is not what is stored,
     though the version matches, is written down."""
-    from sagaflow.store import CHECK_REMEMBERED_ENV
+    from sagaflow.store.sql import CHECK_REMEMBERED_ENV
 
     monkeypatch.setenv(CHECK_REMEMBERED_ENV, str(tmp_path))
     saga_id = create_running(store)
@@ -1268,7 +1268,7 @@ def test_a_new_connection_forgets_what_the_store_remembered(
 
 
 def test_a_saga_with_a_large_input_is_not_remembered(backend: Backend, loads: list[str]) -> None:
-    from sagaflow.store import REMEMBERED_SAGA_BYTES
+    from sagaflow.store.sql import REMEMBERED_SAGA_BYTES
 
     large = SagaStore(backend.url)
     try:

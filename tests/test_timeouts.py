@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from sagaflow import DefinitionError, SagaState, Step, StepStatus
-from sagaflow.definitions import Phase
-from sagaflow.machine import (
+from sagaflow.core.definitions import Phase
+from sagaflow.core.machine import (
     DispatchTask,
     Ignored,
     StepSucceeded,
@@ -18,7 +18,7 @@ from sagaflow.machine import (
     new_saga,
     time_out,
 )
-from sagaflow.orchestrator import create_orchestrator_app
+from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -58,7 +58,7 @@ def test_the_deadline_is_set_at_dispatch_and_respected() -> None:
 
 
 def sweep_until_timed_out(stack: Stack, saga_id: str) -> None:
-    orchestrator = create_orchestrator_app(stack.settings).sagaflow_orchestrator
+    orchestrator = orchestrator_of(create_orchestrator_app(stack.settings))
 
     def timed_out() -> bool:
         report = orchestrator.recover(stalled_for=3600)
@@ -101,7 +101,7 @@ def test_on_timeout_fail_takes_the_step_as_not_done(stack: Stack) -> None:
 
 def test_the_periodic_recover_task_applies_timeouts_in_the_orchestrator(stack: Stack) -> None:
     """What `celery beat` sends: sagaflow.recover, run by the orchestrator worker."""
-    from sagaflow.protocol import RECOVER_TASK
+    from sagaflow.core.protocol import RECOVER_TASK
 
     saga_id = stack.start("timing_out_fail", {})
     stack.wait_dispatched(saga_id, 1)
@@ -117,7 +117,7 @@ def test_the_periodic_recover_task_applies_timeouts_in_the_orchestrator(stack: S
 
 
 def test_redriving_a_step_keeps_its_deadline() -> None:
-    from sagaflow.machine import redrive
+    from sagaflow.core.machine import redrive
 
     saga = started().saga  # two: timeout 10 s, deadline T0 + 10 s
     resent = redrive(saga, T0 + timedelta(seconds=5), T0 + timedelta(seconds=6))
@@ -141,7 +141,7 @@ def test_on_timeout_fail_never_compensates_the_step_itself() -> None:
 
 
 def test_a_cancelled_saga_whose_step_went_silent_is_compensated_not_resent() -> None:
-    from sagaflow.machine import cancel, redrive
+    from sagaflow.core.machine import cancel, redrive
 
     requested = cancel(started().saga, "stop", T0)
     assert isinstance(requested, Transition)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from sagaflow import DefinitionError, SagaState, Step, StepStatus
-from sagaflow.client import InvalidOperation
-from sagaflow.definitions import Phase
-from sagaflow.machine import (
+from sagaflow.client.saga_client import InvalidOperation
+from sagaflow.core.definitions import Phase
+from sagaflow.core.machine import (
     DispatchTask,
     ErrorInfo,
     Ignored,
@@ -31,7 +31,7 @@ from sagaflow.machine import (
     redrive,
     resolve,
 )
-from sagaflow.processes import WorkerSpec
+from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import ROOT, Stack, poll
 from tests.test_pivot import sweep_until, wait_for_state
 from tests.test_timeouts import sweep_until_timed_out
@@ -217,7 +217,7 @@ def test_a_cancel_waiting_on_an_escalated_step_keeps_its_reason() -> None:
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sagaflow.cli", *args],
+        [sys.executable, "-m", "sagaflow", *args],
         cwd=ROOT,
         env=stack.env,
         capture_output=True,

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sagaflow import SagaState
-from sagaflow.definitions import Phase
-from sagaflow.liveness import BEACON_EVENT, BEACON_ROUTING_KEY
-from sagaflow.processes import WorkerSpec
-from sagaflow.records import task_id_for
+from sagaflow.core.definitions import Phase
+from sagaflow.core.records import task_id_for
+from sagaflow.devstack.processes import WorkerSpec
+from sagaflow.messaging.liveness import BEACON_EVENT, BEACON_ROUTING_KEY
 from tests.conftest import Stack, poll
 
 LOST_AFTER = 10.0  # Settings.worker_lost_seconds on Redis and the embedded broker

@@ -1,0 +1,76 @@
+"""Building Celery apps with sagaflow's settings (the only place an app is configured)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+from typing import Any
+
+from celery import Celery
+
+from sagaflow.config import Settings, celery_settings, ensure_home
+from sagaflow.errors import ConfigurationError
+from sagaflow.messaging import transport
+
+CONFIG_MODULE_ENV = "SAGAFLOW_CELERY_CONFIG"
+# Connections always come from Settings (SAGAFLOW_* variables or explicit arguments), so a
+# process given explicit settings never has them replaced by a config module's copy.
+CONNECTION_KEYS = ("broker_url", "result_backend", "broker_transport_options", "task_ignore_result")
+
+
+def _user_overrides() -> dict[str, Any]:
+    """Settings from the Celery config module (`celeryconfig` by convention), if there is one."""
+    name = os.environ.get(CONFIG_MODULE_ENV, "celeryconfig")
+    if not name:
+        return {}
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name and CONFIG_MODULE_ENV not in os.environ:
+            return {}  # no celeryconfig next to the app: sagaflow's defaults apply
+        raise ConfigurationError(f"cannot import Celery config module {name!r}: {exc}") from exc
+    return {
+        key: value
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and key.islower()
+        and not isinstance(value, types.ModuleType)
+        and not callable(value)
+    }
+
+
+def create_app(main: str, settings: Settings | None = None, task_cls: Any = None) -> Celery:
+    settings = settings or Settings.from_env()
+    transport.register()
+    ensure_home(settings)
+    conf = celery_settings(settings)
+    overrides = _user_overrides()
+    for key in CONNECTION_KEYS:
+        overrides.pop(key, None)
+    conf.update(overrides)
+    _require_json_only(conf)
+    app = Celery(main, set_as_current=False, **({"task_cls": task_cls} if task_cls else {}))
+    app.conf.update(conf)
+    return app
+
+
+def _require_json_only(conf: dict[str, Any]) -> None:
+    """Refuse any setting that would let pickle (or another non-JSON format) in."""
+    from kombu.serialization import prepare_accept_content
+
+    for key in ("accept_content", "result_accept_content"):
+        value = conf.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        accepted: set[str] = prepare_accept_content(list(value))  # type: ignore[no-untyped-call]
+        if accepted - {"application/json"}:
+            raise ConfigurationError(
+                f"sagaflow accepts JSON only: {key} = {list(value)!r} lets in "
+                f"{sorted(accepted - {'application/json'})}"
+            )
+    for key in ("task_serializer", "result_serializer", "event_serializer"):
+        if conf.get(key) not in (None, "json"):
+            raise ConfigurationError(f"sagaflow accepts JSON only: {key} = {conf[key]!r}")

@@ -1,0 +1,157 @@
+"""kombu's filesystem transport, made safe for several processes sharing one folder.
+
+The stock transport writes a message file in place and readers move it to the temp folder, so a
+reader can take a file the writer has not finished (the worker then dies on a JSON error), and
+two readers can both copy a file when the temp folder is on another filesystem. Exchange tables
+(queue bindings, written when workers start) have the same window: a file created empty before
+it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
+inside the same folder; bindings are updated under a lock file and replaced atomically.
+`filesystem://` URLs use this class in every sagaflow process.
+
+kombu's Redis transport, publishing through one client per channel: the stock channel builds a
+new `redis.Redis` for every message it sends (task messages and every task event), and that
+constructor, which copies the client's table of response callbacks, costs more than the publish
+itself. `redis://` and `rediss://` URLs use it in every sagaflow process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from queue import Empty
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.transport import redis as redis_transport
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+PARTIAL_READ_DEADLINE = 5.0
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue: Any, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        folder = self.data_folder_out
+        partial = os.path.join(folder, f".writing-{name}")
+        with open(partial, "wb") as f:
+            f.write(json.dumps(message).encode())
+        os.rename(partial, os.path.join(folder, name))
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        suffix = f"{queue}.msg"
+        folder = self.data_folder_in
+        for filename in sorted(os.listdir(folder)):
+            if filename.startswith(".") or filename.partition(".")[2] != suffix:
+                continue
+            claimed = os.path.join(folder, f".claimed-{os.getpid()}-{filename}")
+            try:
+                os.rename(os.path.join(folder, filename), claimed)
+            except OSError:
+                continue  # another consumer claimed it first
+            return _read_complete(claimed)
+        raise Empty()
+
+    def queue_bind(
+        self,
+        queue: Any,
+        exchange: Any = None,
+        routing_key: Any = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)  # type: ignore[no-untyped-call]
+        # kombu skips the write when its in-process binding cache (shared by every connection
+        # of the process) already has the binding, though the thread that cached it may not
+        # have written it yet; publishing then finds no route and drops the message.
+        # Writing is idempotent here, so always make sure the binding is on disk.
+        exchange = exchange or "amq.direct"
+        exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
+        meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
+        self._queue_bind(exchange, *meta)
+
+    def get_table(self, exchange: Any) -> Any:
+        path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return [filesystem.exchange_queue_t(*q) for q in json.loads(content)]
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        self.control_folder.mkdir(exist_ok=True)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                table = self.get_table(exchange)
+                if binding in table:
+                    return
+                table.insert(0, binding)
+                partial = path.with_name(f".writing-{uuid.uuid4()}-{path.name}")
+                partial.write_bytes(json.dumps([list(b) for b in table]).encode())
+                os.replace(partial, path)
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def _read_complete(path: str) -> Any:
+    """Read a claimed message, waiting out a writer that still holds it (non-atomic writers)."""
+    deadline = time.monotonic() + PARTIAL_READ_DEADLINE
+    while True:
+        with open(path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # the lock kombu's writers hold
+            try:
+                payload = f.read()
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            if time.monotonic() < deadline:
+                time.sleep(0.002)
+                continue
+            os.rename(path, path.replace(".claimed-", ".corrupt-", 1))
+            raise Empty() from None
+        os.remove(path)
+        return message
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
+
+
+class RedisChannel(redis_transport.Channel):
+    _publish_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        client = self._publish_client
+        # A client is a handle on the pool (each command borrows a connection), safe to share;
+        # a new one only when the channel has replaced its pool.
+        if client is None or client.connection_pool is not self.pool:
+            client = self._publish_client = super()._create_client()  # type: ignore[no-untyped-call]
+        return client
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # kombu clears a transport's client when its connection closes. Closing a channel after
+        # that (it restores its unacknowledged messages) or a late ack then failed with an
+        # AttributeError, which Celery takes as fatal: the worker exited when Redis went away
+        # with a task in flight. Raised as the connection error it is, Celery reconnects.
+        if self.connection is None or self.connection.client is None:
+            raise RedisConnectionError("the Redis connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+
+class RedisTransport(redis_transport.Transport):
+    Channel = RedisChannel
+
+
+def register() -> None:
+    TRANSPORT_ALIASES["filesystem"] = "sagaflow.messaging.transport:Transport"
+    TRANSPORT_ALIASES["redis"] = "sagaflow.messaging.transport:RedisTransport"
+    TRANSPORT_ALIASES["rediss"] = "sagaflow.messaging.transport:RedisTransport"
