@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 description of the dashboard's API, served at /api/openapi.json.
 
 Written out by hand rather than derived, so that it says what a client may rely on; the tests
-check it against every route of the app and fuzz the app with it (tests/test_dashboard_fuzz.py).
+check it against every route of the app and fuzz the app with it
+(tests/acceptance/test_dashboard_fuzz.py).
 """
 
 from __future__ import annotations

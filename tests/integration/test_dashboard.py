@@ -28,9 +28,9 @@ from sagaflow.config import Settings
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.errors import ConfigurationError, SagaNotFound
 from sagaflow.ops.dashboard import create_dashboard
+from tests.acceptance.test_cli import UNREACHABLE_PG, describe, isolated_env, sagaflow
 from tests.conftest import Stack, http_get, poll
-from tests.test_cli import UNREACHABLE_PG, describe, isolated_env, sagaflow
-from tests.test_hostile_input import LONE_SURROGATE
+from tests.integration.test_hostile_input import LONE_SURROGATE
 
 AUTH = ("ops", "s3cret-pw")
 

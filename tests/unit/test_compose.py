@@ -15,7 +15,7 @@ import yaml
 from sagaflow.config import Settings
 from sagaflow.core.definitions import Saga, load_definitions
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,11 @@ from sagaflow import SagaState
 from sagaflow.core.protocol import OPERATOR_TASK, START_TASK
 from sagaflow.core.quarantine import QuarantineReason
 from tests.conftest import Stack
-from tests.test_quarantine import check_every_kind_of_poison, send_task, wait_quarantined
+from tests.integration.test_quarantine import (
+    check_every_kind_of_poison,
+    send_task,
+    wait_quarantined,
+)
 
 
 @pytest.mark.parametrize("queue_kind", ["orchestrator", "service"])

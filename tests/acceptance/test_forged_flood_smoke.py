@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sagaflow.store.sql import IGNORED_IN_HISTORY
-from tests.test_benchmark_smoke import run_benchmark
+from tests.acceptance.test_benchmark_smoke import run_benchmark
 
 
 def test_forged_flood_keeps_the_history_bounded_and_counts_every_callback(

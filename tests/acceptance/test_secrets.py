@@ -20,6 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sagaflow.urls import MASK, mask_url, scrub, secrets_of
+from tests.acceptance.test_cli import cli_env, describe, isolated_env, sagaflow
+from tests.acceptance.test_stack import ORDER, StackProcess
 from tests.conftest import (
     ROOT,
     create_postgres_database,
@@ -28,8 +30,6 @@ from tests.conftest import (
     redis_url,
     require_redis,
 )
-from tests.test_cli import cli_env, describe, isolated_env, sagaflow
-from tests.test_stack import ORDER, StackProcess
 
 REDIS_DB = 14  # this file's own database on the run's Redis
 

@@ -15,6 +15,8 @@ import pytest
 import redis
 
 from sagaflow.ops.cli import cli
+from tests.acceptance.test_cli import cli_env, describe, isolated_env, sagaflow
+from tests.acceptance.test_flower import PASSWORD, USER, get
 from tests.conftest import (
     ROOT,
     create_postgres_database,
@@ -24,8 +26,6 @@ from tests.conftest import (
     redis_url,
     require_redis,
 )
-from tests.test_cli import cli_env, describe, isolated_env, sagaflow
-from tests.test_flower import PASSWORD, USER, get
 
 ORDER = {
     "order_id": "o-stack",

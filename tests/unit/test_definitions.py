@@ -24,7 +24,7 @@ from sagaflow import (
     load_definitions,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 VALID_ORDER = {
     "order_id": "o-1",

@@ -33,8 +33,8 @@ from sagaflow.core.machine import (
 )
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import ROOT, Stack, poll
-from tests.test_pivot import sweep_until, wait_for_state
-from tests.test_timeouts import sweep_until_timed_out
+from tests.integration.test_pivot import sweep_until, wait_for_state
+from tests.integration.test_timeouts import sweep_until_timed_out
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LATE = T0 + timedelta(seconds=11)

@@ -20,8 +20,14 @@ from typing import Any
 import pytest
 
 from sagaflow.store.sql import SagaStore
+from tests.acceptance.test_cli import (
+    assert_one_line_error,
+    cli_env,
+    describe,
+    isolated_env,
+    sagaflow,
+)
 from tests.conftest import ROOT, create_postgres_database, drop_postgres_database, poll
-from tests.test_cli import assert_one_line_error, cli_env, describe, isolated_env, sagaflow
 
 DOWN_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 DOWN_STORE = "postgresql+psycopg://u@127.0.0.1:1/x"

@@ -36,7 +36,7 @@ from sagaflow.core.machine import (
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
-from tests.test_pivot import sweep_until
+from tests.integration.test_pivot import sweep_until
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
