@@ -40,8 +40,8 @@ from sagaflow.devstack.processes import (
 )
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.messaging.app import create_app
-from sagaflow.ops.cli_errors import driver_message
 from sagaflow.store.sql import SagaStore
+from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url, scrub, secrets_of
 
 FLOWER_PORT = 5555

@@ -31,13 +31,13 @@ from sagaflow.ops.cli_errors import (
     BadInput,
     ErrorHandlingGroup,
     check_urls,
-    driver_message,
     err_console,
     load_json,
     read_text_file,
 )
 from sagaflow.ops.cli_quarantine import quarantine
 from sagaflow.store.sql import SagaStore
+from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url
 
 console = Console()
