@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from sagaflow.client.saga_client import SagaClient, parse_since
+from sagaflow.client.saga_client import SagaClient
+from sagaflow.client.validation import parse_since
 from sagaflow.config import Settings
 from sagaflow.core.definitions import SagaState
 from sagaflow.errors import InvalidSagaInput

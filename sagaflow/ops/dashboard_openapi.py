@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sagaflow.client.saga_client import MAX_SAGA_TYPE_LENGTH
+from sagaflow.client.validation import MAX_SAGA_TYPE_LENGTH
 from sagaflow.core.definitions import StepStatus
 from sagaflow.core.protocol import SAGA_ID_PATTERN
 from sagaflow.core.quarantine import QuarantineReason
