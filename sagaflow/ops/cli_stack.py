@@ -224,6 +224,6 @@ def stack(
         dashboard=dashboard,
         dashboard_port=dashboard_port,
     )
-    root = ctx.find_root().command
+    root = ctx.find_root().command  # the `sagaflow` group, which imports this module
     available = isinstance(root, click.Group) and "dashboard" in root.commands
     sys.exit(run_stack(settings_of(ctx), options, console, dashboard_available=available))
