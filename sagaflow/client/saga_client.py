@@ -9,16 +9,13 @@ only the store. Reading needs the store.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,8 @@ from sagaflow.client.outbox import (
     StartRequest,
     drain,
 )
+from sagaflow.client.validation import check_saga_id, checked_start, list_filters, validate_input
 from sagaflow.config import Settings
-from sagaflow.core.definitions import SagaState, check_deadline
 from sagaflow.core.machine import (
     Ignored,
     SagaRecord,
@@ -44,19 +41,14 @@ from sagaflow.core.machine import (
     retry_compensation,
 )
 from sagaflow.core.protocol import (
-    MAX_INPUT_DEPTH,
     OPERATOR_TASK,
-    SAGA_ID_PATTERN,
     START_TASK,
     display_repr,
     input_problem,
 )
 from sagaflow.errors import (
     ConfigurationError,
-    DefinitionError,
-    InvalidSagaInput,
     SagaflowError,
-    SagaNotFound,
     SagaTimeout,
     StoreUnavailable,
 )
@@ -65,8 +57,6 @@ from sagaflow.store.sql import HistoryRow, SagaStore, utcnow
 
 logger = logging.getLogger(__name__)
 
-MAX_SAGA_ID_LENGTH = 64
-MAX_SAGA_TYPE_LENGTH = 200  # the store's column
 MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.core.messages checks it again)
 # How often a client looks for starts another process left in the outbox.
 OUTBOX_RECHECK_SECONDS = 60.0
@@ -190,26 +180,7 @@ class SagaClient:
         once for input that is not a JSON object or is too large.
         """
         wanted = self.durability if durability is None else Durability.of(durability)
-        try:
-            check_deadline("deadline", deadline)
-        except DefinitionError as exc:
-            raise InvalidSagaInput(str(exc)) from None
-        if not isinstance(saga_type, str) or not saga_type:
-            raise InvalidSagaInput(f"saga type must be a non-empty string, got {saga_type!r}")
-        if len(saga_type) > MAX_SAGA_TYPE_LENGTH:
-            raise InvalidSagaInput(
-                f"saga type {saga_type:.80}... is over {MAX_SAGA_TYPE_LENGTH} characters"
-            )
-        if (problem := input_problem(saga_type)) is not None:
-            raise InvalidSagaInput(f"saga type {saga_type!r:.80} refused: {problem}")
-        payload = validate_input(data, self.settings.max_input_bytes)
-        if saga_id is not None and (
-            not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id)
-        ):
-            raise InvalidSagaInput(
-                f"saga id {saga_id!r:.80} refused: at most {MAX_SAGA_ID_LENGTH} characters, "
-                "letters, digits and _.:@- (starting with a letter or digit)"
-            )
+        payload = checked_start(saga_type, data, saga_id, deadline, self.settings.max_input_bytes)
         saga_id = saga_id or str(uuid.uuid4())
         kept = self._record_request(
             StartRequest(saga_id, saga_type, payload, deadline, utcnow()), wanted
@@ -392,7 +363,7 @@ class SagaClient:
     def get(self, saga_id: str) -> SagaRecord:
         """The saga with its steps. SagaNotFound until the orchestrator has recorded it, and at
         once for an id no saga can have."""
-        _check_saga_id(saga_id)
+        check_saga_id(saga_id)
         return self.store.get(saga_id)
 
     def wait(
@@ -421,7 +392,7 @@ class SagaClient:
 
     def list_sagas(self, **filters: Any) -> list[SagaRecord]:
         """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset."""
-        return self.store.list_sagas(**_list_filters(filters))
+        return self.store.list_sagas(**list_filters(filters))
 
     def history(self, saga_id: str) -> list[HistoryRow]:
         self.get(saga_id)
@@ -450,66 +421,6 @@ def _text_argument(name: str, value: object) -> str:
     return value
 
 
-def _list_filters(filters: dict[str, Any]) -> dict[str, Any]:
-    """SagaStore.list_sagas's filters, each checked: a wrong one is a clear error."""
-    known = {"state", "saga_type", "since", "id_prefix", "limit", "offset"}
-    unknown = sorted(set(filters) - known)
-    if unknown:
-        raise InvalidSagaInput(f"unknown filter {unknown[0]!r}: use {', '.join(sorted(known))}")
-    checked = dict(filters)
-    state = checked.get("state")
-    if state is not None:
-        try:
-            checked["state"] = SagaState(state) if not isinstance(state, SagaState) else state
-        except (ValueError, TypeError):
-            states = ", ".join(s.value for s in SagaState)
-            raise InvalidSagaInput(f"unknown state {state!r:.80}: use one of {states}") from None
-    for name in ("saga_type", "id_prefix"):
-        value = checked.get(name)
-        if value is not None and (not isinstance(value, str) or input_problem(value)):
-            raise InvalidSagaInput(f"{name} must be plain text, not {value!r:.80}")
-        if isinstance(value, str) and len(value) > MAX_SAGA_TYPE_LENGTH:
-            raise InvalidSagaInput(f"{name} is over {MAX_SAGA_TYPE_LENGTH} characters")
-    since = checked.get("since")
-    if since is not None and not isinstance(since, datetime):
-        raise InvalidSagaInput(f"since must be a datetime, not {since!r:.80}")
-    for name, default, high in (("limit", 50, 10_000), ("offset", 0, 10**9)):
-        value = checked.get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-            raise InvalidSagaInput(f"{name} must be an integer from 0 to {high}, not {value!r:.80}")
-    return checked
-
-
-def _check_saga_id(saga_id: object) -> None:
-    """SagaNotFound for an id that no saga can have (start refuses it), without asking the store:
-    PostgreSQL's driver fails on NUL characters and lone surrogates instead of finding nothing."""
-    if not isinstance(saga_id, str) or not SAGA_ID_PATTERN.match(saga_id):
-        raise SagaNotFound(f"no saga {saga_id!r:.80}: not a valid saga id")
-
-
-def validate_input(data: object, max_bytes: int) -> dict[str, Any]:
-    """Check saga input is a JSON object within the size limit; return a JSON-clean copy."""
-    if not isinstance(data, Mapping):
-        raise InvalidSagaInput(
-            f"saga input must be a JSON object (a dict), got {type(data).__name__}"
-        )
-    try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidSagaInput(f"saga input is not JSON-serialisable: {exc}") from exc
-    except RecursionError:
-        deep = f"saga input is nested more than {MAX_INPUT_DEPTH} levels deep"
-        raise InvalidSagaInput(deep) from None
-    problem = input_problem(data)
-    if problem is not None:
-        raise InvalidSagaInput(f"saga input refused: {problem}")
-    size = len(text.encode())
-    if size > max_bytes:
-        raise InvalidSagaInput(f"saga input is {size} bytes of JSON, over the limit of {max_bytes}")
-    result: dict[str, Any] = json.loads(text)
-    return result
-
-
 def _describe(saga: SagaRecord) -> str:
     where = saga.state.value
     if saga.current_step is not None and saga.current_step < len(saga.steps):
@@ -530,22 +441,3 @@ __all__ = [
     "StartReceipt",
     "validate_input",
 ]
-
-
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """`30m`, `2h`, `1d`, `1w` ago, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    now = now or datetime.now(timezone.utc)
-    match = _AGO.match(text)
-    if match:
-        return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a duration (30m, 2h, 1d, 1w) nor an ISO 8601 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

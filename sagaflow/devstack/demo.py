@@ -30,9 +30,8 @@ from sagaflow.core.machine import SagaRecord
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
 from sagaflow.devstack.stack import check_broker
 from sagaflow.errors import ConfigurationError, StoreUnavailable
-from sagaflow.ops import render
-from sagaflow.ops.cli_errors import driver_message
 from sagaflow.store.sql import SagaStore
+from sagaflow.terminal import STEP_MARK, driver_message, state_text
 from sagaflow.urls import mask_url
 
 SERVICES = ("inventory", "payments", "shipping")
@@ -148,37 +147,14 @@ def run_demo(
 
     store = SagaStore(settings.database_url)
     store.upgrade()
-    from workers import db  # the example's own tables: balances and stock
-
-    try:
-        db.seed(BALANCES, STOCK, url=services_url)
-    except sa.exc.SQLAlchemyError as exc:
-        raise StoreUnavailable(
-            f"the example services' database {mask_url(services_url)} is unavailable: "
-            f"{driver_message(exc)}"
-        ) from exc
+    _seed_services(services_url)
 
     group = WorkerGroup(env, home / "logs", cwd=root)
     client = SagaClient(settings, store=store)
     check_broker(client.app, settings.broker_url)  # at once, not after the workers' timeout
     try:
-        with console.status("starting the orchestrator and 3 service workers…"):
-            group.start(WorkerSpec("orchestrator", "sagaflow.worker", [settings.queue]))
-            for service in SERVICES:
-                group.start(WorkerSpec(service, f"workers.{service}", [service]))
-            group.wait_ready(client.app, timeout=60)
-        console.print(
-            f"workers up: orchestrator ({settings.queue}), "
-            + ", ".join(SERVICES)
-            + f"  [dim]logs in {home / 'logs'}[/]"
-        )
-        orders = demo_orders(count)
-        ids = [client.start(order.saga_type, order.data) for order in orders]
-        sagas = _wait_with_progress(client, store, ids, timeout, console)
-        console.print(_result_table(orders, sagas))
-        ok = _report(
-            sagas, db.balances(services_url), db.quantities(services_url), started, console
-        )
+        _start_workers(group, client, settings.queue, home, console)
+        sagas, ok = _run_orders(client, store, count, timeout, services_url, started, console)
         failed = next((s for s in sagas if s.state is SagaState.FAILED), sagas[0])
         where = "" if database_url else f"--home {home} "
         console.print(
@@ -192,6 +168,55 @@ def run_demo(
             group.stop()
         console.print(f"workers stopped in {time.monotonic() - stopping:.1f}s", style="dim")
         client.close()
+
+
+def _seed_services(services_url: str) -> None:
+    """The example services' own tables, with their balances and stock reset."""
+    from workers import db
+
+    try:
+        db.seed(BALANCES, STOCK, url=services_url)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(
+            f"the example services' database {mask_url(services_url)} is unavailable: "
+            f"{driver_message(exc)}"
+        ) from exc
+
+
+def _start_workers(
+    group: WorkerGroup, client: SagaClient, queue: str, home: Path, console: Console
+) -> None:
+    with console.status("starting the orchestrator and 3 service workers…"):
+        group.start(WorkerSpec("orchestrator", "sagaflow.worker", [queue]))
+        for service in SERVICES:
+            group.start(WorkerSpec(service, f"workers.{service}", [service]))
+        group.wait_ready(client.app, timeout=60)
+    console.print(
+        f"workers up: orchestrator ({queue}), "
+        + ", ".join(SERVICES)
+        + f"  [dim]logs in {home / 'logs'}[/]"
+    )
+
+
+def _run_orders(
+    client: SagaClient,
+    store: SagaStore,
+    count: int,
+    timeout: float,
+    services_url: str,
+    started: float,
+    console: Console,
+) -> tuple[list[SagaRecord], bool]:
+    """Start the demo's orders, wait for them, show what happened; True if the services'
+    balances and stock are what the completed orders explain."""
+    from workers import db
+
+    orders = demo_orders(count)
+    ids = [client.start(order.saga_type, order.data) for order in orders]
+    sagas = _wait_with_progress(client, store, ids, timeout, console)
+    console.print(_result_table(orders, sagas))
+    ok = _report(sagas, db.balances(services_url), db.quantities(services_url), started, console)
+    return sagas, ok
 
 
 def _wait_with_progress(
@@ -242,12 +267,12 @@ def _result_table(orders: list[DemoOrder], sagas: list[SagaRecord]) -> Table:
             if step is None:
                 marks.append(Text("n/a", style="dim"))
             else:
-                mark, style = render.STEP_MARK[step.status]
+                mark, style = STEP_MARK[step.status]
                 marks.append(Text(mark, style=style))
         table.add_row(
             saga.saga_id[:8],
             order.data["order_id"] + ("" if saga.saga_type == "order" else " (gift)"),
-            render.state_text(saga.state),
+            state_text(saga.state),
             *marks,
             Text(saga.error.type, style="red") if saga.error else "",
         )

@@ -40,8 +40,8 @@ from sagaflow.devstack.processes import (
 )
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.messaging.app import create_app
-from sagaflow.ops.cli_errors import driver_message
 from sagaflow.store.sql import SagaStore
+from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url, scrub, secrets_of
 
 FLOWER_PORT = 5555
@@ -121,6 +121,20 @@ def run_stack(
         if port is not None and not _port_free(port):
             raise ConfigurationError(f"port {port} on {HOST} is in use: choose another {option}")
 
+    env = _environment(settings, environ, root, examples)
+    ensure_home(settings)
+    _migrate(settings, console)
+    if examples:
+        _prepare_examples(env, root, console)
+    return _run_processes(
+        settings, options, services, env, root, flower_port, dashboard_port, console
+    )
+
+
+def _environment(
+    settings: Settings, environ: Mapping[str, str], root: Path, examples: bool
+) -> dict[str, str]:
+    """Every stack process's environment: ours, with the settings and the repository root."""
     env = {
         **environ,
         **settings.to_env(),
@@ -133,12 +147,21 @@ def run_stack(
             if settings.database_url.startswith("sqlite")
             else settings.database_url
         )
-    ensure_home(settings)
-    _migrate(settings, console)
-    if examples:
-        _prepare_examples(env, root, console)
-    hidden = secrets_in(env)
+    return env
 
+
+def _run_processes(
+    settings: Settings,
+    options: StackOptions,
+    services: tuple[Service, ...],
+    env: dict[str, str],
+    root: Path,
+    flower_port: int | None,
+    dashboard_port: int | None,
+    console: Console,
+) -> int:
+    """Start the processes and watch them until a signal (returns 0) or a death (returns 1)."""
+    hidden = secrets_in(env)
     log_dir = (settings.home / "stack-logs").resolve()
     group = WorkerGroup(env, log_dir, cwd=root)
     app = create_app("sagaflow-stack", settings)

@@ -34,6 +34,7 @@ from sagaflow.errors import (
     SagaTimeout,
     StoreUnavailable,
 )
+from sagaflow.terminal import driver_message
 from sagaflow.urls import broker_url_problem, database_url_problem, mask_url, scrub
 
 EXIT_ERROR = 1
@@ -90,11 +91,6 @@ def exit_code_for(exc: SagaflowError) -> int:
     if isinstance(exc, SagaTimeout):
         return EXIT_TIMEOUT
     return EXIT_ERROR
-
-
-def driver_message(exc: BaseException) -> str:
-    """A database error in its driver's words (SQLAlchemy's adds the statement and a link)."""
-    return str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
 
 
 def failure_of(exc: BaseException, settings: Settings | None) -> Failure:

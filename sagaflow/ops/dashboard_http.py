@@ -20,13 +20,8 @@ from prometheus_client import CollectorRegistry
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from sagaflow.client.saga_client import (
-    MAX_SAGA_TYPE_LENGTH,
-    BrokerUnavailable,
-    InvalidOperation,
-    SagaClient,
-    parse_since,
-)
+from sagaflow.client.saga_client import BrokerUnavailable, InvalidOperation, SagaClient
+from sagaflow.client.validation import MAX_SAGA_TYPE_LENGTH, parse_since
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.protocol import SAGA_ID_PATTERN
 from sagaflow.errors import (

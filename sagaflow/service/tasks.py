@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -18,7 +19,7 @@ from celery.exceptions import Retry as CeleryRetry
 
 from sagaflow.config import DEFAULT_MAX_MESSAGE_BYTES, Settings
 from sagaflow.core.definitions import Retry
-from sagaflow.core.messages import Malformed, parse_published_errback
+from sagaflow.core.messages import Malformed, OutcomeMessage, parse_published_errback
 from sagaflow.core.protocol import (
     ERRBACK_TASK,
     STEP_FAILED_TASK,
@@ -31,6 +32,7 @@ from sagaflow.messaging.app import create_app
 from sagaflow.messaging.liveness import install_beacon
 from sagaflow.messaging.screening import (
     MessageScreen,
+    UnknownTaskReporter,
     install_screen,
     send_quarantine_record,
 )
@@ -108,7 +110,21 @@ def install_service_support(
 ) -> None:
     """Register sagaflow's errback on an existing Celery app and put the message screen in
     front of its workers: a message none of its tasks can take is quarantined, not fatal."""
+    report = _failure_reporter(app, orchestrator_queue)
+    # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
+    # shared=False: registered on this app only, not on every app the process creates later.
+    app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True, shared=False)(
+        _errback(app, orchestrator_queue, report)
+    )
+    unknown = _unknown_task_reporter(report)
+    install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, unknown))
+    install_beacon(app)
 
+
+Report = Callable[[dict[str, Any], dict[str, Any]], None]  # (outcome, error) to the orchestrator
+
+
+def _failure_reporter(app: Celery, orchestrator_queue: str) -> Report:
     def report(outcome: dict[str, Any], error: dict[str, Any]) -> None:
         # Celery swallows an errback's exception and acknowledges the step anyway, so a report
         # that cannot be published would be lost: keep retrying while the broker is away.
@@ -126,6 +142,10 @@ def install_service_support(
             },
         )
 
+    return report
+
+
+def _errback(app: Celery, orchestrator_queue: str, report: Report) -> Callable[..., None]:
     def errback(*args: Any, **kwargs: Any) -> None:
         if args and isinstance(args[0], str):
             # Published form: the failing worker could not run us inline, so only the id is known.
@@ -134,34 +154,50 @@ def install_service_support(
                 request = app.tasks[ERRBACK_TASK].request
                 _quarantine_task_message(app, orchestrator_queue, request, args, kwargs, parsed)
                 return
-            task_id, outcome_message = parsed
-            outcome = {key: getattr(outcome_message, key) for key in _OUTCOME_KEYS}
-            outcome["phase"] = outcome_message.phase.value
-            error: dict[str, Any] = {
-                "type": "UnknownError",
-                "message": (
-                    f"task {task_id} failed on a worker without sagaflow.service; its error is "
-                    "not known (install sagaflow's service support on that worker)"
-                ),
-                "task_id": task_id,
-            }
+            outcome, error = _published_failure(*parsed)
         else:
-            outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
-            request, exc, traceback = [*args, None, None, None][:3]
-            failed_id = getattr(request, "id", None)
-            outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
-            if isinstance(exc, BaseException):
-                error = error_payload(exc, traceback, failed_id)
-                if isinstance(exc, NonRetryable):
-                    error["non_retryable"] = True  # a retriable step escalates, not loops
-            else:
-                error = {"type": "UnknownError", "message": repr(exc), "task_id": failed_id}
+            outcome, error = _inline_failure(args, kwargs)
         report(outcome, error)
 
-    # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
-    # shared=False: registered on this app only, not on every app the process creates later.
-    app.task(name=ERRBACK_TASK, ignore_result=True, acks_late=True, shared=False)(errback)
+    return errback
 
+
+def _published_failure(
+    task_id: str, outcome_message: OutcomeMessage
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outcome and error of a step whose failure was published: its error is not known."""
+    outcome = {key: getattr(outcome_message, key) for key in _OUTCOME_KEYS}
+    outcome["phase"] = outcome_message.phase.value
+    error: dict[str, Any] = {
+        "type": "UnknownError",
+        "message": (
+            f"task {task_id} failed on a worker without sagaflow.service; its error is "
+            "not known (install sagaflow's service support on that worker)"
+        ),
+        "task_id": task_id,
+    }
+    return outcome, error
+
+
+def _inline_failure(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outcome and error of a step whose errback Celery ran inline, with the request, the
+    exception and its traceback."""
+    outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
+    request, exc, traceback = [*args, None, None, None][:3]
+    failed_id = getattr(request, "id", None)
+    outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
+    if isinstance(exc, BaseException):
+        error = error_payload(exc, traceback, failed_id)
+        if isinstance(exc, NonRetryable):
+            error["non_retryable"] = True  # a retriable step escalates, not loops
+    else:
+        error = {"type": "UnknownError", "message": repr(exc), "task_id": failed_id}
+    return outcome, error
+
+
+def _unknown_task_reporter(report: Report) -> UnknownTaskReporter:
     def report_unknown(
         message: Any, body: Any, name: str, task_id: str, queue: str | None
     ) -> str | None:
@@ -184,8 +220,7 @@ def install_service_support(
             "message runs it outside its saga"
         )
 
-    install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, report_unknown))
-    install_beacon(app)
+    return report_unknown
 
 
 def _quarantine_task_message(
