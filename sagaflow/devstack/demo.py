@@ -32,7 +32,8 @@ from sagaflow.devstack.stack import check_broker
 from sagaflow.errors import ConfigurationError, StoreUnavailable
 from sagaflow.ops import render
 from sagaflow.ops.cli_errors import driver_message
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import SagaStore
 from sagaflow.urls import mask_url
 
 SERVICES = ("inventory", "payments", "shipping")
@@ -146,7 +147,7 @@ def run_demo(
         highlight=False,
     )
 
-    store = SagaStore(settings.database_url)
+    store = open_store(settings.database_url)
     store.upgrade()
     from workers import db  # the example's own tables: balances and stock
 

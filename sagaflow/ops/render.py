@@ -12,7 +12,7 @@ from rich.text import Text
 from sagaflow.core.definitions import SagaState, StepStatus
 from sagaflow.core.machine import SagaRecord, StepRecord
 from sagaflow.core.quarantine import QuarantinedMessage
-from sagaflow.store.sql import HistoryRow
+from sagaflow.store.protocol import HistoryRow
 
 STATE_STYLE = {
     SagaState.REQUESTED: "dim cyan",
