@@ -64,8 +64,9 @@ from sagaflow import SagaRecord, SagaState, Settings  # noqa: E402
 from sagaflow.client.outbox import StartOutbox  # noqa: E402
 from sagaflow.client.saga_client import Durability, SagaClient  # noqa: E402
 from sagaflow.devstack.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
+from sagaflow.store.factory import open_store  # noqa: E402
+from sagaflow.store.protocol import SagaStore  # noqa: E402
 from sagaflow.store.schema import history, sagas  # noqa: E402
-from sagaflow.store.sql import SagaStore  # noqa: E402
 
 console = Console(width=110)
 
@@ -328,7 +329,7 @@ def run(args: argparse.Namespace) -> RunFigures:
         "WORKERS_DATABASE_URL": services_url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    store = SagaStore(database_url)
+    store = open_store(database_url)
     cluster = Cluster(settings, env, home / "logs")
     client = SagaClient(settings, store=store)
     try:

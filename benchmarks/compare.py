@@ -62,7 +62,7 @@ from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
 from sagaflow.core.protocol import START_TASK  # noqa: E402
 from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec  # noqa: E402
-from sagaflow.store.sql import SagaStore  # noqa: E402
+from sagaflow.store.factory import open_store  # noqa: E402
 
 # Wide enough for the tables when the output goes to a file or a pipe (rich assumes 80 there).
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -277,7 +277,7 @@ class SagaflowContender(EventsContender):
             database_url=database_url,
             definitions=("benchmarks.bench_sagas",),
         )
-        self.store = SagaStore(database_url)
+        self.store = open_store(database_url)
         self.store.upgrade()
         env = {
             **os.environ,

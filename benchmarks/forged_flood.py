@@ -39,7 +39,8 @@ from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs  # noqa: E402
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec  # noqa: E402
-from sagaflow.store.sql import IGNORED_IN_HISTORY, SagaStore  # noqa: E402
+from sagaflow.store.factory import open_store  # noqa: E402
+from sagaflow.store.protocol import IGNORED_IN_HISTORY  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 NOBODY = "forged-flood-nobody"  # no worker consumes this queue
@@ -78,7 +79,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
         database_url=database_url,
         definitions=("benchmarks.forged_flood",),
     )
-    store = SagaStore(database_url)
+    store = open_store(database_url)
     store.upgrade()
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
     client = SagaClient(settings, store=store)

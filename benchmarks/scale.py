@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.compare import create_database, drop_database, percentile  # noqa: E402
-from sagaflow.store.sql import SagaStore  # noqa: E402
+from sagaflow.store.factory import open_store  # noqa: E402
 
 console = Console()
 
@@ -100,7 +100,7 @@ def main() -> int:
     url = create_database(args.postgres_url, name)
     rows: list[dict[str, Any]] = []
     try:
-        store = SagaStore(url)
+        store = open_store(url)
         store.upgrade()
         stored = 0
         for size in sizes:

@@ -25,7 +25,10 @@ from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.machine import SagaRecord
 from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
-from sagaflow.store.sql import CHECK_REMEMBERED_ENV, SagaStore, mask_url
+from sagaflow.store.cache import CHECK_REMEMBERED_ENV
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import SagaStore
+from sagaflow.urls import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each run has a redis-server of its own (pytest_configure below), so two runs on one machine
@@ -334,7 +337,7 @@ def build_stack(name: str, home: Path) -> Iterator[Stack]:
         )
         effects_url = f"sqlite:///{home / 'effects.db'}"
     ensure_home(settings)
-    store = SagaStore(settings.database_url)
+    store = open_store(settings.database_url)
     store.upgrade()
     env = service_env(settings, effects_url)
     group = WorkerGroup(env, home / "logs", cwd=ROOT)
@@ -449,7 +452,7 @@ def query_plans(run: Callable[[SagaStore], Any]) -> list[str]:
     them anyway, so this says whether an index can serve the query.
     """
     url = create_postgres_database()
-    store = SagaStore(url)
+    store = open_store(url)
     try:
         store.upgrade()
         captured: list[tuple[str, Any]] = []

@@ -17,7 +17,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from sagaflow import NonRetryable, create_service_app
-from sagaflow.store.sql import create_sqlite_engine
+from sagaflow.sqlite_engine import create_sqlite_engine
 
 app = create_service_app("svc")
 

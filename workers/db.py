@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.service.effects import EffectLog, effect_log_table
-from sagaflow.store.sql import create_sqlite_engine
+from sagaflow.sqlite_engine import create_sqlite_engine
 from sagaflow.urls import database_url_problem, mask_url, scrub
 
 metadata = sa.MetaData()

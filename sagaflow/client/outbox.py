@@ -29,12 +29,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.records import HistoryEntry, SagaRecord
 from sagaflow.errors import StoreUnavailable
-from sagaflow.store.sql import SQLITE_LOCK_TIMEOUT, SagaStore, mask_url, use_wal
+from sagaflow.sqlite_engine import SQLITE_LOCK_TIMEOUT, use_wal
+from sagaflow.store.factory import store_key
+from sagaflow.store.protocol import SagaStore
 
 logger = logging.getLogger(__name__)
 
@@ -91,23 +91,13 @@ class StartRequest:
         return saga, [HistoryEntry("saga_requested", None, saga.state, None, detail)]
 
 
-def store_key(url: str) -> str:
-    """Which store a row is meant for: the URL without its password, a SQLite path absolute."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        database = parsed.database or ""
-        if not database.startswith("file:"):
-            parsed = parsed.set(database=os.path.abspath(database))
-    return mask_url(parsed.render_as_string(hide_password=False))
-
-
 class StartOutbox:
     """One store's rows in an outbox file. Each call opens its own connection, so an instance
     is safe in threads and across fork."""
 
     def __init__(self, path: Path, store_url: str) -> None:
         self.path = Path(path)
-        self.store = store_key(store_url)
+        self.store = store_key(store_url)  # which store a row is meant for
 
     def __repr__(self) -> str:
         return f"StartOutbox({str(self.path)!r}, {self.store!r})"

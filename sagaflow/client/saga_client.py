@@ -53,7 +53,8 @@ from sagaflow.errors import (
     StoreUnavailable,
 )
 from sagaflow.messaging.app import create_app
-from sagaflow.store.sql import HistoryRow, SagaStore, utcnow
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import HistoryRow, SagaStore, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class SagaClient:
     @property
     def store(self) -> SagaStore:
         if self._store is None:
-            self._store = SagaStore(self.settings.database_url)
+            self._store = open_store(self.settings.database_url)
         self._look_at_outbox(self._store)
         return self._store
 

@@ -30,7 +30,8 @@ from sagaflow.core.machine import SagaRecord
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
 from sagaflow.devstack.stack import check_broker
 from sagaflow.errors import ConfigurationError, StoreUnavailable
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import SagaStore
 from sagaflow.terminal import STEP_MARK, driver_message, state_text
 from sagaflow.urls import mask_url
 
@@ -145,7 +146,7 @@ def run_demo(
         highlight=False,
     )
 
-    store = SagaStore(settings.database_url)
+    store = open_store(settings.database_url)
     store.upgrade()
     _seed_services(services_url)
 

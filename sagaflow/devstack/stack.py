@@ -27,7 +27,6 @@ from typing import Any
 from celery import Celery
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from sagaflow.client.saga_client import BrokerUnavailable
 from sagaflow.config import Settings, ensure_home
@@ -40,7 +39,7 @@ from sagaflow.devstack.processes import (
 )
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.messaging.app import create_app
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import embedded, open_store
 from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url, scrub, secrets_of
 
@@ -144,7 +143,7 @@ def _environment(
         env["WORKERS_DATABASE_URL"] = environ.get("WORKERS_DATABASE_URL") or (
             # its own SQLite file: the store's stays free of the services' writes
             f"sqlite:///{settings.home / 'services.db'}"
-            if settings.database_url.startswith("sqlite")
+            if embedded(settings.database_url)
             else settings.database_url
         )
     return env
@@ -316,10 +315,8 @@ def _migrate(settings: Settings, console: Console) -> None:
     """`sagaflow db upgrade`."""
     from sagaflow.store.migrate import current_revision
 
-    sqlite_path = make_url(settings.database_url).database
-    if settings.database_url.startswith("sqlite") and sqlite_path and sqlite_path != ":memory:":
-        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-    store = SagaStore(settings.database_url)
+    store = open_store(settings.database_url)
+    store.ensure_database()
     try:
         store.upgrade()
         revision = current_revision(store)

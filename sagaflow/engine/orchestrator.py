@@ -59,15 +59,14 @@ from sagaflow.core.protocol import (
 )
 from sagaflow.core.quarantine import QuarantinedMessage
 from sagaflow.core.records import parse_task_id
-from sagaflow.engine.ports import Dispatcher, EventPublisher
+from sagaflow.engine.ports import Dispatcher, EventPublisher, Quarantine
 from sagaflow.errors import (
     ConcurrencyConflict,
     DefinitionError,
     InvalidSagaInput,
     UnknownSagaType,
 )
-from sagaflow.store.quarantine import QuarantineStore
-from sagaflow.store.sql import IGNORED_IN_HISTORY, Decision, SagaStore, utcnow
+from sagaflow.store.protocol import IGNORED_IN_HISTORY, Decision, SagaStore, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +97,12 @@ class Orchestrator:
         queue: str,
         max_input_bytes: int = 1_000_000,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        quarantine: Quarantine,
     ) -> None:
         self.dispatcher = dispatcher
         self.store = store
-        self.quarantine = QuarantineStore(store)
+        self.quarantine = quarantine
         self.max_message_bytes = max_message_bytes
         self.registry = registry
         self.publisher = publisher

@@ -1,12 +1,16 @@
-"""What the engine needs from the outside world, as protocols: a way to send a step's task and
-a way to publish a saga's outcome events. sagaflow.messaging implements both on Celery and
-kombu; the recording versions here let the engine run, and be tested, with no broker."""
+"""What the engine needs from the outside world, as protocols: a way to send a step's task, a
+way to publish a saga's outcome events, and a quarantine for refused messages. sagaflow.messaging
+implements the first two on Celery and kombu, sagaflow.store.quarantine the third; the recording
+versions here let the engine run, and be tested, with no broker."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sagaflow.core.machine import DispatchTask
+
+if TYPE_CHECKING:
+    from sagaflow.core.quarantine import QuarantinedMessage
 
 
 class Dispatcher(Protocol):
@@ -16,6 +20,11 @@ class Dispatcher(Protocol):
 
 class EventPublisher(Protocol):
     def publish(self, name: str, payload: dict[str, Any]) -> None: ...
+
+
+class Quarantine(Protocol):
+    def add(self, record: QuarantinedMessage) -> bool:
+        """Keep a refused message for an operator; False if it is kept already (or refused)."""
 
 
 class RecordingDispatcher:

@@ -21,7 +21,9 @@ from sagaflow.messaging.dispatch import CeleryDispatcher
 from sagaflow.messaging.events import KombuEventPublisher
 from sagaflow.messaging.liveness import LivenessMonitor
 from sagaflow.messaging.orchestrator_tasks import install_orchestrator_tasks
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import SagaStore
+from sagaflow.store.quarantine import QuarantineStore
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +53,16 @@ def create_orchestrator_app(
     app.conf.worker_send_task_events = settings.orchestrator_task_events
     if registry is None:
         registry = load_definitions(settings.definitions)
+    store = store or open_store(settings.database_url)
     orchestrator = Orchestrator(
         dispatcher=CeleryDispatcher(app, settings.queue),
-        store=store or SagaStore(settings.database_url),
+        store=store,
         registry=registry,
         publisher=publisher or KombuEventPublisher(app, settings.events_exchange),
         queue=settings.queue,
         max_input_bytes=settings.max_input_bytes,
         max_message_bytes=settings.max_message_bytes,
+        quarantine=QuarantineStore(store),
     )
     orchestrator.stall_timeout = settings.stall_timeout
     setattr(app, _ORCHESTRATOR, orchestrator)

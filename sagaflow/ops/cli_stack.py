@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
 
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.ops.cli_context import console, settings_of
 from sagaflow.ops.cli_errors import EXIT_ERROR, SECONDS, err_console
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url
 
@@ -30,10 +29,8 @@ def db() -> None:
 def upgrade(ctx: click.Context, revision: str) -> None:
     """Create or migrate sagaflow's tables (Alembic)."""
     settings = settings_of(ctx)
-    sqlite_path = make_url(settings.database_url).database
-    if settings.database_url.startswith("sqlite") and sqlite_path and sqlite_path != ":memory:":
-        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-    store = SagaStore(settings.database_url)
+    store = open_store(settings.database_url)
+    store.ensure_database()
     try:
         store.upgrade(revision)
     except SagaflowError:
@@ -157,7 +154,7 @@ def dashboard(
     app = create_dashboard(
         settings, flower_url=flower_url, auth=parse_auth(auth), actions=enable_actions
     )
-    SagaStore(settings.database_url).ping()  # fail now, with the reason, not on the first page
+    open_store(settings.database_url).ping()  # fail now, with the reason, not on the first page
     mode = "operator actions enabled" if enable_actions else "read-only"
     protection = "basic auth" if auth else "no auth"
     err_console.print(

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from sagaflow.core.definitions import SagaState
 from sagaflow.errors import StoreUnavailable
-from sagaflow.store.sql import SagaStore, utcnow
+from sagaflow.store.protocol import SagaStore, utcnow
 from sagaflow.store.stats import HistoryFact, StoreStats
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

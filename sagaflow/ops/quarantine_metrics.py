@@ -9,8 +9,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sagaflow.errors import StoreUnavailable
+from sagaflow.store.protocol import SagaStore
 from sagaflow.store.quarantine import QuarantineStore
-from sagaflow.store.sql import SagaStore
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from sagaflow.core.machine import SagaRecord, StepRecord
 from sagaflow.core.quarantine import QuarantinedMessage
-from sagaflow.store.sql import HistoryRow
+from sagaflow.store.protocol import HistoryRow
 from sagaflow.terminal import STEP_MARK
 from sagaflow.terminal import state_text as state_text  # the CLI prints states as these tables do
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import make_url
+from sqlalchemy.engine import Connection
 
 from sagaflow.errors import StoreUnavailable
-
-if TYPE_CHECKING:
-    from sagaflow.store.sql import SagaStore
+from sagaflow.store.protocol import SagaStore
+from sagaflow.urls import mask_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "sagaflow_alembic_version"
@@ -30,33 +29,27 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(store: SagaStore, revision: str = "head") -> None:
+class Migratable(Protocol):
+    """A store Alembic can migrate: its URL, and the connection to migrate on (each database
+    has its own needs, see SqlSagaStore.migration_connection)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def migration_connection(self) -> AbstractContextManager[Connection]: ...
+
+
+def upgrade(store: Migratable, revision: str = "head") -> None:
     _migrate(store, lambda config: command.upgrade(config, revision))
 
 
-def downgrade(store: SagaStore, revision: str) -> None:
+def downgrade(store: Migratable, revision: str) -> None:
     _migrate(store, lambda config: command.downgrade(config, revision))
 
 
-def _migrate(store: SagaStore, run: Callable[[Config], None]) -> None:
+def _migrate(store: Migratable, run: Callable[[Config], None]) -> None:
     config = alembic_config(store.url)
-    if make_url(store.url).get_backend_name() == "sqlite":
-        # A plain engine: foreign keys off, as SQLite's batch table rebuilds need (with them
-        # on, dropping the old sagas table would cascade to every step row).
-        from sagaflow.store.sql import create_sqlite_engine
-
-        store.engine  # noqa: B018 - raises StoreUnavailable for a missing folder
-        # WAL before the first table exists: in rollback-journal mode, the migration's write
-        # lock would make every other connection's switch to WAL fail (see store.use_wal).
-        engine = create_sqlite_engine(store.url)
-        try:
-            with _unavailable_as_error(store), engine.begin() as conn:
-                config.attributes["connection"] = conn
-                run(config)
-        finally:
-            engine.dispose()
-        return
-    with _unavailable_as_error(store), store.engine.begin() as conn:
+    with _unavailable_as_error(store.url), store.migration_connection() as conn:
         config.attributes["connection"] = conn
         run(config)
 
@@ -64,7 +57,7 @@ def _migrate(store: SagaStore, run: Callable[[Config], None]) -> None:
 def current_revision(store: SagaStore) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with _unavailable_as_error(store), store.engine.connect() as conn:
+    with _unavailable_as_error(store.url), store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
 
@@ -76,10 +69,8 @@ def head_revision() -> str | None:
 
 
 @contextmanager
-def _unavailable_as_error(store: SagaStore) -> Iterator[None]:
-    from sagaflow.store.sql import mask_url
-
+def _unavailable_as_error(url: str) -> Iterator[None]:
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"saga store {mask_url(store.url)} unavailable: {exc.orig}") from exc
+        raise StoreUnavailable(f"saga store {mask_url(url)} unavailable: {exc.orig}") from exc

@@ -1,4 +1,5 @@
-"""PostgreSQL's hot path: a transition in two round trips (lock and load; write and commit).
+"""The saga store on PostgreSQL: row locks (FOR UPDATE), ON CONFLICT upserts, and a hot path of
+two round trips per transition (lock and load; write and commit).
 
 Through SQLAlchemy, each statement waits for its reply before the next is sent: a transition
 cost eight round trips (BEGIN, lock, load, saga, steps, history, events, COMMIT), and on a
@@ -7,27 +8,109 @@ sends several statements before reading any reply. SQLAlchemy reads every result
 executes, so these statements run on the driver connection, inside the transaction SQLAlchemy
 opened; they are compiled once from the same tables. The writes carry their own COMMIT (the
 transaction SQLAlchemy then ends is already committed), or roll back with it on any error.
-
-Used by sagaflow.store.rows when the engine's driver is psycopg.
+With another driver, or a libpq older than 14, the store runs SQLAlchemy's statements instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
 
-from sagaflow.errors import ConcurrencyConflict
+from sagaflow.store.rows import (
+    EVENT_KEYS,
+    HISTORY_KEYS,
+    LOAD_LABELS,
+    LOAD_SAGA,
+    SAGA_UPDATE_KEYS,
+    STEP_UPDATE_KEYS,
+    UPDATE_SAGA,
+    UPDATE_STEP,
+    IgnoredStatements,
+    TransitionRows,
+    ignored_statements,
+)
 from sagaflow.store.schema import events, history, ignored, sagas, steps
+from sagaflow.store.sql import SqlSagaStore
 
 T = TypeVar("T")
 
-LOAD_NAMES = [f"saga_{c.name}" for c in sagas.c] + [f"step_{c.name}" for c in steps.c]
-HISTORY_KEYS = ["saga_id", "at", "event", "from_state", "to_state", "step", "detail"]
-EVENT_KEYS = ["saga_id", "name", "payload", "created_at", "published_at"]
+LOCK_SAGA = sa.select(sagas.c.id).where(sagas.c.id == sa.bindparam("saga_id")).with_for_update()
+UNDEFINED_TABLE = "42P01"
+
+
+class PostgresSagaStore(SqlSagaStore):
+    """Saga state in a PostgreSQL database; pipelined with psycopg (see uses_pipeline)."""
+
+    def _create_engine(self) -> Engine:
+        # No pre-ping round trip per checkout: a connection that went stale fails its
+        # statement, the caller gets StoreUnavailable and retries on a fresh connection.
+        # Named in pg_stat_activity (unless the URL names it), so operators can tell
+        # sagaflow's connections apart.
+        named = "application_name" in sa.engine.make_url(self.url).query
+        connect_args = {} if named else {"application_name": "sagaflow"}
+        engine = sa.create_engine(
+            self.url, echo=self._echo, pool_size=5, max_overflow=5, connect_args=connect_args
+        )
+        if engine.dialect.driver == "psycopg":
+            sa_event.listen(engine, "connect", lambda dbapi_conn, _: configure(dbapi_conn))
+        return engine
+
+    def _missing_tables(self, exc: sa.exc.DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) == UNDEFINED_TABLE
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        with self._connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    def _lock_saga(self, conn: Connection, saga_id: str) -> bool:
+        return conn.execute(LOCK_SAGA, {"saga_id": saga_id}).first() is not None
+
+    def _saga_rows(self, conn: Connection, saga_id: str, *, lock: bool) -> Sequence[Any]:
+        if lock and uses_pipeline(conn):
+            return load_locked(conn, saga_id) or []
+        return super()._saga_rows(conn, saga_id, lock=lock)
+
+    def _insert(
+        self,
+        conn: Connection,
+        saga: dict[str, Any],
+        step_rows: Sequence[dict[str, Any]],
+        history_rows: Sequence[dict[str, Any]],
+    ) -> None:
+        if uses_pipeline(conn):
+            insert(conn, saga, step_rows, history_rows)
+        else:
+            super()._insert(conn, saga, step_rows, history_rows)
+
+    def _write_rows(self, conn: Connection, rows: TransitionRows) -> list[int]:
+        if uses_pipeline(conn):
+            return write(conn, rows)
+        return super()._write_rows(conn, rows)
+
+    def _ignored_statements(self) -> IgnoredStatements:
+        return _ignored()
+
+    def _note_ignored(self, conn: Connection, params: dict[str, Any]) -> int:
+        if uses_pipeline(conn):
+            return note_ignored(conn, params)
+        return super()._note_ignored(conn, params)
+
+    def _mark_published(self, conn: Connection, event_ids: Sequence[int], at: datetime) -> None:
+        if uses_pipeline(conn):
+            mark_published(conn, event_ids, at)
+        else:
+            super()._mark_published(conn, event_ids, at)
 
 
 def uses_pipeline(conn: Connection) -> bool:
@@ -71,28 +154,19 @@ def _sql(statement: Any, keys: Sequence[str] | None = None) -> str:
 
 @cache
 def _read_statements() -> tuple[str, str]:
-    from sagaflow.store.rows import LOAD_SAGA, LOCK_SAGA
-
     return _sql(LOCK_SAGA), _sql(LOAD_SAGA)
 
 
 @cache
 def _write_statements() -> dict[str, str]:
-    from sagaflow.store.rows import FIXED_SAGA_COLUMNS, UPDATE_SAGA, UPDATE_STEP
-
-    # The parameters store_rows.write_transition gives the saga and step updates.
-    saga_keys = [c.name for c in sagas.c if c.name not in FIXED_SAGA_COLUMNS]
-    saga_keys += ["key_id", "key_version"]
-    step_keys = [c.name for c in steps.c if c.name not in ("saga_id", "position")]
-    step_keys += ["key_saga_id", "key_position"]
     return {
         "new_saga": _sql(sagas.insert(), [c.name for c in sagas.c]),
         "new_step": _sql(steps.insert(), [c.name for c in steps.c]),
         # The version check fails the statement, so the COMMIT sent behind it in the same
         # pipeline never applies a transition whose saga moved (see write).
-        "saga": f"WITH updated AS ({_sql(UPDATE_SAGA, saga_keys)} RETURNING 1) "
+        "saga": f"WITH updated AS ({_sql(UPDATE_SAGA, SAGA_UPDATE_KEYS)} RETURNING 1) "
         "SELECT 1 / count(*) FROM updated",
-        "step": _sql(UPDATE_STEP, step_keys),
+        "step": _sql(UPDATE_STEP, STEP_UPDATE_KEYS),
         "history": _sql(history.insert().inline(), HISTORY_KEYS),
         "event": _sql(events.insert().returning(events.c.id), EVENT_KEYS),
     }
@@ -177,7 +251,7 @@ def _pipelined(raw: Any, body: Callable[[], T]) -> T:
 
 def load_locked(conn: Connection, saga_id: str) -> list[dict[str, Any]] | None:
     """The saga's row lock, then the saga joined with its steps, in one round trip. The load
-    is a statement of its own, after the lock (see store_rows.load_saga). None if no saga."""
+    is a statement of its own, after the lock (see SqlSagaStore._saga_rows). None if no saga."""
     lock_sql, load_sql = _read_statements()
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -190,7 +264,7 @@ def load_locked(conn: Connection, saga_id: str) -> list[dict[str, Any]] | None:
         if lock.fetchone() is None:
             return None
         # The labels are known: reading cursor.description builds 40 column objects.
-        return [dict(zip(LOAD_NAMES, row, strict=True)) for row in load.fetchall()]
+        return [dict(zip(LOAD_LABELS, row, strict=True)) for row in load.fetchall()]
 
     return _driver_errors(conn, load_sql, lambda: _pipelined(raw, run))
 
@@ -219,14 +293,7 @@ def insert(
     _driver_errors(conn, sql["new_saga"], lambda: _pipelined(raw, run))
 
 
-def write(
-    conn: Connection,
-    saga_update: dict[str, Any],
-    step_updates: Sequence[dict[str, Any]],
-    history_rows: Sequence[dict[str, Any]],
-    event_rows: Sequence[dict[str, Any]],
-    new_steps: Sequence[dict[str, Any]] = (),
-) -> list[int]:
+def write(conn: Connection, rows: TransitionRows) -> list[int]:
     """A transition's writes (and the steps of a saga being started), sent together with the
     COMMIT: one round trip. The ids of the event rows. Raises ConcurrencyConflict, and nothing
     commits, if the saga's version moved."""
@@ -235,16 +302,16 @@ def write(
     assert raw is not None
 
     def send() -> list[Any]:
-        raw.cursor().execute(sql["saga"], _params(saga_update, SAGA_JSON))
+        raw.cursor().execute(sql["saga"], _params(rows.saga, SAGA_JSON))
         cursor = raw.cursor()
-        for row in new_steps:
+        for row in rows.new_steps:
             cursor.execute(sql["new_step"], _params(row, STEP_JSON))
-        for row in step_updates:
+        for row in rows.steps:
             cursor.execute(sql["step"], _params(row, STEP_JSON))
-        for row in history_rows:
+        for row in rows.history:
             cursor.execute(sql["history"], _params(row, HISTORY_JSON))
         event_cursors = []
-        for row in event_rows:
+        for row in rows.events:
             event_cursor = raw.cursor()
             event_cursor.execute(sql["event"], _params(row, EVENT_JSON))
             event_cursors.append(event_cursor)
@@ -267,12 +334,10 @@ def write(
     except sa.exc.DataError as exc:
         if not isinstance(exc.orig, psycopg.errors.DivisionByZero):
             raise
-        raise ConcurrencyConflict(
-            f"saga {saga_update['key_id']} changed since version {saga_update['key_version']}"
-        ) from None
+        raise rows.conflict() from None
 
 
-def mark_published(conn: Connection, event_ids: Sequence[int], at: Any) -> None:
+def mark_published(conn: Connection, event_ids: Sequence[int], at: datetime) -> None:
     """The outbox rows' publication, sent with its COMMIT."""
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -287,8 +352,8 @@ def mark_published(conn: Connection, event_ids: Sequence[int], at: Any) -> None:
 
 def note_ignored(conn: Connection, params: dict[str, Any]) -> int:
     """Count an ignored outcome and note it in the history within the bound, sent together
-    with the COMMIT (store_rows.ignored_statements). The saga's count, this one included."""
-    per_saga, per_step, noted = _ignored_statements()
+    with the COMMIT (see IgnoredStatements). The saga's count, this one included."""
+    per_saga, per_step, noted = _pipelined_ignored_statements()
     raw = conn.connection.driver_connection
     assert raw is not None
     values = _params(params, frozenset(["detail"]))
@@ -307,8 +372,12 @@ def note_ignored(conn: Connection, params: dict[str, Any]) -> int:
 
 
 @cache
-def _ignored_statements() -> tuple[str, str, str]:
-    from sagaflow.store.rows import ignored_statements
+def _ignored() -> IgnoredStatements:
+    return ignored_statements(postgresql.insert)
 
-    per_saga, per_step, noted = ignored_statements("postgresql")
-    return _sql(per_saga.returning(ignored.c.count)), _sql(per_step), _sql(noted)
+
+@cache
+def _pipelined_ignored_statements() -> tuple[str, str, str]:
+    statements = _ignored()
+    counting = statements.per_saga.returning(ignored.c.count)
+    return _sql(counting), _sql(statements.per_step), _sql(statements.noted)

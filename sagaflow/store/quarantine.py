@@ -13,9 +13,9 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from sagaflow.core.quarantine import QuarantinedMessage, QuarantineReason
+from sagaflow.store.protocol import SagaStore, utcnow
 from sagaflow.store.rows import aware
 from sagaflow.store.schema import quarantine
-from sagaflow.store.sql import SagaStore, utcnow
 
 logger = logging.getLogger("sagaflow.quarantine")
 

@@ -1,4 +1,4 @@
-"""The tables sagaflow owns. Alembic migrations (sagaflow/migrations) build exactly this."""
+"""The tables sagaflow owns. Alembic migrations (sagaflow/store/migrations) build exactly this."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ quarantine = sa.Table(
 )
 
 # Outcomes the orchestrator ignored (duplicate, late or forged), counted per saga: the history
-# keeps only the first few of them in full (store_rows.IGNORED_IN_HISTORY), these rows the count.
+# keeps only the first few of them in full (IGNORED_IN_HISTORY, sagaflow.store.protocol), these
+# rows the count.
 # No foreign key to the saga: checking one would lock the saga row for share, and wait for a
 # transition of the saga in flight.
 ignored = sa.Table(

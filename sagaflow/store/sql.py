@@ -1,21 +1,23 @@
-"""The SQL saga store: every read and write of saga state. Knows nothing of Celery.
+"""The SQL saga store: every read and write of saga state, on SQLAlchemy. Knows nothing of Celery.
 
-Writes use optimistic versioning (`UPDATE ... WHERE version = :seen`), which behaves the same on
-SQLite and PostgreSQL: of two processes applying events to one saga, one wins and the other gets
-ConcurrencyConflict, reloads, and finds its event already applied. Driver errors that mean "the
-database is not reachable" become StoreUnavailable so callers can retry them at the boundary.
+SqlSagaStore holds what both databases share: the transition protocol, the queries, the engine's
+life and the mapping of driver errors. Each database's own ways are a subclass in a module of its
+own (sagaflow.store.sqlite, sagaflow.store.postgres); sagaflow.store.factory.open_store picks one.
+
+A transition takes the saga's row lock for its transaction, so concurrent writers of one saga
+queue up on it instead of conflicting; every write also checks the saga's version (`UPDATE ...
+WHERE version = :seen`), which refuses a transition decided on a state somebody else changed.
+Driver errors that mean "the database is not reachable" become StoreUnavailable so callers can
+retry them at the boundary.
 """
 
 from __future__ import annotations
 
-import json
+import abc
 import os
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,74 +26,53 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.core.definitions import SagaState, StepStatus
-from sagaflow.core.machine import (
-    HistoryEntry,
-    Ignored,
-    PublishEvent,
-    SagaRecord,
-    Transition,
-)
+from sagaflow.core.machine import HistoryEntry, Ignored, PublishEvent, SagaRecord, Transition
 from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
-from sagaflow.store import postgres as store_pg
-from sagaflow.store.rows import (
-    IGNORED_IN_HISTORY as IGNORED_IN_HISTORY,
+from sagaflow.store import migrate
+from sagaflow.store.cache import REMEMBERED_SAGAS, RememberedSagas, check_folder, report_difference
+from sagaflow.store.protocol import (
+    IGNORED_IN_HISTORY,
+    Decide,
+    Decision,
+    EventRow,
+    HistoryRow,
+    IgnoredOutcomes,
+    utcnow,
 )
 from sagaflow.store.rows import (
-    EventRow as EventRow,
-)
-from sagaflow.store.rows import (
-    HistoryRow as HistoryRow,
-)
-from sagaflow.store.rows import (
-    IgnoredCount as IgnoredCount,
-)
-from sagaflow.store.rows import (
-    IgnoredOutcomes as IgnoredOutcomes,
-)
-from sagaflow.store.rows import (
-    aware,
+    LOAD_SAGA,
+    UPDATE_SAGA,
+    UPDATE_STEP,
+    IgnoredStatements,
+    TransitionRows,
     event_from_row,
+    history_from_row,
     history_row,
     ignored_params,
-    insert_history,
     load_ignored,
-    load_saga,
-    note_ignored,
     saga_from_row,
+    saga_from_rows,
     saga_row,
     step_row,
     to_utc,
-    write_transition,
+    transition_rows,
 )
-from sagaflow.store.rows import (
-    utcnow as utcnow,
-)
-from sagaflow.store.schema import events, history, sagas, steps
-from sagaflow.urls import mask_url as mask_url
+from sagaflow.store.schema import events, history, ignored, sagas, steps
+from sagaflow.urls import mask_url
 
-TERMINAL_STATES = [s.value for s in SagaState if s.is_terminal]
 # Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
 TIMER_STATUSES = [
     StepStatus.EXECUTING.value,
     StepStatus.WAITING_RETRY.value,
     StepStatus.VERIFYING.value,
 ]
+RUNNING_STATES = [SagaState.STARTED.value, SagaState.PENDING.value, SagaState.COMPENSATING.value]
+# The execution option a write transaction's connection carries (SQLite begins it IMMEDIATE).
+WRITE_OPTION = "sagaflow_write"
 
 
-# Sagas whose last stored state a store keeps in memory (see SagaStore.transition), and the
-# JSON bytes of their inputs and results it may hold: a saga past REMEMBERED_SAGA_BYTES is
-# always loaded.
-REMEMBERED_SAGAS = 2_000
-REMEMBERED_BYTES = 32 * 1024 * 1024
-REMEMBERED_SAGA_BYTES = 64 * 1024
-RECORD_OVERHEAD_BYTES = 3 * 1024  # a saga of 5 steps, without its JSON
-# Set to a folder, the store checks every remembered state it decides on against the stored
-# one and writes a file there for each difference (the test suite runs with it).
-CHECK_REMEMBERED_ENV = "SAGAFLOW_CHECK_REMEMBERED"
-
-
-class SagaStore:
-    """Reads and writes saga state in one SQL database (SQLite or PostgreSQL)."""
+class SqlSagaStore(abc.ABC):
+    """Reads and writes saga state in one SQL database (a subclass per kind of database)."""
 
     def __init__(self, url: str, *, echo: bool = False, remember: int = REMEMBERED_SAGAS) -> None:
         self.url = url
@@ -99,14 +80,42 @@ class SagaStore:
         self._engine: Engine | None = None
         self._engine_pid: int | None = None
         self._lock = threading.Lock()
-        self._remember_limit = remember
-        # saga id -> (its state as stored, the bytes it counts for)
-        self._remembered: dict[str, tuple[SagaRecord, int]] = {}
-        self._remembered_bytes = 0
-        self._remembered_lock = threading.Lock()
+        self._remembered = RememberedSagas(remember)
 
     def __repr__(self) -> str:
         return f"SagaStore({mask_url(self.url)!r})"
+
+    # -- what each database does its own way ---------------------------------------------------
+
+    @abc.abstractmethod
+    def _create_engine(self) -> Engine:
+        """A new engine on self.url, set up for this database."""
+
+    @abc.abstractmethod
+    def _lock_saga(self, conn: Connection, saga_id: str) -> bool:
+        """Take the saga's row lock in a write transaction; False if there is no such saga."""
+
+    @abc.abstractmethod
+    def _ignored_statements(self) -> IgnoredStatements:
+        """sagaflow.store.rows.ignored_statements, built with this database's insert."""
+
+    @abc.abstractmethod
+    def _missing_tables(self, exc: sa.exc.DBAPIError) -> bool:
+        """Whether the error says sagaflow's tables are not there."""
+
+    def ensure_database(self) -> None:
+        return  # a server's database is its operator's to make
+
+    def migration_connection(self) -> AbstractContextManager[Connection]:
+        """A connection in a transaction for Alembic to migrate the database on."""
+        return self.engine.begin()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        with self._connect() as conn, conn.begin():
+            yield conn
+
+    # -- engine and connections ----------------------------------------------------------------
 
     @property
     def engine(self) -> Engine:
@@ -118,7 +127,7 @@ class SagaStore:
                 if self._engine is None or self._engine_pid != pid:
                     if self._engine is not None:
                         self._engine.dispose(close=False)
-                    self._engine = _create_engine(self.url, self._echo)
+                    self._engine = self._create_engine()
                     self._engine_pid = pid
                     self.forget()
                     # A new connection may reach another server (a failover, a restore) whose
@@ -133,9 +142,9 @@ class SagaStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction (an immediate one on SQLite: the write lock is taken at BEGIN)."""
+        """A write transaction (see WRITE_OPTION)."""
         with self._connect() as conn:
-            conn = conn.execution_options(**{_WRITE_OPTION: True})
+            conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
 
@@ -146,20 +155,14 @@ class SagaStore:
                 yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             self.forget()
-            if "no such table" in str(exc.orig):
-                raise StoreUnavailable(
-                    f"saga store {mask_url(self.url)} has no sagaflow tables: run "
-                    "`sagaflow db upgrade`"
-                ) from exc
+            if self._missing_tables(exc):
+                raise self._no_tables() from exc
             raise StoreUnavailable(
                 f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
             ) from exc
         except sa.exc.ProgrammingError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
-                raise StoreUnavailable(
-                    f"saga store {mask_url(self.url)} has no sagaflow tables: run "
-                    "`sagaflow db upgrade`"
-                ) from exc
+            if self._missing_tables(exc):
+                raise self._no_tables() from exc
             raise
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
@@ -169,38 +172,47 @@ class SagaStore:
                 ) from exc
             raise
 
+    def _no_tables(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"saga store {mask_url(self.url)} has no sagaflow tables: run `sagaflow db upgrade`"
+        )
+
     def connect(self) -> AbstractContextManager[Connection]:
-        """A connection for read-only queries kept elsewhere (sagaflow.store.stats), with driver
-        errors mapped to StoreUnavailable as everywhere in the store."""
         return self._connect()
 
-    # -- schema --------------------------------------------------------------------------------
+    def ping(self) -> None:
+        with self._connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply sagaflow's Alembic migrations up to `revision`."""
-        from sagaflow.store.migrate import upgrade
-
-        upgrade(self, revision)
+        migrate.upgrade(self, revision)
 
     # -- writes --------------------------------------------------------------------------------
 
     def create(self, saga: SagaRecord, history_entries: Sequence[HistoryEntry] = ()) -> bool:
-        """Insert a new saga and its steps. False if a saga with this id already exists."""
         now = saga.created_at or utcnow()
+        step_rows = [step_row(saga.saga_id, s) for s in saga.steps]
         try:
             with self._write() as conn:
-                step_rows = [step_row(saga.saga_id, s) for s in saga.steps]
-                if store_pg.uses_pipeline(conn):
-                    entries = [history_row(saga.saga_id, now, e) for e in history_entries]
-                    store_pg.insert(conn, saga_row(saga), step_rows, entries)
-                    return True
-                conn.execute(sagas.insert().values(**saga_row(saga)))
-                if step_rows:
-                    conn.execute(steps.insert(), step_rows)
-                insert_history(conn, saga.saga_id, now, history_entries)
+                entries = [history_row(saga.saga_id, now, e) for e in history_entries]
+                self._insert(conn, saga_row(saga), step_rows, entries)
         except sa.exc.IntegrityError:
             return False
         return True
+
+    def _insert(
+        self,
+        conn: Connection,
+        saga: dict[str, Any],
+        step_rows: Sequence[dict[str, Any]],
+        history_rows: Sequence[dict[str, Any]],
+    ) -> None:
+        """A new saga, its steps and history (IntegrityError if the id is taken)."""
+        conn.execute(sagas.insert().values(**saga))
+        if step_rows:
+            conn.execute(steps.insert(), list(step_rows))
+        if history_rows:
+            conn.execute(history.insert(), list(history_rows))
 
     def commit(
         self,
@@ -210,33 +222,37 @@ class SagaStore:
         history_entries: Sequence[HistoryEntry],
         published: Sequence[PublishEvent] = (),
     ) -> list[int]:
-        """Store a transition atomically if nobody else changed the saga since `before`.
-
-        Returns the ids of the event rows recorded. Raises ConcurrencyConflict if the saga's
-        version moved.
-        """
+        rows = transition_rows(before, after, changed_steps, history_entries, published)
         with self._write() as conn:
-            return write_transition(conn, before, after, changed_steps, history_entries, published)
+            return self._write_rows(conn, rows)
 
-    def transition(
-        self, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
-    ) -> Decision:
-        """Load a saga, let `decide` compute its transition, and store it, in one transaction.
+    def _write_rows(self, conn: Connection, rows: TransitionRows) -> list[int]:
+        """Store a transition's rows; the ids of its event rows. ConcurrencyConflict if the
+        saga's version moved."""
+        updated = conn.execute(UPDATE_SAGA, rows.saga)
+        if updated.rowcount != 1:
+            raise rows.conflict()
+        if rows.new_steps:
+            conn.execute(steps.insert(), list(rows.new_steps))
+        if rows.steps:
+            conn.execute(UPDATE_STEP, rows.steps)
+        if rows.history:
+            conn.execute(history.insert(), rows.history)
+        event_ids: list[int] = []
+        for event in rows.events:
+            pk = conn.execute(events.insert().values(**event)).inserted_primary_key
+            if pk is not None:
+                event_ids.append(int(pk[0]))
+        return event_ids
 
-        The saga row is locked for the transaction (FOR UPDATE on PostgreSQL, an immediate
-        write transaction on SQLite), so concurrent deciders queue up instead of conflicting;
-        the version check stays as a guard. `decide` must be pure: it may run again.
-
-        A saga this store wrote last is remembered as written, and decided on without loading
-        it: the write's version check then proves nobody changed it since. If somebody did, or
-        if the remembered state ignores the event (it may be news only to a stale state), the
-        saga is loaded and decided on again as above.
-        """
+    def transition(self, saga_id: str, decide: Decide) -> Decision:
+        # A saga remembered as this store last wrote it is decided on without loading it; the
+        # write's version check proves it unchanged. Taken once the connection is checked out:
+        # a new connection forgets everything.
         from_memory = False
         try:
             with self._write() as conn:
-                # Recalled once the connection is checked out: a new one forgets everything.
-                known = self._recall(saga_id)
+                known = self._remembered.take(saga_id)
                 if known is not None:
                     outcome = decide(known)
                     if isinstance(outcome, Transition):
@@ -252,15 +268,13 @@ class SagaStore:
             with self._write() as conn:
                 decision = self._decide_locked(conn, saga_id, decide)
         if isinstance(decision.outcome, Transition):
-            self._remember(decision.saga, decision.outcome)
+            self._remembered.keep_written(decision.saga, decision.outcome)
         elif decision.saga is not None:
-            self._keep(decision.saga)  # loaded under the lock: what is stored
+            self._remembered.keep(decision.saga)  # loaded under the lock: what is stored
         return decision
 
-    def _decide_locked(
-        self, conn: Connection, saga_id: str, decide: Callable[[SagaRecord], Transition | Ignored]
-    ) -> Decision:
-        saga = load_saga(conn, saga_id, lock=True)
+    def _decide_locked(self, conn: Connection, saga_id: str, decide: Decide) -> Decision:
+        saga = self._load(conn, saga_id, lock=True)
         if saga is None:
             return Decision(None, None, [])
         outcome = decide(saga)
@@ -269,15 +283,8 @@ class SagaStore:
         return Decision(saga, outcome, self._write_outcome(conn, saga, outcome))
 
     def promote(self, saga_id: str, plan: Callable[[SagaRecord], Transition]) -> Decision:
-        """Start a saga recorded as `requested`: `plan` turns the stored request into its
-        first transition (steps and all, or a rejection), stored in one transaction under the
-        same row lock as `transition`, so of concurrent starters exactly one promotes it.
-
-        The Decision's saga is None if no such saga is recorded; its outcome is Ignored if the
-        saga is already past `requested` (a duplicate start).
-        """
         with self._write() as conn:
-            saga = load_saga(conn, saga_id, lock=True)
+            saga = self._load(conn, saga_id, lock=True)
             if saga is None:
                 return Decision(None, None, [])
             if saga.state is not SagaState.REQUESTED:
@@ -285,7 +292,7 @@ class SagaStore:
             outcome = plan(saga)
             new_steps = [step_row(saga_id, s) for s in outcome.saga.steps]
             event_ids = self._write_outcome(conn, saga, outcome, frozenset(), new_steps)
-        self._remember(saga, outcome)
+        self._remembered.keep_written(saga, outcome)
         return Decision(saga, outcome, event_ids)
 
     def _write_outcome(
@@ -299,109 +306,63 @@ class SagaStore:
         publishes = [c for c in outcome.commands if isinstance(c, PublishEvent)]
         if changed_steps is None:
             changed_steps = outcome.changed_steps
-        return write_transition(
-            conn, before, outcome.saga, changed_steps, outcome.history, publishes, new_steps
+        rows = transition_rows(
+            before, outcome.saga, changed_steps, outcome.history, publishes, new_steps
         )
-
-    # -- remembered sagas ----------------------------------------------------------------------
-
-    def _recall(self, saga_id: str) -> SagaRecord | None:
-        with self._remembered_lock:
-            # Taken, not read: of two threads deciding on one saga, one loads it.
-            return self._take(saga_id)
-
-    def _take(self, saga_id: str) -> SagaRecord | None:
-        """Remove a remembered saga (the caller holds the lock)."""
-        entry = self._remembered.pop(saga_id, None)
-        if entry is None:
-            return None
-        self._remembered_bytes -= entry[1]
-        return entry[0]
-
-    def _remember(self, before: SagaRecord | None, outcome: Transition) -> None:
-        """Keep the saga as the committed transition stored it: what loading it would give."""
-        after = outcome.saga
-        if before is None or after.updated_at is None:
-            return
-        self._keep(
-            replace(
-                after,
-                # write_transition never rewrites these columns, and sets the version itself.
-                saga_type=before.saga_type,
-                data=before.data,
-                created_at=before.created_at,
-                version=before.version + 1,
-            )
-        )
-
-    def _keep(self, saga: SagaRecord) -> None:
-        if saga.state.is_terminal or self._remember_limit <= 0:
-            return
-        try:
-            size = RECORD_OVERHEAD_BYTES + len(
-                json.dumps([saga.data, [s.result for s in saga.steps]], default=str)
-            )
-        except (TypeError, ValueError):
-            return
-        if size > REMEMBERED_SAGA_BYTES:
-            return
-        with self._remembered_lock:
-            self._take(saga.saga_id)
-            self._remembered[saga.saga_id] = (saga, size)
-            self._remembered_bytes += size
-            while (
-                len(self._remembered) > self._remember_limit
-                or self._remembered_bytes > REMEMBERED_BYTES
-            ):
-                self._take(next(iter(self._remembered)))
-
-    def forget(self) -> None:
-        """Drop every remembered saga (the next transition of each loads it)."""
-        with self._remembered_lock:
-            self._remembered.clear()
-            self._remembered_bytes = 0
+        return self._write_rows(conn, rows)
 
     def _check_remembered(self, conn: Connection, known: SagaRecord) -> None:
-        folder = os.environ.get(CHECK_REMEMBERED_ENV)
-        if not folder:
-            return
-        stored = load_saga(conn, known.saga_id, lock=False)
-        if stored is None or stored.version != known.version or stored == known:
-            return  # gone or moved: the version check refuses the write either way
-        differences = {
-            f.name: [repr(getattr(known, f.name)), repr(getattr(stored, f.name))]
-            for f in fields(SagaRecord)
-            if getattr(known, f.name) != getattr(stored, f.name)
-        }
-        path = os.path.join(folder, f"{known.saga_id}-v{known.version}-{os.getpid()}.json")
-        with open(path, "w") as out:
-            json.dump({"saga_id": known.saga_id, "remembered_vs_stored": differences}, out)
+        folder = check_folder()
+        if folder:
+            report_difference(folder, known, self._load(conn, known.saga_id, lock=False))
+
+    def forget(self) -> None:
+        self._remembered.forget()
 
     def record_ignored(self, saga_id: str, step: str | None, detail: dict[str, Any]) -> int:
-        """Count an outcome that changed nothing (duplicate, late or forged), by saga and by
-        step and kind (detail's "outcome"), and note it in the history while the saga has at
-        most IGNORED_IN_HISTORY of them. The saga's count, this one included."""
         with self._write() as conn:
-            return note_ignored(conn, ignored_params(saga_id, step, detail, utcnow()))
+            return self._note_ignored(conn, ignored_params(saga_id, step, detail, utcnow()))
+
+    def _note_ignored(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Count an ignored outcome, noted in the history within the bound; the saga's count,
+        this one included."""
+        statements = self._ignored_statements()
+        conn.execute(statements.per_saga, params)
+        counted = sa.select(ignored.c.count).where(ignored.c.saga_id == params["saga_id"])
+        count = int(conn.execute(counted).scalar_one())
+        conn.execute(statements.per_step, params)
+        if count <= IGNORED_IN_HISTORY:
+            conn.execute(statements.noted, params)
+        return count
 
     def mark_published(self, event_ids: Sequence[int]) -> None:
         if not event_ids:
             return
         with self._write() as conn:
-            if store_pg.uses_pipeline(conn):
-                store_pg.mark_published(conn, event_ids, utcnow())
-                return
-            conn.execute(
-                events.update()
-                .where(events.c.id.in_(list(event_ids)))
-                .values(published_at=utcnow())
-            )
+            self._mark_published(conn, event_ids, utcnow())
+
+    def _mark_published(self, conn: Connection, event_ids: Sequence[int], at: datetime) -> None:
+        conn.execute(
+            events.update().where(events.c.id.in_(list(event_ids))).values(published_at=at)
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _load(self, conn: Connection, saga_id: str, *, lock: bool) -> SagaRecord | None:
+        """The saga and its steps; with `lock`, under the saga's row lock."""
+        return saga_from_rows(self._saga_rows(conn, saga_id, lock=lock))
+
+    def _saga_rows(self, conn: Connection, saga_id: str, *, lock: bool) -> Sequence[Any]:
+        # The lock is a statement of its own: under READ COMMITTED, a statement that waited for
+        # a row lock re-reads only the locked row, so a join locking the saga would return the
+        # steps as they were before the lock holder committed.
+        if lock and not self._lock_saga(conn, saga_id):
+            return []
+        return conn.execute(LOAD_SAGA, {"saga_id": saga_id}).mappings().all()
+
     def load(self, saga_id: str) -> SagaRecord | None:
         with self._connect() as conn:
-            return load_saga(conn, saga_id, lock=False)
+            return self._load(conn, saga_id, lock=False)
 
     def get(self, saga_id: str) -> SagaRecord:
         saga = self.load(saga_id)
@@ -419,8 +380,6 @@ class SagaStore:
         limit: int = 50,
         offset: int = 0,
     ) -> list[SagaRecord]:
-        """Sagas newest first, without their steps (load one to see them). `since` keeps those
-        created at or after it; `id_prefix` those whose id starts with it."""
         query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc())
         if state is not None:
             query = query.where(sagas.c.state == SagaState(state).value)
@@ -433,41 +392,32 @@ class SagaStore:
         query = query.limit(limit).offset(offset)
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [saga_from_row(r, []) for r in rows]
+        return [saga_from_row(r) for r in rows]
 
-    def stalled(self, before: datetime, limit: int = 500) -> list[str]:
-        """Ids of running sagas whose last change is older than `before`, oldest first."""
-        running = [SagaState.STARTED.value, SagaState.PENDING.value, SagaState.COMPENSATING.value]
-        query = (
-            sa.select(sagas.c.id)
-            .where(sagas.c.state.in_(running), sagas.c.updated_at < to_utc(before))
-            .order_by(sagas.c.updated_at)
-            .limit(limit)
-        )
+    def _ids(self, query: sa.Select[Any]) -> list[str]:
         with self._connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
+    def stalled(self, before: datetime, limit: int = 500) -> list[str]:
+        return self._ids(
+            sa.select(sagas.c.id)
+            .where(sagas.c.state.in_(RUNNING_STATES), sagas.c.updated_at < to_utc(before))
+            .order_by(sagas.c.updated_at)
+            .limit(limit)
+        )
+
     def requested(self, before: datetime, limit: int = 500) -> list[str]:
-        """Ids of sagas recorded as `requested` before `before` and still not started (their
-        start message was lost or is late), oldest first."""
-        query = (
+        return self._ids(
             sa.select(sagas.c.id)
             .where(sagas.c.state == SagaState.REQUESTED.value, sagas.c.updated_at < to_utc(before))
             .order_by(sagas.c.updated_at)
             .limit(limit)
         )
-        with self._connect() as conn:
-            return [row[0] for row in conn.execute(query)]
 
     def timed_out(self, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
-        """(saga id, position) of steps whose timer is due: executing actions past their
-        deadline, retriable steps due to be sent again, verify tasks that did not answer."""
         query = (
             sa.select(steps.c.saga_id, steps.c.position)
-            .where(
-                steps.c.status.in_(TIMER_STATUSES),
-                steps.c.deadline_at < to_utc(now),
-            )
+            .where(steps.c.status.in_(TIMER_STATUSES), steps.c.deadline_at < to_utc(now))
             .order_by(steps.c.deadline_at)
             .limit(limit)
         )
@@ -475,8 +425,7 @@ class SagaStore:
             return [(row[0], int(row[1])) for row in conn.execute(query)]
 
     def overdue(self, now: datetime, limit: int = 500) -> list[str]:
-        """Ids of sagas running forward past their deadline and not being stopped yet."""
-        query = (
+        return self._ids(
             sa.select(sagas.c.id)
             .where(
                 sagas.c.state == SagaState.PENDING.value,
@@ -486,11 +435,8 @@ class SagaStore:
             .order_by(sagas.c.deadline_at)
             .limit(limit)
         )
-        with self._connect() as conn:
-            return [row[0] for row in conn.execute(query)]
 
     def unpublished_events(self, before: datetime, limit: int = 500) -> list[EventRow]:
-        """Recorded outcome events never marked published, created before `before`."""
         query = (
             sa.select(events)
             .where(events.c.published_at.is_(None), events.c.created_at < to_utc(before))
@@ -498,8 +444,7 @@ class SagaStore:
             .limit(limit)
         )
         with self._connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        return [event_from_row(r) for r in rows]
+            return [event_from_row(r) for r in conn.execute(query).mappings().all()]
 
     def count_by_state(self, saga_ids: Sequence[str] | None = None) -> dict[str, int]:
         query = sa.select(sagas.c.state, sa.func.count()).group_by(sagas.c.state)
@@ -509,135 +454,15 @@ class SagaStore:
             return {state: int(n) for state, n in conn.execute(query).all()}
 
     def history(self, saga_id: str) -> list[HistoryRow]:
+        query = sa.select(history).where(history.c.saga_id == saga_id).order_by(history.c.id)
         with self._connect() as conn:
-            rows = (
-                conn.execute(
-                    sa.select(history).where(history.c.saga_id == saga_id).order_by(history.c.id)
-                )
-                .mappings()
-                .all()
-            )
-        return [
-            HistoryRow(
-                id=r["id"],
-                saga_id=r["saga_id"],
-                at=aware(r["at"]) or utcnow(),
-                event=r["event"],
-                from_state=r["from_state"],
-                to_state=r["to_state"],
-                step=r["step"],
-                detail=r["detail"],
-            )
-            for r in rows
-        ]
+            return [history_from_row(r) for r in conn.execute(query).mappings().all()]
 
     def ignored(self, saga_id: str) -> IgnoredOutcomes:
-        """How many outcomes were ignored for the saga (see record_ignored)."""
         with self._connect() as conn:
             return load_ignored(conn, saga_id)
 
     def events(self, saga_id: str) -> list[EventRow]:
+        query = sa.select(events).where(events.c.saga_id == saga_id).order_by(events.c.id)
         with self._connect() as conn:
-            rows = (
-                conn.execute(
-                    sa.select(events).where(events.c.saga_id == saga_id).order_by(events.c.id)
-                )
-                .mappings()
-                .all()
-            )
-        return [event_from_row(r) for r in rows]
-
-    def ping(self) -> None:
-        with self._connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What `SagaStore.transition` did: the saga as loaded, the outcome, recorded event ids."""
-
-    saga: SagaRecord | None
-    outcome: Transition | Ignored | None
-    event_ids: list[int]
-
-
-_WRITE_OPTION = "sagaflow_write"
-
-# How long a SQLite connection waits for another one's lock before it gives up.
-SQLITE_LOCK_TIMEOUT = 30.0
-
-
-def use_wal(dbapi_conn: sqlite3.Connection) -> None:
-    """Put the SQLite database in WAL mode (it stays so): readers (CLI, client.wait) then run
-    while the orchestrator writes.
-
-    The switch needs the file to itself, and SQLite refuses it at once, without waiting out
-    busy_timeout, while another connection writes in rollback-journal mode: a producer that
-    connects during the first `sagaflow db upgrade`. So wait for that writer, up to the lock
-    timeout; once the file is in WAL mode the switch is not needed again."""
-    deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT
-    pause = 0.005
-    while True:
-        cursor = dbapi_conn.cursor()
-        try:
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        finally:
-            cursor.close()
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
-def create_sqlite_engine(url: str, echo: bool = False) -> Engine:
-    """A SQLite engine whose connections wait up to SQLITE_LOCK_TIMEOUT for another one's lock
-    and put the file in WAL mode (use_wal)."""
-    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_LOCK_TIMEOUT})
-    sa_event.listen(engine, "connect", lambda dbapi_conn, _: use_wal(dbapi_conn))
-    return engine
-
-
-def _create_engine(url: str, echo: bool) -> Engine:
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            directory = os.path.dirname(os.path.abspath(database))
-            if not os.path.isdir(directory):
-                raise StoreUnavailable(
-                    f"saga store {mask_url(url)} unavailable: directory {directory} does not exist"
-                )
-        engine = create_sqlite_engine(url, echo=echo)
-
-        @sa_event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # sqlite3's own implicit BEGIN is deferred: a reader that later writes can fail at
-            # once with SQLITE_BUSY. sagaflow emits BEGIN itself (see _sqlite_begin).
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT * 1000)}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @sa_event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # Write transactions take the write lock up front and wait (busy_timeout) for it.
-            immediate = conn.get_execution_options().get(_WRITE_OPTION)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
-    # No pre-ping round trip per checkout: a connection that went stale fails its statement,
-    # the caller gets StoreUnavailable and retries on a fresh connection.
-    # Named in pg_stat_activity (unless the URL names it), so operators can tell sagaflow's
-    # connections apart.
-    connect_args = {} if "application_name" in parsed.query else {"application_name": "sagaflow"}
-    engine = sa.create_engine(
-        url, echo=echo, pool_size=5, max_overflow=5, connect_args=connect_args
-    )
-    if parsed.get_backend_name() == "postgresql" and engine.dialect.driver == "psycopg":
-        sa_event.listen(engine, "connect", lambda dbapi_conn, _: store_pg.configure(dbapi_conn))
-    return engine
+            return [event_from_row(r) for r in conn.execute(query).mappings().all()]

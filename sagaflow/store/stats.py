@@ -15,9 +15,9 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from sagaflow.core.definitions import SagaState
+from sagaflow.store.protocol import SagaStore
 from sagaflow.store.rows import aware as _aware
 from sagaflow.store.schema import history, sagas, steps
-from sagaflow.store.sql import SagaStore
 
 RUNNING_STATES = (
     SagaState.REQUESTED,
@@ -62,16 +62,13 @@ class StoreStats:
         Read in one snapshot, so history rows after the returned id are exactly the changes the
         counts do not yet include.
         """
-        with self.store.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                last_id = conn.execute(sa.select(sa.func.max(history.c.id))).scalar()
-                rows = conn.execute(
-                    sa.select(sagas.c.saga_type, sagas.c.state, sa.func.count()).group_by(
-                        sagas.c.saga_type, sagas.c.state
-                    )
-                ).all()
+        with self.store.snapshot() as conn:
+            last_id = conn.execute(sa.select(sa.func.max(history.c.id))).scalar()
+            rows = conn.execute(
+                sa.select(sagas.c.saga_type, sagas.c.state, sa.func.count()).group_by(
+                    sagas.c.saga_type, sagas.c.state
+                )
+            ).all()
         return {(t, s): int(n) for t, s, n in rows}, int(last_id or 0)
 
     def running(self) -> list[RunningGroup]:

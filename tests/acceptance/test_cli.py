@@ -19,8 +19,8 @@ import pytest
 
 from sagaflow import SagaState, StepStatus
 from sagaflow.ops.cli import cli
+from sagaflow.store.factory import open_store
 from sagaflow.store.migrate import head_revision
-from sagaflow.store.sql import SagaStore
 from tests.conftest import ROOT, Stack
 
 TRIP = ["a1", "b2", "a3", "b4"]
@@ -393,7 +393,7 @@ def test_db_upgrade_creates_the_schema_and_can_run_again(tmp_path: Path) -> None
     first = sagaflow("db", "upgrade", env=env)
     assert first.returncode == 0, describe(first)
     assert first.stdout.strip() == f"{url} at revision {head_revision()}"
-    store = SagaStore(url)
+    store = open_store(url)
     try:
         assert store.list_sagas() == []
     finally:
@@ -505,7 +505,7 @@ def test_demo_runs_end_to_end_and_leaves_no_workers(tmp_path: Path) -> None:
     assert "every failed order was compensated" in text
     assert "8 sagas: 5 completed, 3 failed" in text
 
-    store = SagaStore(f"sqlite:///{home / 'sagaflow.db'}")
+    store = open_store(f"sqlite:///{home / 'sagaflow.db'}")
     try:
         assert store.count_by_state() == {"completed": 5, "failed": 3}
     finally:
@@ -617,7 +617,7 @@ def test_demo_runs_on_redis_and_postgres_with_two_variables(tmp_path: Path) -> N
         text = " ".join(result.stdout.split())
         assert result.returncode == 0, result.stdout + result.stderr
         assert "every failed order was compensated" in text
-        store = SagaStore(database)
+        store = open_store(database)
         try:
             assert store.count_by_state() == {"completed": 5, "failed": 3}
         finally:

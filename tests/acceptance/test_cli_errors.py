@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from tests.acceptance.test_cli import (
     assert_one_line_error,
     cli_env,
@@ -414,7 +414,7 @@ def test_ctrl_c_while_waiting_exits_130_in_one_line(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    store = SagaStore(f"sqlite:///{tmp_path / 'home' / 'sagaflow.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'home' / 'sagaflow.db'}")
     try:
         poll(lambda: store.load("waits"), 60, lambda: "the start was never recorded")
         waiting.send_signal(signal.SIGINT)

@@ -27,7 +27,7 @@ from sagaflow import SagaState
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.records import HistoryEntry
 from sagaflow.ops.dashboard import create_dashboard
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from tests.conftest import (
     ROOT,
     Stack,
@@ -81,7 +81,7 @@ def fuzzed_settings(stack: Stack, seeded: list[str], tmp_path: Path) -> Iterator
     url = create_postgres_database() if stack.redis else f"sqlite:///{tmp_path / 'fuzzed.db'}"
     settings = Settings(home=tmp_path / "home", broker_url="filesystem://", database_url=url)
     ensure_home(settings)
-    store = SagaStore(url)
+    store = open_store(url)
     try:
         store.upgrade()
         for saga_id in seeded:

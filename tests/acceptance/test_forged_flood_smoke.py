@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sagaflow.store.sql import IGNORED_IN_HISTORY
+from sagaflow.store.protocol import IGNORED_IN_HISTORY
 from tests.acceptance.test_benchmark_smoke import run_benchmark
 
 

@@ -19,7 +19,7 @@ from sagaflow import SagaState
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from tests.conftest import (
     ROOT,
     Stack,
@@ -41,7 +41,7 @@ def test_step_finishing_while_redis_is_down_still_reports_success(tmp_path: Path
         home=tmp_path, broker_url=redis.url, database_url=pg_url, definitions=("tests.sagas",)
     )
     ensure_home(settings)
-    store = SagaStore(pg_url)
+    store = open_store(pg_url)
     store.upgrade()
     env = service_env(settings, pg_url)
     group = WorkerGroup(env, tmp_path / "logs", cwd=ROOT)

@@ -30,8 +30,9 @@ from sagaflow.client.saga_client import BrokerUnavailable, Durability, OutboxUna
 from sagaflow.config import Settings
 from sagaflow.engine.orchestrator import RecoveryReport
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import utcnow
 from sagaflow.store.schema import history, sagas
-from sagaflow.store.sql import SagaStore, utcnow
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
     REDIS_URL,
@@ -289,7 +290,7 @@ def test_a_start_right_after_the_database_dropped_the_producers_connection_is_re
 ) -> None:
     if not stack.settings.database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL drops the connection")
-    store = SagaStore(stack.settings.database_url)
+    store = open_store(stack.settings.database_url)
     # The broker is unreachable too: only the store can keep this start.
     client = SagaClient(replace(stack.settings, broker_url=UNREACHABLE_REDIS), store=store)
     try:

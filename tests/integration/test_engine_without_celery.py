@@ -14,12 +14,13 @@ import pytest
 from sagaflow.core.definitions import Phase, SagaState, StepStatus, load_definitions
 from sagaflow.core.machine import DispatchTask, ErrorInfo, StepFailed, StepSucceeded
 from sagaflow.engine import Orchestrator, RecordingDispatcher, RecordingPublisher
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
+from sagaflow.store.quarantine import QuarantineStore
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[tuple[Orchestrator, RecordingDispatcher]]:
-    store = SagaStore(f"sqlite:///{tmp_path / 'engine.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'engine.db'}")
     store.upgrade()
     dispatcher = RecordingDispatcher()
     orchestrator = Orchestrator(
@@ -28,6 +29,7 @@ def engine(tmp_path: Path) -> Iterator[tuple[Orchestrator, RecordingDispatcher]]
         registry=load_definitions("tests.sagas"),
         publisher=RecordingPublisher(),
         queue="sagaflow",
+        quarantine=QuarantineStore(store),
     )
     yield orchestrator, dispatcher
     store.dispose()

@@ -29,7 +29,8 @@ from sagaflow.core.protocol import (
 )
 from sagaflow.core.quarantine import QUARANTINE_TASK
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
+from sagaflow.store.protocol import SagaStore
 from tests.conftest import create_postgres_database, drop_postgres_database
 
 HOSTILE_TEXT = st.one_of(
@@ -120,7 +121,7 @@ def orchestrator_app(
         database_url=pg_url or f"sqlite:///{home / 'sagaflow.db'}",
         definitions=("tests.sagas",),
     )
-    store = SagaStore(conf.database_url)
+    store = open_store(conf.database_url)
     store.upgrade()
     app = create_orchestrator_app(conf, store=store)
     try:

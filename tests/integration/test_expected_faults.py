@@ -15,7 +15,7 @@ from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.protocol import RECOVER_TASK
 from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
     REDIS_URL,
@@ -71,9 +71,9 @@ def test_dropped_store_connections_log_one_warning_each_and_no_traceback(
         stall_timeout=3.0,
     )
     ensure_home(settings)
-    SagaStore(database_url).upgrade()
+    open_store(database_url).upgrade()
     # The test reads and records starts under a name of its own: only the workers' drop.
-    reader = SagaStore(
+    reader = open_store(
         sa.engine.make_url(database_url)
         .update_query_dict({"application_name": "sagaflow_test"})
         .render_as_string(False)

@@ -13,7 +13,7 @@ from sagaflow import SagaState
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, celery_settings, ensure_home
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
-from sagaflow.store.sql import SagaStore
+from sagaflow.store.factory import open_store
 from tests.conftest import (
     REDIS_URL,
     ROOT,
@@ -127,7 +127,7 @@ def test_orchestrator_retries_until_the_store_is_reachable(backend: str, tmp_pat
             admin.dispose()
         else:
             (tmp_path / "not-yet").mkdir()
-        store = SagaStore(database_url)
+        store = open_store(database_url)
         store.upgrade()
         try:
             saga = SagaClient(settings, store=store).wait(saga_id, timeout=90)

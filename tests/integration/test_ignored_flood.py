@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sagaflow import SagaState, StepStatus
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
-from sagaflow.store.sql import IGNORED_IN_HISTORY
+from sagaflow.store.protocol import IGNORED_IN_HISTORY
 from tests.conftest import Stack, poll
 
 FORGED = 50

@@ -39,9 +39,10 @@ from sagaflow.core.machine import (
     new_saga,
 )
 from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
+from sagaflow.store.factory import open_store
 from sagaflow.store.migrate import VERSION_TABLE, current_revision, head_revision
+from sagaflow.store.protocol import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
 from sagaflow.store.schema import metadata
-from sagaflow.store.sql import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
 from tests.conftest import drop_pooled_connection, poll
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -130,13 +131,13 @@ def backend(
     scratch = tmp_path_factory.mktemp(f"store-{request.param}")
     if request.param == "sqlite":
         url = f"sqlite:///{scratch / 'sagaflow.db'}"
-        store = SagaStore(url)
+        store = open_store(url)
         store.upgrade()
         yield Backend("sqlite", url, store, scratch)
         store.dispose()
         return
     with postgres_database() as url:
-        store = SagaStore(url)
+        store = open_store(url)
         try:
             store.upgrade()
             yield Backend("postgresql", url, store, scratch)
@@ -153,12 +154,12 @@ def store(backend: Backend) -> SagaStore:
 def blank_store(backend: Backend) -> Iterator[SagaStore]:
     """A store on an empty database of the same kind: no `upgrade()` was run on it."""
     if backend.name == "sqlite":
-        blank = SagaStore(f"sqlite:///{backend.scratch / f'blank-{uuid.uuid4().hex}.db'}")
+        blank = open_store(f"sqlite:///{backend.scratch / f'blank-{uuid.uuid4().hex}.db'}")
         yield blank
         blank.dispose()
         return
     with postgres_database() as url:
-        blank = SagaStore(url)
+        blank = open_store(url)
         try:
             yield blank
         finally:
@@ -320,7 +321,7 @@ def test_upgrade_counts_the_outcomes_the_history_already_holds(
     from sagaflow.store.migrate import downgrade
 
     sqlite = backend.name == "sqlite"
-    store = SagaStore(f"sqlite:///{tmp_path / 'backfill.db'}") if sqlite else backend.store
+    store = open_store(f"sqlite:///{tmp_path / 'backfill.db'}") if sqlite else backend.store
     try:
         if sqlite:
             store.upgrade()
@@ -738,7 +739,7 @@ def test_non_utc_timestamps_keep_their_instant(
 
 def test_unreachable_postgres_raises_store_unavailable() -> None:
     url = postgres_url().set(host="127.0.0.1", port=1, password="s3cret-pw")
-    store = SagaStore(url.render_as_string(hide_password=False))
+    store = open_store(url.render_as_string(hide_password=False))
     try:
         with pytest.raises(StoreUnavailable, match="unavailable") as info:
             store.ping()
@@ -758,7 +759,7 @@ def test_unreachable_postgres_raises_store_unavailable() -> None:
 
 def test_sqlite_in_a_missing_directory_raises_store_unavailable(tmp_path: Path) -> None:
     missing = tmp_path / "does-not-exist"
-    store = SagaStore(f"sqlite:///{missing / 'sagaflow.db'}")
+    store = open_store(f"sqlite:///{missing / 'sagaflow.db'}")
     with pytest.raises(StoreUnavailable, match="does not exist"):
         store.ping()
     with pytest.raises(StoreUnavailable):
@@ -775,7 +776,7 @@ def test_sqlite_store_waits_for_a_writer_in_rollback_journal_mode(tmp_path: Path
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("BEGIN")
     writer.execute("CREATE TABLE other (x)")
-    store = SagaStore(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     statements: list[str] = []
     sa.event.listen(
         store.engine,
@@ -812,7 +813,7 @@ def test_sqlite_store_waits_for_a_writer_in_rollback_journal_mode(tmp_path: Path
 def test_sqlite_upgrade_leaves_the_database_in_wal_mode(tmp_path: Path) -> None:
     """The first migration runs in WAL mode, so connections opened meanwhile are not refused."""
     path = tmp_path / "sagaflow.db"
-    store = SagaStore(f"sqlite:///{path}")
+    store = open_store(f"sqlite:///{path}")
     try:
         store.upgrade()
     finally:
@@ -831,7 +832,7 @@ def journal_mode(path: Path) -> str:
 
 
 def test_upgrade_of_unreachable_postgres_raises_store_unavailable() -> None:
-    store = SagaStore(postgres_url().set(port=1).render_as_string(hide_password=False))
+    store = open_store(postgres_url().set(port=1).render_as_string(hide_password=False))
     try:
         with pytest.raises(StoreUnavailable):
             store.upgrade()
@@ -945,7 +946,7 @@ def test_downgrading_and_upgrading_keeps_the_data(backend: Backend, tmp_path: Pa
 
     # SQLite: a file of its own (the module's store stays at head for the other tests).
     sqlite = backend.name == "sqlite"
-    store = SagaStore(f"sqlite:///{tmp_path / 'down.db'}") if sqlite else backend.store
+    store = open_store(f"sqlite:///{tmp_path / 'down.db'}") if sqlite else backend.store
     if sqlite:
         store.upgrade()
     saga_id = create_running(store)
@@ -980,7 +981,7 @@ def test_json_none_is_stored_as_json_null_on_every_backend(store: SagaStore) -> 
 def test_a_store_connection_the_server_dropped_fails_once_then_recovers(backend: Backend) -> None:
     if backend.name != "postgresql":
         pytest.skip("terminates PostgreSQL backends")
-    store = SagaStore(backend.url)
+    store = open_store(backend.url)
     try:
         saga_id = create_running(store)
         drop_pooled_connection(store, backend.store.engine)
@@ -1005,7 +1006,7 @@ def test_a_dropped_connection_fails_each_pipelined_write_once_and_quietly(
     back)."""
     if backend.name != "postgresql":
         pytest.skip("terminates PostgreSQL backends")
-    store = SagaStore(backend.url)
+    store = open_store(backend.url)
     try:
         saga_id = create_running(store)
         operations = {
@@ -1094,7 +1095,7 @@ def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
     if backend.name != "postgresql":
         pytest.skip("application_name is PostgreSQL's")
     url = sa.make_url(backend.url).update_query_dict({"application_name": "billing"})
-    named = SagaStore(url.render_as_string(hide_password=False))
+    named = open_store(url.render_as_string(hide_password=False))
     try:
         for store, expected in ((backend.store, "sagaflow"), (named, "billing")):
             with store.engine.connect() as conn:
@@ -1111,17 +1112,18 @@ def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the sagas the store loads from the database from now on (the check of
     remembered sagas, which loads them too, is off)."""
-    import sagaflow.store.sql as store_module
+    from sagaflow.store.cache import CHECK_REMEMBERED_ENV
+    from sagaflow.store.sql import SqlSagaStore
 
-    monkeypatch.delenv(store_module.CHECK_REMEMBERED_ENV, raising=False)
+    monkeypatch.delenv(CHECK_REMEMBERED_ENV, raising=False)
     loaded: list[str] = []
-    real = store_module.load_saga
+    real = SqlSagaStore._load
 
-    def counting(conn: Any, saga_id: str, *, lock: bool) -> SagaRecord | None:
+    def counting(store: SqlSagaStore, conn: Any, saga_id: str, *, lock: bool) -> SagaRecord | None:
         loaded.append(saga_id)
-        return real(conn, saga_id, lock=lock)
+        return real(store, conn, saga_id, lock=lock)
 
-    monkeypatch.setattr(store_module, "load_saga", counting)
+    monkeypatch.setattr(SqlSagaStore, "_load", counting)
     return loaded
 
 
@@ -1177,7 +1179,7 @@ def test_a_saga_changed_by_another_store_is_loaded_before_deciding(
     """Remembered at step 1 running; another store fails step 1; a late success of step 1
     then reaches this store. Decided on memory it would complete the step: the version check
     refuses that write, and decided on the stored saga it is ignored."""
-    other = SagaStore(backend.url)
+    other = open_store(backend.url)
     try:
         saga_id = create_running(store)
         store.transition(saga_id, outcome_of(0, {"r": 1}))  # remembered: step 1 executing
@@ -1201,7 +1203,7 @@ def test_an_event_a_stale_memory_ignores_is_decided_on_the_stored_saga(
 ) -> None:
     """Remembered at step 1 running; another store completes step 1; step 2's success then
     reaches this store. Its memory has not started step 2 and would ignore the event."""
-    other = SagaStore(backend.url)
+    other = open_store(backend.url)
     try:
         saga_id = create_running(store)
         store.transition(saga_id, outcome_of(0, {"r": 1}))
@@ -1216,7 +1218,7 @@ def test_an_event_a_stale_memory_ignores_is_decided_on_the_stored_saga(
 def test_remembered_sagas_are_bounded_and_finished_ones_forgotten(
     backend: Backend, loads: list[str]
 ) -> None:
-    small = SagaStore(backend.url, remember=2)
+    small = open_store(backend.url, remember=2)
     try:
         first, second, third = (create_running(small) for _ in range(3))
         for saga_id in (first, second, third):
@@ -1238,7 +1240,7 @@ def test_the_remembered_check_reports_a_saga_changed_without_its_version(
 ) -> None:
     """The check the test suite runs with: a remembered saga that is not what is stored,
     though the version matches, is written down."""
-    from sagaflow.store.sql import CHECK_REMEMBERED_ENV
+    from sagaflow.store.cache import CHECK_REMEMBERED_ENV
 
     monkeypatch.setenv(CHECK_REMEMBERED_ENV, str(tmp_path))
     saga_id = create_running(store)
@@ -1268,9 +1270,9 @@ def test_a_new_connection_forgets_what_the_store_remembered(
 
 
 def test_a_saga_with_a_large_input_is_not_remembered(backend: Backend, loads: list[str]) -> None:
-    from sagaflow.store.sql import REMEMBERED_SAGA_BYTES
+    from sagaflow.store.cache import REMEMBERED_SAGA_BYTES
 
-    large = SagaStore(backend.url)
+    large = open_store(backend.url)
     try:
         saga_id = new_id()
         data = {"blob": "x" * REMEMBERED_SAGA_BYTES}
