@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.records import HistoryEntry, SagaRecord
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.errors import StoreUnavailable
 from sagaflow.store.sql import SQLITE_LOCK_TIMEOUT, SagaStore, mask_url, use_wal
 
@@ -88,7 +89,7 @@ class StartRequest:
             ),
         )
         detail: dict[str, Any] | None = {"via": via} if via else None
-        return saga, [HistoryEntry("saga_requested", None, saga.state, None, detail)]
+        return saga, [HistoryEntry(HistoryEvent.SAGA_REQUESTED, None, saga.state, None, detail)]
 
 
 def store_key(url: str) -> str:

@@ -51,6 +51,7 @@ from sagaflow.core.protocol import (
     display_repr,
     input_problem,
 )
+from sagaflow.core.vocabulary import OperatorAction, StepStatus
 from sagaflow.errors import (
     ConfigurationError,
     DefinitionError,
@@ -327,7 +328,7 @@ class SagaClient:
         outcome = cancel(saga, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot cancel saga {saga_id}: {outcome.reason}")
-        self._operate("cancel", saga_id, reason=reason)
+        self._operate(OperatorAction.CANCEL, saga_id, reason=reason)
         return saga.version
 
     def retry(self, saga_id: str) -> int:
@@ -338,7 +339,7 @@ class SagaClient:
         outcome = retry_compensation(saga, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot retry saga {saga_id}: {outcome.reason}")
-        self._operate("retry", saga_id)
+        self._operate(OperatorAction.RETRY, saga_id)
         return saga.version
 
     def mark_compensated(self, saga_id: str, step: str, reason: str) -> int:
@@ -351,7 +352,7 @@ class SagaClient:
         outcome = mark_compensated(saga, step, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot mark {step!r} of saga {saga_id}: {outcome.reason}")
-        self._operate("mark_compensated", saga_id, step=step, reason=reason)
+        self._operate(OperatorAction.MARK_COMPENSATED, saga_id, step=step, reason=reason)
         return saga.version
 
     def resolve(
@@ -373,15 +374,16 @@ class SagaClient:
         outcome = resolve(saga, step, applied, reason, utcnow(), result)
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot resolve {step!r} of saga {saga_id}: {outcome.reason}")
-        self._operate("resolve", saga_id, step=step, reason=reason, applied=applied, result=result)
+        asked = {"step": step, "reason": reason, "applied": applied, "result": result}
+        self._operate(OperatorAction.RESOLVE, saga_id, **asked)
         return saga.version
 
-    def _operate(self, action: str, saga_id: str, **kwargs: Any) -> None:
+    def _operate(self, action: OperatorAction, saga_id: str, **kwargs: Any) -> None:
         # Checked above for a clear error; the orchestrator applies it (and checks again).
         try:
             self.app.send_task(
                 OPERATOR_TASK,
-                kwargs={"action": action, "saga_id": saga_id, **kwargs},
+                kwargs={"action": action.value, "saga_id": saga_id, **kwargs},
                 queue=self.settings.queue,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
@@ -515,7 +517,7 @@ def _describe(saga: SagaRecord) -> str:
     if saga.current_step is not None and saga.current_step < len(saga.steps):
         step = saga.steps[saga.current_step]
         where += f", step {step.name!r} is {step.status.value}"
-        queue = step.queue if step.status.value == "executing" else step.compensation_queue
+        queue = step.queue if step.status is StepStatus.EXECUTING else step.compensation_queue
         if queue:
             where += f" (queue {queue!r})"
     return where

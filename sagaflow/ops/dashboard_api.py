@@ -12,6 +12,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from sagaflow.core.definitions import SagaState
+from sagaflow.core.vocabulary import OperatorAction
 from sagaflow.ops import render
 from sagaflow.ops.dashboard_http import BadQuery, Dashboard, id_prefix_arg, list_filters
 from sagaflow.ops.dashboard_openapi import openapi_document
@@ -76,7 +77,8 @@ def require_actions(dashboard: Dashboard) -> None:
 
 
 def operate(dashboard: Dashboard, saga_id: str, action: str) -> str:
-    if action == "cancel":
+    """`action` from the route: cancel or retry."""
+    if OperatorAction(action) is OperatorAction.CANCEL:
         dashboard.client.cancel(saga_id, reason="cancelled from the dashboard")
         return "cancel requested"
     dashboard.client.retry(saga_id)

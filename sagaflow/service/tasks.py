@@ -26,9 +26,10 @@ from sagaflow.core.protocol import (
     error_payload,
     strict_json,
 )
-from sagaflow.core.quarantine import task_message_record
+from sagaflow.core.vocabulary import ErrorType
 from sagaflow.messaging.app import create_app
 from sagaflow.messaging.liveness import install_beacon
+from sagaflow.messaging.quarantine_records import task_message_record
 from sagaflow.messaging.screening import (
     MessageScreen,
     install_screen,
@@ -138,7 +139,7 @@ def install_service_support(
             outcome = {key: getattr(outcome_message, key) for key in _OUTCOME_KEYS}
             outcome["phase"] = outcome_message.phase.value
             error: dict[str, Any] = {
-                "type": "UnknownError",
+                "type": ErrorType.UNKNOWN_ERROR.value,
                 "message": (
                     f"task {task_id} failed on a worker without sagaflow.service; its error is "
                     "not known (install sagaflow's service support on that worker)"
@@ -155,7 +156,11 @@ def install_service_support(
                 if isinstance(exc, NonRetryable):
                     error["non_retryable"] = True  # a retriable step escalates, not loops
             else:
-                error = {"type": "UnknownError", "message": repr(exc), "task_id": failed_id}
+                error = {
+                    "type": ErrorType.UNKNOWN_ERROR.value,
+                    "message": repr(exc),
+                    "task_id": failed_id,
+                }
         report(outcome, error)
 
     # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
@@ -171,7 +176,7 @@ def install_service_support(
         if outcome is None:
             return None
         error: dict[str, Any] = {
-            "type": "NotRegistered",
+            "type": ErrorType.NOT_REGISTERED.value,
             "message": (
                 f"no task named {name!r} is registered on the worker"
                 + (f" consuming queue {queue!r}" if queue else "")

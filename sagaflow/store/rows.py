@@ -22,6 +22,7 @@ from sagaflow.core.machine import (
     SagaRecord,
     StepRecord,
 )
+from sagaflow.core.vocabulary import HistoryEvent, OnTimeout
 from sagaflow.errors import ConcurrencyConflict
 from sagaflow.store import postgres as store_pg
 from sagaflow.store.schema import (
@@ -219,7 +220,7 @@ def ignored_statements(dialect: str) -> tuple[Any, Any, Any]:
         sa.select(
             saga_id,
             at,
-            sa.literal_column("'outcome_ignored'"),
+            sa.literal_column(f"'{HistoryEvent.OUTCOME_IGNORED.value}'"),
             sa.null(),
             sagas.c.state,
             sa.bindparam("step", type_=sa.String),
@@ -355,7 +356,7 @@ def step_row(saga_id: str, step: StepRecord) -> dict[str, Any]:
         "retry": step.retry,
         "compensation_retry": step.compensation_retry,
         "timeout": step.timeout,
-        "on_timeout": step.on_timeout,
+        "on_timeout": step.on_timeout.value if step.on_timeout else None,
         "pivot": step.pivot,
         "retriable": step.retriable,
         "verify": step.verify,
@@ -380,7 +381,7 @@ def history_row(saga_id: str, at: datetime, entry: HistoryEntry) -> dict[str, An
     return {
         "saga_id": saga_id,
         "at": to_utc(at),
-        "event": entry.event,
+        "event": entry.event.value,
         "from_state": entry.from_state.value if entry.from_state else None,
         "to_state": entry.to_state.value,
         "step": entry.step,
@@ -446,7 +447,7 @@ def step_from_row(row: Any) -> StepRecord:
         retry=row["retry"],
         compensation_retry=row["compensation_retry"],
         timeout=row["timeout"],
-        on_timeout=row["on_timeout"],
+        on_timeout=OnTimeout(row["on_timeout"]) if row["on_timeout"] else None,
         pivot=bool(row["pivot"]),
         retriable=bool(row["retriable"]),
         verify=row["verify"],

@@ -6,6 +6,7 @@ import pytest
 
 from sagaflow import DefinitionError, Retry, SagaState, Step
 from sagaflow.core.machine import begin, new_saga
+from sagaflow.core.vocabulary import HistoryEvent
 from tests.conftest import Stack
 
 
@@ -39,7 +40,7 @@ def test_a_flaky_step_is_retried_by_celery_until_it_succeeds(stack: Stack) -> No
         ("a3", "action"),
     ]
     assert saga.steps[1].attempts == 1  # one dispatch: the retries were Celery's
-    completed = [h for h in stack.store.history(saga_id) if h.event == "step_completed"]
+    completed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_COMPLETED]
     assert completed[1].step == "b2" and completed[1].detail == {"tries": 3}
 
 
@@ -50,7 +51,7 @@ def test_retries_run_out_then_the_step_fails(stack: Stack) -> None:
     assert saga.error is not None and saga.error.type == "Flaky"
     runs = stack.executions(saga_id)
     assert runs.count(("b2", "action")) == 3  # max_attempts
-    failed = [h for h in stack.store.history(saga_id) if h.event == "step_failed"]
+    failed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_FAILED]
     assert failed[0].detail is not None and failed[0].detail["tries"] == 3
 
 
@@ -81,7 +82,9 @@ def test_a_compensation_has_its_own_retry_budget(stack: Stack) -> None:
         ("a1", "compensation"),
         ("a1", "compensation"),
     ]
-    compensated = [h for h in stack.store.history(saga_id) if h.event == "step_compensated"]
+    compensated = [
+        h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_COMPENSATED
+    ]
     assert compensated[0].detail == {"tries": 3}
 
 
