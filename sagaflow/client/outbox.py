@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.records import HistoryEntry, SagaRecord
 from sagaflow.core.vocabulary import HistoryEvent
-from sagaflow.errors import StoreUnavailable
+from sagaflow.errors import OutboxUnavailable, StoreUnavailable
 from sagaflow.store.sql import SQLITE_LOCK_TIMEOUT, SagaStore, mask_url, use_wal
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,6 @@ CREATE TABLE IF NOT EXISTS pending_starts (
 )
 """
 DRAIN_BATCH = 200
-
-
-class OutboxUnavailable(StoreUnavailable):
-    """Neither the saga store nor the producer's local outbox could keep the start: nothing was
-    started and no id was given."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from celery import Celery
 from sagaflow.client.outbox import (
     DrainReport,
     OutboxDrainer,
-    OutboxUnavailable,
     StartOutbox,
     StartRequest,
     drain,
@@ -53,9 +52,12 @@ from sagaflow.core.protocol import (
 )
 from sagaflow.core.vocabulary import OperatorAction, StepStatus
 from sagaflow.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     DefinitionError,
+    InvalidOperation,
     InvalidSagaInput,
+    OutboxUnavailable,
     SagaflowError,
     SagaNotFound,
     SagaTimeout,
@@ -71,14 +73,6 @@ MAX_SAGA_TYPE_LENGTH = 200  # the store's column
 MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.core.messages checks it again)
 # How often a client looks for starts another process left in the outbox.
 OUTBOX_RECHECK_SECONDS = 60.0
-
-
-class BrokerUnavailable(SagaflowError):
-    """The broker could not be reached: nothing was sent."""
-
-
-class InvalidOperation(SagaflowError):
-    """The operator action does not apply to the saga in its current state."""
 
 
 class Durability(str, Enum):

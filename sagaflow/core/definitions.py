@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from sagaflow.core.protocol import qualified_name
 from sagaflow.core.vocabulary import OnTimeout
 from sagaflow.core.vocabulary import Phase as Phase
 from sagaflow.core.vocabulary import SagaState as SagaState
@@ -38,7 +39,7 @@ class Retry:
     `backoff` seconds and doubles up to `backoff_max`; with `jitter` each delay is drawn between
     half and all of it. `on` names the exception classes that retry, a subclass included: by
     class name as a service raises them ("PaymentDeclined": any class of that name), or by
-    qualified name ("myapp.errors.PaymentDeclined": that class only). Empty means any exception.
+    qualified name ("myapp.errors.PaymentDeclined": only that module's class). Empty: any.
     `sagaflow.NonRetryable` never retries.
     """
 
@@ -63,6 +64,13 @@ class Retry:
         object.__setattr__(self, "on", tuple(self.on))
         if not all(isinstance(name, str) and name for name in self.on):
             raise DefinitionError("Retry.on names exception classes by their name (strings)")
+
+    def covers(self, error: type[BaseException]) -> bool:
+        """Whether `on` names this exception class or one of its bases (empty `on`: any)."""
+        if not self.on:
+            return True
+        names = set(self.on)
+        return any(cls.__name__ in names or qualified_name(cls) in names for cls in error.__mro__)
 
     def to_json(self) -> dict[str, Any]:
         return {

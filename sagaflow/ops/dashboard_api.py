@@ -13,8 +13,9 @@ from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.vocabulary import OperatorAction
+from sagaflow.errors import BadQuery
 from sagaflow.ops import render
-from sagaflow.ops.dashboard_http import BadQuery, Dashboard, id_prefix_arg, list_filters
+from sagaflow.ops.dashboard_http import Dashboard, id_prefix_arg, list_filters
 from sagaflow.ops.dashboard_openapi import openapi_document
 
 # The query arguments each API route takes; the others take none. Anything else is refused

@@ -27,6 +27,7 @@ from sagaflow.core.protocol import (
     strict_json,
 )
 from sagaflow.core.vocabulary import ErrorType
+from sagaflow.errors import NonRetryable as NonRetryable
 from sagaflow.messaging.app import create_app
 from sagaflow.messaging.liveness import install_beacon
 from sagaflow.messaging.quarantine_records import task_message_record
@@ -39,10 +40,6 @@ from sagaflow.messaging.screening import (
 logger = logging.getLogger(__name__)
 
 _OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
-
-
-class NonRetryable(Exception):
-    """Raise (or subclass) it in a step to fail at once, whatever the step's retry policy."""
 
 
 class SagaStepTask(Task):  # type: ignore[misc]
@@ -88,7 +85,7 @@ def _retry_delay(args: tuple[Any, ...], exc: Exception, retries: int) -> float |
     if policy is None or retries + 1 >= policy.max_attempts:
         return None
     # `on` names classes; a subclass counts (ConnectionError covers ConnectionResetError).
-    if policy.on and not {cls.__name__ for cls in type(exc).__mro__} & set(policy.on):
+    if not policy.covers(type(exc)):
         return None
     delay = min(policy.backoff * (2**retries), policy.backoff_max)
     return random.uniform(delay / 2, delay) if policy.jitter else delay
@@ -147,20 +144,7 @@ def install_service_support(
                 "task_id": task_id,
             }
         else:
-            outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
-            request, exc, traceback = [*args, None, None, None][:3]
-            failed_id = getattr(request, "id", None)
-            outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
-            if isinstance(exc, BaseException):
-                error = error_payload(exc, traceback, failed_id)
-                if isinstance(exc, NonRetryable):
-                    error["non_retryable"] = True  # a retriable step escalates, not loops
-            else:
-                error = {
-                    "type": ErrorType.UNKNOWN_ERROR.value,
-                    "message": repr(exc),
-                    "task_id": failed_id,
-                }
+            outcome, error = _inline_failure(args, kwargs)
         report(outcome, error)
 
     # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
@@ -191,6 +175,21 @@ def install_service_support(
 
     install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, report_unknown))
     install_beacon(app)
+
+
+def _inline_failure(args: Any, kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outcome and error of an errback Celery ran inline: (request, exc, traceback)."""
+    outcome = {key: kwargs.get(key) for key in _OUTCOME_KEYS}
+    request, exc, traceback = [*args, None, None, None][:3]
+    failed_id = getattr(request, "id", None)
+    outcome["tries"] = (getattr(request, "retries", 0) or 0) + 1
+    if not isinstance(exc, BaseException):
+        unknown = {"type": ErrorType.UNKNOWN_ERROR.value, "message": repr(exc)}
+        return outcome, {**unknown, "task_id": failed_id}
+    error = error_payload(exc, traceback, failed_id)
+    if isinstance(exc, NonRetryable):
+        error["non_retryable"] = True  # a retriable step escalates, not loops
+    return outcome, error
 
 
 def _quarantine_task_message(
