@@ -33,6 +33,7 @@ from sagaflow.store.sql import SagaStore
 PACKAGE = Path(__file__).resolve().parents[2] / "sagaflow"
 DEFINITION = PACKAGE / "core" / "vocabulary.py"
 EVENTS = {e.value for e in HistoryEvent}
+ERROR_TYPES = {e.value for e in ErrorType}  # shared with nothing sagaflow writes as text
 VOCABULARY = [SagaState, StepStatus, Phase, HistoryEvent, SagaOutcome, ErrorType]
 VOCABULARY += [OnTimeout, OperatorAction]
 # Event names that also name something else (a state, a recovery report's field): flagged only
@@ -175,7 +176,8 @@ def _value_matches(tree: ast.AST) -> list[ast.Constant]:
 
 
 def literal_names(source: str) -> list[tuple[int, str]]:
-    """(line, text) of each history event name or enum value written as text in `source`."""
+    """(line, text) of each history event name, error type of sagaflow's or enum value written
+    as text in `source`."""
     tree = ast.parse(source)
     as_event = _event_uses(tree)
     found = [
@@ -183,8 +185,10 @@ def literal_names(source: str) -> list[tuple[int, str]]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and node.value in EVENTS
-        and (node.value not in SHARED or id(node) in as_event)
+        and (
+            (node.value in EVENTS and (node.value not in SHARED or id(node) in as_event))
+            or node.value in ERROR_TYPES
+        )
     ]
     found += [(c.lineno, c.value) for c in _value_matches(tree)]
     return sorted(found)
@@ -198,6 +202,7 @@ done = [h for h in rows if h.event == "compensation_failed" or h["event"] in ("d
 OUTCOMES = {"step_failed": ("action", "failed"), "compensation_failed": ("compensation", "x")}
 waiting = [s for s in SagaState if s.value in ("compensation_failed", "needs_operator")]
 fine = {"deadline_exceeded": 1, "state": "compensation_failed", "phase": "action"}
+error = ErrorInfo(type="StepTimeout", message="late")
 """
     assert literal_names(source) == [
         (2, "step_completed"),
@@ -208,6 +213,7 @@ fine = {"deadline_exceeded": 1, "state": "compensation_failed", "phase": "action
         (5, "step_failed"),
         (6, "compensation_failed"),
         (6, "needs_operator"),
+        (8, "StepTimeout"),
     ]
 
 
