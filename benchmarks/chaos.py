@@ -63,6 +63,7 @@ from benchmarks.chaos_cluster import (  # noqa: E402
 from sagaflow import SagaRecord, SagaState, Settings  # noqa: E402
 from sagaflow.client.outbox import StartOutbox  # noqa: E402
 from sagaflow.client.saga_client import Durability, SagaClient  # noqa: E402
+from sagaflow.core.vocabulary import HistoryEvent  # noqa: E402
 from sagaflow.devstack.demo import SERVICES, DemoOrder, demo_orders  # noqa: E402
 from sagaflow.store.factory import open_store  # noqa: E402
 from sagaflow.store.protocol import SagaStore  # noqa: E402
@@ -403,8 +404,10 @@ def run(args: argparse.Namespace) -> RunFigures:
                 figures.violations.append(
                     f"the outbox still holds {figures.outbox_left} starts after the run"
                 )
-        figures.steps_redriven = counts["step_redriven"] + counts["compensation_redriven"]
-        figures.outcomes_ignored = counts["outcome_ignored"]
+        figures.steps_redriven = (
+            counts[HistoryEvent.STEP_REDRIVEN] + counts[HistoryEvent.COMPENSATION_REDRIVEN]
+        )
+        figures.outcomes_ignored = counts[HistoryEvent.OUTCOME_IGNORED]
         states = Counter(r.state for r in records if r is not None)
         figures.completed = states[SagaState.COMPLETED]
         figures.failed = states[SagaState.FAILED]

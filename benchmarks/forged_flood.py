@@ -38,6 +38,7 @@ from sagaflow import Saga, Step, StepStatus  # noqa: E402
 from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs  # noqa: E402
+from sagaflow.core.vocabulary import HistoryEvent  # noqa: E402
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec  # noqa: E402
 from sagaflow.store.factory import open_store  # noqa: E402
 from sagaflow.store.protocol import IGNORED_IN_HISTORY  # noqa: E402
@@ -158,7 +159,9 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
                 "history_rows_before": rows_before,
                 "history_rows": len(history),
                 "history_rows_bound": rows_before + IGNORED_IN_HISTORY,
-                "outcome_ignored_rows": sum(h.event == "outcome_ignored" for h in history),
+                "outcome_ignored_rows": sum(
+                    h.event == HistoryEvent.OUTCOME_IGNORED for h in history
+                ),
                 "saga_state": saga.state.value,
                 "saga_version": saga.version,
                 "elapsed_s": round(elapsed, 1),

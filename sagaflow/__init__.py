@@ -13,26 +13,35 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sagaflow.client.saga_client import BrokerUnavailable, InvalidOperation, SagaClient
+    from sagaflow.client.saga_client import Durability, SagaClient, StartReceipt
     from sagaflow.config import Settings
     from sagaflow.core.definitions import (
-        Phase,
         Registry,
         Retry,
         Saga,
         SagaOrchestrator,
-        SagaState,
         Step,
-        StepStatus,
         load_definitions,
     )
-    from sagaflow.core.machine import ErrorInfo, SagaRecord, StepRecord
+    from sagaflow.core.records import ErrorInfo, SagaRecord, StepRecord
+    from sagaflow.core.vocabulary import (
+        ErrorType,
+        HistoryEvent,
+        OnTimeout,
+        Phase,
+        SagaState,
+        StepStatus,
+    )
     from sagaflow.engine.ports import EventPublisher
     from sagaflow.errors import (
+        BrokerUnavailable,
         ConcurrencyConflict,
         ConfigurationError,
         DefinitionError,
+        InvalidOperation,
         InvalidSagaInput,
+        NonRetryable,
+        OutboxUnavailable,
         SagaflowError,
         SagaNotFound,
         SagaTimeout,
@@ -41,36 +50,40 @@ if TYPE_CHECKING:
     )
     from sagaflow.messaging.orchestrator_app import create_orchestrator_app
     from sagaflow.service.effects import EffectLog, effect_log_table
-    from sagaflow.service.tasks import (
-        NonRetryable,
-        SagaStepTask,
-        create_service_app,
-        install_service_support,
-    )
+    from sagaflow.service.tasks import SagaStepTask, create_service_app, install_service_support
 
 __version__ = "0.1.0"
 
 _HOMES = {
-    "sagaflow.client.saga_client": ("BrokerUnavailable", "InvalidOperation", "SagaClient"),
+    "sagaflow.client.saga_client": ("Durability", "SagaClient", "StartReceipt"),
     "sagaflow.config": ("Settings",),
     "sagaflow.core.definitions": (
-        "Phase",
         "Registry",
         "Retry",
         "Saga",
         "SagaOrchestrator",
-        "SagaState",
         "Step",
-        "StepStatus",
         "load_definitions",
     ),
-    "sagaflow.core.machine": ("ErrorInfo", "SagaRecord", "StepRecord"),
+    "sagaflow.core.records": ("ErrorInfo", "SagaRecord", "StepRecord"),
+    "sagaflow.core.vocabulary": (
+        "ErrorType",
+        "HistoryEvent",
+        "OnTimeout",
+        "Phase",
+        "SagaState",
+        "StepStatus",
+    ),
     "sagaflow.engine.ports": ("EventPublisher",),
     "sagaflow.errors": (
+        "BrokerUnavailable",
         "ConcurrencyConflict",
         "ConfigurationError",
         "DefinitionError",
+        "InvalidOperation",
         "InvalidSagaInput",
+        "NonRetryable",
+        "OutboxUnavailable",
         "SagaflowError",
         "SagaNotFound",
         "SagaTimeout",
@@ -79,12 +92,7 @@ _HOMES = {
     ),
     "sagaflow.messaging.orchestrator_app": ("create_orchestrator_app",),
     "sagaflow.service.effects": ("EffectLog", "effect_log_table"),
-    "sagaflow.service.tasks": (
-        "NonRetryable",
-        "SagaStepTask",
-        "create_service_app",
-        "install_service_support",
-    ),
+    "sagaflow.service.tasks": ("SagaStepTask", "create_service_app", "install_service_support"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -93,12 +101,17 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "DefinitionError",
+    "Durability",
     "EffectLog",
     "ErrorInfo",
+    "ErrorType",
     "EventPublisher",
+    "HistoryEvent",
     "InvalidOperation",
     "InvalidSagaInput",
     "NonRetryable",
+    "OnTimeout",
+    "OutboxUnavailable",
     "Phase",
     "Registry",
     "Retry",
@@ -112,6 +125,7 @@ __all__ = [
     "SagaTimeout",
     "SagaflowError",
     "Settings",
+    "StartReceipt",
     "Step",
     "StepRecord",
     "StepStatus",

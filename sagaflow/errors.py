@@ -1,10 +1,21 @@
-"""sagaflow's exceptions: one root, each docstring is its meaning."""
+"""sagaflow's exceptions: every exception class of the package, under one root. Each docstring
+is its meaning."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SagaflowError(Exception):
-    """Base class of every error sagaflow raises."""
+    """Base class of every error sagaflow raises.
+
+    `details` (JSON) is data about the failure for programs rather than people: raised in a
+    saga step, it travels with the step's error (`ErrorInfo.details`).
+    """
+
+    def __init__(self, *args: object, details: Any = None) -> None:
+        super().__init__(*args)
+        self.details = details
 
 
 class DefinitionError(SagaflowError):
@@ -27,8 +38,21 @@ class StoreUnavailable(SagaflowError):
     """The saga store could not be reached; the operation may be retried."""
 
 
+class OutboxUnavailable(StoreUnavailable):
+    """Neither the saga store nor the producer's local outbox could keep the start: nothing was
+    started and no id was given."""
+
+
+class BrokerUnavailable(SagaflowError):
+    """The broker could not be reached: nothing was sent."""
+
+
 class ConcurrencyConflict(SagaflowError):
     """Another process changed the saga first; reload and apply the event again."""
+
+
+class InvalidOperation(SagaflowError):
+    """The operator action does not apply to the saga in its current state."""
 
 
 class SagaTimeout(SagaflowError):
@@ -41,3 +65,24 @@ class ConfigurationError(SagaflowError):
 
 class QuarantinedMessageNotFound(SagaflowError):
     """No quarantined message has this id (or the prefix given matches several)."""
+
+
+class NonRetryable(SagaflowError):
+    """Raise (or subclass) it in a step to fail at once, whatever the step's retry policy."""
+
+
+class BadQuery(SagaflowError):
+    """A dashboard filter or paging argument that cannot be used: answered with 400 and the
+    reason."""
+
+
+class BadInput(SagaflowError):
+    """Text given on the command line (or in a file) that is not acceptable JSON."""
+
+
+class WorkerStartError(SagaflowError):
+    """A worker process did not come up; the message carries the end of its log."""
+
+
+class StackStopRequested(SagaflowError):
+    """SIGINT or SIGTERM reached `sagaflow stack` while it waited: it stops its processes."""

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.machine import SagaRecord
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
 from sagaflow.store.cache import CHECK_REMEMBERED_ENV
 from sagaflow.store.factory import open_store
@@ -218,7 +219,9 @@ class Stack:
         """Wait until the orchestrator has noted `count` ignored outcomes for the saga."""
 
         def ignored() -> list[Any]:
-            return [h for h in self.store.history(saga_id) if h.event == "outcome_ignored"]
+            return [
+                h for h in self.store.history(saga_id) if h.event == HistoryEvent.OUTCOME_IGNORED
+            ]
 
         poll(
             lambda: len(ignored()) >= count,

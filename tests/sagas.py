@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from sagaflow import Retry, Saga, SagaOrchestrator, Step
@@ -107,6 +108,15 @@ timing_out_fail = Saga(
             timeout=0.3,
             on_timeout="fail",
         ),
+    ],
+)
+
+# b2 retries Flaky named by its module; b3 names a Flaky of another module, so it does not retry.
+retrying_by_qualified_name = Saga(
+    "retrying_by_qualified_name",
+    steps=[
+        Step("b2", "svc.act", queue="svc_b", retry=replace(_quick, on=("tests.services.Flaky",))),
+        Step("b3", "svc.act", queue="svc_b", retry=replace(_quick, on=("elsewhere.Flaky",))),
     ],
 )
 

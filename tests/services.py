@@ -58,6 +58,10 @@ class GoodbyeForever(NonRetryable):
     """A failure no retry will fix."""
 
 
+class Declined(NonRetryable):
+    """A failure no retry will fix, with data for the programs that read it."""
+
+
 class StepRefused(Exception):
     """Raised by a test step asked to fail."""
 
@@ -99,6 +103,8 @@ def act(self: Any, context: dict[str, Any]) -> dict[str, Any]:
         raise Flaky(f"step {context['step']} flaky, run {runs}")
     if context["step"] in data.get("refuse_for_good_at", ()):
         raise GoodbyeForever(f"step {context['step']} will never work")
+    if context["step"] in data.get("decline_at", ()):
+        raise Declined("card declined", details={"code": "51", "step": context["step"]})
     if data.get("crash_once") == context["step"] and runs == 1:
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-step
     if context["step"] in data.get("fail_at", ()):

@@ -31,7 +31,8 @@ from typing import Any
 
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.records import HistoryEntry, SagaRecord
-from sagaflow.errors import StoreUnavailable
+from sagaflow.core.vocabulary import HistoryEvent
+from sagaflow.errors import OutboxUnavailable, StoreUnavailable
 from sagaflow.sqlite_engine import SQLITE_LOCK_TIMEOUT, use_wal
 from sagaflow.store.factory import store_key
 from sagaflow.store.protocol import SagaStore
@@ -52,11 +53,6 @@ CREATE TABLE IF NOT EXISTS pending_starts (
 )
 """
 DRAIN_BATCH = 200
-
-
-class OutboxUnavailable(StoreUnavailable):
-    """Neither the saga store nor the producer's local outbox could keep the start: nothing was
-    started and no id was given."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ class StartRequest:
             ),
         )
         detail: dict[str, Any] | None = {"via": via} if via else None
-        return saga, [HistoryEntry("saga_requested", None, saga.state, None, detail)]
+        return saga, [HistoryEntry(HistoryEvent.SAGA_REQUESTED, None, saga.state, None, detail)]
 
 
 class StartOutbox:

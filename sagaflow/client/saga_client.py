@@ -25,7 +25,6 @@ from celery import Celery
 from sagaflow.client.outbox import (
     DrainReport,
     OutboxDrainer,
-    OutboxUnavailable,
     StartOutbox,
     StartRequest,
     drain,
@@ -46,8 +45,12 @@ from sagaflow.core.protocol import (
     display_repr,
     input_problem,
 )
+from sagaflow.core.vocabulary import OperatorAction, StepStatus
 from sagaflow.errors import (
+    BrokerUnavailable,
     ConfigurationError,
+    InvalidOperation,
+    OutboxUnavailable,
     SagaflowError,
     SagaTimeout,
     StoreUnavailable,
@@ -61,14 +64,6 @@ logger = logging.getLogger(__name__)
 MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.core.messages checks it again)
 # How often a client looks for starts another process left in the outbox.
 OUTBOX_RECHECK_SECONDS = 60.0
-
-
-class BrokerUnavailable(SagaflowError):
-    """The broker could not be reached: nothing was sent."""
-
-
-class InvalidOperation(SagaflowError):
-    """The operator action does not apply to the saga in its current state."""
 
 
 class Durability(str, Enum):
@@ -299,7 +294,7 @@ class SagaClient:
         outcome = cancel(saga, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot cancel saga {saga_id}: {outcome.reason}")
-        self._operate("cancel", saga_id, reason=reason)
+        self._operate(OperatorAction.CANCEL, saga_id, reason=reason)
         return saga.version
 
     def retry(self, saga_id: str) -> int:
@@ -310,7 +305,7 @@ class SagaClient:
         outcome = retry_compensation(saga, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot retry saga {saga_id}: {outcome.reason}")
-        self._operate("retry", saga_id)
+        self._operate(OperatorAction.RETRY, saga_id)
         return saga.version
 
     def mark_compensated(self, saga_id: str, step: str, reason: str) -> int:
@@ -323,7 +318,7 @@ class SagaClient:
         outcome = mark_compensated(saga, step, reason, utcnow())
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot mark {step!r} of saga {saga_id}: {outcome.reason}")
-        self._operate("mark_compensated", saga_id, step=step, reason=reason)
+        self._operate(OperatorAction.MARK_COMPENSATED, saga_id, step=step, reason=reason)
         return saga.version
 
     def resolve(
@@ -345,15 +340,16 @@ class SagaClient:
         outcome = resolve(saga, step, applied, reason, utcnow(), result)
         if isinstance(outcome, Ignored):
             raise InvalidOperation(f"cannot resolve {step!r} of saga {saga_id}: {outcome.reason}")
-        self._operate("resolve", saga_id, step=step, reason=reason, applied=applied, result=result)
+        asked = {"step": step, "reason": reason, "applied": applied, "result": result}
+        self._operate(OperatorAction.RESOLVE, saga_id, **asked)
         return saga.version
 
-    def _operate(self, action: str, saga_id: str, **kwargs: Any) -> None:
+    def _operate(self, action: OperatorAction, saga_id: str, **kwargs: Any) -> None:
         # Checked above for a clear error; the orchestrator applies it (and checks again).
         try:
             self.app.send_task(
                 OPERATOR_TASK,
-                kwargs={"action": action, "saga_id": saga_id, **kwargs},
+                kwargs={"action": action.value, "saga_id": saga_id, **kwargs},
                 queue=self.settings.queue,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
@@ -427,7 +423,7 @@ def _describe(saga: SagaRecord) -> str:
     if saga.current_step is not None and saga.current_step < len(saga.steps):
         step = saga.steps[saga.current_step]
         where += f", step {step.name!r} is {step.status.value}"
-        queue = step.queue if step.status.value == "executing" else step.compensation_queue
+        queue = step.queue if step.status is StepStatus.EXECUTING else step.compensation_queue
         if queue:
             where += f" (queue {queue!r})"
     return where

@@ -7,82 +7,27 @@ services' code. Two forms register in one `Registry`: the declarative `Saga` and
 
 from __future__ import annotations
 
-import enum
 import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from sagaflow.core.protocol import qualified_name
+from sagaflow.core.vocabulary import OnTimeout
+from sagaflow.core.vocabulary import Phase as Phase
+from sagaflow.core.vocabulary import SagaState as SagaState
+from sagaflow.core.vocabulary import StepStatus as StepStatus
 from sagaflow.errors import DefinitionError, InvalidSagaInput, UnknownSagaType
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
 
 
-class SagaState(str, enum.Enum):
-    """Where a saga is. Terminal for the engine: COMPLETED, FAILED, COMPENSATION_FAILED,
-    REJECTED, CANCELLED, ESCALATED (the last two of which an operator can resume)."""
-
-    # Recorded by the producer (SagaClient.start), not planned yet: the orchestrator's start
-    # message or, if that message is lost, the recovery sweep starts it.
-    REQUESTED = "requested"
-    STARTED = "started"  # recorded, first step not yet dispatched
-    PENDING = "pending"  # steps are running forward
-    COMPENSATING = "compensating"  # a step failed; completed steps are being undone in reverse
-    COMPLETED = "completed"  # every step succeeded
-    FAILED = "failed"  # a step failed and every completed step was compensated
-    COMPENSATION_FAILED = "compensation_failed"  # a compensation failed: needs an operator
-    REJECTED = "rejected"  # never started: unknown saga type or invalid input
-    CANCELLED = "cancelled"  # cancelled while running; every completed step compensated
-    # A step's outcome is unknown or it cannot succeed by retrying: an operator says what
-    # happened (`sagaflow resolve`) and the saga carries on from there.
-    ESCALATED = "escalated"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset(
-    {
-        SagaState.COMPLETED,
-        SagaState.FAILED,
-        SagaState.COMPENSATION_FAILED,
-        SagaState.REJECTED,
-        SagaState.CANCELLED,
-        SagaState.ESCALATED,
-    }
-)
-
-
-class StepStatus(str, enum.Enum):
-    """Where one step is, across its action and its compensation."""
-
-    PENDING = "pending"  # not dispatched yet
-    EXECUTING = "executing"  # action dispatched, outcome not known yet
-    COMPLETED = "completed"  # action succeeded
-    FAILED = "failed"  # action failed (after the task's own retries)
-    COMPENSATING = "compensating"  # compensation dispatched, outcome not known yet
-    COMPENSATED = "compensated"  # compensation succeeded
-    COMPENSATION_FAILED = "compensation_failed"  # compensation failed: needs an operator
-    SKIPPED = "skipped"  # never ran because an earlier step failed
-    WAITING_RETRY = "waiting_retry"  # a retriable step failed; sent again when its timer is due
-    VERIFYING = "verifying"  # the action timed out; its verify task says whether it took effect
-    OUTCOME_UNKNOWN = "outcome_unknown"  # timed out and not verified: an operator resolves it
-
-
-class Phase(str, enum.Enum):
-    ACTION = "action"
-    COMPENSATION = "compensation"
-    VERIFY = "verify"  # asks whether an action whose outcome is unknown took effect
-
-
-# What a step that timed out (its outcome unknown: it may have half-happened) leads to:
-# "compensate" it with the steps before it (the default when it has a compensation), "fail" it
-# (take it as not done), "verify" it (its `verify` task says whether it took effect) or
-# "escalate" (stop; an operator says what happened). See Step.
-ON_TIMEOUT = ("compensate", "fail", "verify", "escalate")
+# What a step that timed out (its outcome unknown: it may have half-happened) leads to; see
+# OnTimeout and Step. The names, as `Step(on_timeout=...)` takes them.
+OnTimeoutName = Literal["compensate", "fail", "verify", "escalate"]
+ON_TIMEOUT = tuple(policy.value for policy in OnTimeout)
 MAX_RETRY_DELAY = 600.0  # retries wait in broker ETAs: keep them far below visibility_timeout
 
 
@@ -92,8 +37,10 @@ class Retry:
 
     `max_attempts` counts every run (3 = the first run and up to 2 retries). The delay starts at
     `backoff` seconds and doubles up to `backoff_max`; with `jitter` each delay is drawn between
-    half and all of it. `on` names the exception classes that retry (by class name, as a service
-    raises them); empty means any exception. `sagaflow.NonRetryable` never retries.
+    half and all of it. `on` names the exception classes that retry, a subclass included: by
+    class name as a service raises them ("PaymentDeclined": any class of that name), or by
+    qualified name ("myapp.errors.PaymentDeclined": only that module's class). Empty: any.
+    `sagaflow.NonRetryable` never retries.
     """
 
     max_attempts: int = 3
@@ -117,6 +64,13 @@ class Retry:
         object.__setattr__(self, "on", tuple(self.on))
         if not all(isinstance(name, str) and name for name in self.on):
             raise DefinitionError("Retry.on names exception classes by their name (strings)")
+
+    def covers(self, error: type[BaseException]) -> bool:
+        """Whether `on` names this exception class or one of its bases (empty `on`: any)."""
+        if not self.on:
+            return True
+        names = set(self.on)
+        return any(cls.__name__ in names or qualified_name(cls) in names for cls in error.__mro__)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,7 +126,8 @@ class Step:
     retry: Retry | None = None
     compensation_retry: Retry | None = None
     timeout: float | None = None
-    on_timeout: str | None = None
+    # Given as an OnTimeout or its name; stored as an OnTimeout (None: no timeout).
+    on_timeout: OnTimeout | OnTimeoutName | None = None
     pivot: bool = False
     retriable: bool = False
     verify: str | None = None
@@ -182,6 +137,23 @@ class Step:
             raise DefinitionError(
                 f"step name {self.name!r} is invalid: use letters, digits, '_', '.', '-'"
             )
+        self._check_tasks_and_queues()
+        for label, policy in (
+            ("retry", self.retry),
+            ("compensation_retry", self.compensation_retry),
+        ):
+            if policy is not None and not isinstance(policy, Retry):
+                raise DefinitionError(f"step {self.name!r}: {label} must be a Retry")
+        if self.compensation_retry is not None and self.compensation is None:
+            raise DefinitionError(f"step {self.name!r}: compensation_retry needs a compensation")
+        self._check_timeout()
+        if self.compensate_on_failure and self.compensation is None:
+            raise DefinitionError(
+                f"step {self.name!r}: compensate_on_failure needs a compensation task"
+            )
+        self._check_point_of_no_return()
+
+    def _check_tasks_and_queues(self) -> None:
         for label, value in (("action", self.action), ("compensation", self.compensation)):
             if label == "compensation" and value is None:
                 continue
@@ -196,41 +168,39 @@ class Step:
         ):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise DefinitionError(f"step {self.name!r}: {label} must be a non-empty string")
-        for label, policy in (
-            ("retry", self.retry),
-            ("compensation_retry", self.compensation_retry),
-        ):
-            if policy is not None and not isinstance(policy, Retry):
-                raise DefinitionError(f"step {self.name!r}: {label} must be a Retry")
-        if self.compensation_retry is not None and self.compensation is None:
-            raise DefinitionError(f"step {self.name!r}: compensation_retry needs a compensation")
+
+    def _check_timeout(self) -> None:
+        """The timeout and what follows it; `on_timeout` is stored as an OnTimeout."""
         if self.timeout is not None and (
             not isinstance(self.timeout, int | float) or self.timeout <= 0
         ):
             raise DefinitionError(
                 f"step {self.name!r}: timeout must be a positive number of seconds"
             )
-        if self.on_timeout is None and self.timeout is not None:
+        policy = self.on_timeout
+        if policy is None and self.timeout is not None:
             # A step that timed out may have half-happened: undo it when we know how. A pivot
             # cannot be undone and may have happened: only an operator can say.
-            default = "compensate" if self.compensation else "fail"
+            policy = OnTimeout.COMPENSATE if self.compensation else OnTimeout.FAIL
             if self.pivot:
-                default = "verify" if self.verify else "escalate"
-            object.__setattr__(self, "on_timeout", default)
-        if self.on_timeout not in (None, *ON_TIMEOUT):
-            raise DefinitionError(
-                f"step {self.name!r}: on_timeout must be one of {', '.join(ON_TIMEOUT)}"
-            )
-        if self.on_timeout == "compensate" and self.compensation is None:
+                policy = OnTimeout.VERIFY if self.verify else OnTimeout.ESCALATE
+        if policy is not None:
+            if policy not in ON_TIMEOUT:
+                raise DefinitionError(
+                    f"step {self.name!r}: on_timeout must be one of {', '.join(ON_TIMEOUT)}"
+                )
+            policy = OnTimeout(policy)
+            object.__setattr__(self, "on_timeout", policy)
+        if policy is OnTimeout.COMPENSATE and self.compensation is None:
             raise DefinitionError(
                 f"step {self.name!r}: on_timeout='compensate' needs a compensation"
             )
-        if self.on_timeout in ("verify", "escalate") and self.timeout is None:
+        if policy in (OnTimeout.VERIFY, OnTimeout.ESCALATE) and self.timeout is None:
             raise DefinitionError(
-                f"step {self.name!r}: on_timeout={self.on_timeout!r} needs a timeout (the "
+                f"step {self.name!r}: on_timeout={policy.value!r} needs a timeout (the "
                 "policy applies when the step times out)"
             )
-        if self.on_timeout == "verify" and self.verify is None:
+        if policy is OnTimeout.VERIFY and self.verify is None:
             raise DefinitionError(
                 f"step {self.name!r}: on_timeout='verify' needs verify='<task name>', the task "
                 "that reports whether the action took effect"
@@ -239,14 +209,12 @@ class Step:
             not isinstance(self.verify, str) or not self.verify.strip()
         ):
             raise DefinitionError(f"step {self.name!r}: verify must be a Celery task name")
-        if self.verify is not None and self.on_timeout != "verify":
+        if self.verify is not None and policy is not OnTimeout.VERIFY:
             raise DefinitionError(
                 f"step {self.name!r}: verify is used only with on_timeout='verify'"
             )
-        if self.compensate_on_failure and self.compensation is None:
-            raise DefinitionError(
-                f"step {self.name!r}: compensate_on_failure needs a compensation task"
-            )
+
+    def _check_point_of_no_return(self) -> None:
         if self.pivot and self.retriable:
             raise DefinitionError(f"step {self.name!r} cannot be both the pivot and retriable")
         if self.pivot and self.compensation is not None:

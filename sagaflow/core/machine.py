@@ -11,7 +11,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sagaflow.core.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.core.definitions import Step
+
+# What operators and a saga's deadline do lives in sagaflow.core.operations; importable from here.
+from sagaflow.core.operations import (
+    cancel,
+    forward_only,
+    mark_compensated,
+    pass_deadline,
+    resolve,
+    retry_compensation,
+)
 from sagaflow.core.records import (
     JSON,
     Command,
@@ -31,21 +41,26 @@ from sagaflow.core.records import (
     task_id_for,
 )
 from sagaflow.core.transitions import (
-    DEADLINE_EXCEEDED,
     RETRY_BACKOFF_MAX,
     action_failed,
     action_succeeded,
-    compensate_from,
     compensation_failed,
     compensation_succeeded,
     dispatch_action,
     dispatch_compensation,
     dispatch_verify,
     escalate,
-    event_payload,
     resume,
     retry_delay,
     with_step,
+)
+from sagaflow.core.vocabulary import (
+    ErrorType,
+    HistoryEvent,
+    OnTimeout,
+    Phase,
+    SagaState,
+    StepStatus,
 )
 
 
@@ -90,7 +105,7 @@ def begin(saga: SagaRecord, now: datetime) -> Transition:
     """Dispatch the first step of a saga just recorded as STARTED."""
     if saga.state is not SagaState.STARTED:
         raise ValueError(f"saga {saga.saga_id} is {saga.state.value}, not started")
-    history = HistoryEntry("saga_started", SagaState.STARTED, SagaState.PENDING)
+    history = HistoryEntry(HistoryEvent.SAGA_STARTED, SagaState.STARTED, SagaState.PENDING)
     pending = replace(saga, state=SagaState.PENDING)
     return dispatch_action(pending, 0, now, (history,), frozenset())
 
@@ -192,13 +207,13 @@ def _send_again(
             # Cancelled: nothing new is sent. The step never reported, so it may have
             # half-happened: undo it (if it can be) with the steps before it.
             error = ErrorInfo(
-                type="Cancelled",
+                type=ErrorType.CANCELLED,
                 message="cancelled while this step's outcome was lost; it is compensated",
                 task_id=step.task_id,
             )
             unknown = replace(step, compensate_on_failure=step.compensation is not None)
             return action_failed(with_step(saga, unknown), unknown, error, now)
-        entry = HistoryEntry("step_redriven", saga.state, saga.state, step.name, detail)
+        entry = HistoryEntry(HistoryEvent.STEP_REDRIVEN, saga.state, saga.state, step.name, detail)
         resent = dispatch_action(saga, step.position, now, (entry,), frozenset())
         if step.deadline_at is None:
             return resent
@@ -206,10 +221,14 @@ def _send_again(
         kept = replace(resent.saga.steps[step.position], deadline_at=step.deadline_at)
         return replace(resent, saga=with_step(resent.saga, kept))
     if saga.state is SagaState.PENDING and step.status is StepStatus.VERIFYING:
-        entry = HistoryEntry("verify_redriven", saga.state, saga.state, step.name, detail)
+        entry = HistoryEntry(
+            HistoryEvent.VERIFY_REDRIVEN, saga.state, saga.state, step.name, detail
+        )
         return dispatch_verify(saga, step, now, (entry,), step.deadline_at)
     if saga.state is SagaState.COMPENSATING and step.status is StepStatus.COMPENSATING:
-        entry = HistoryEntry("compensation_redriven", saga.state, saga.state, step.name, detail)
+        entry = HistoryEntry(
+            HistoryEvent.COMPENSATION_REDRIVEN, saga.state, saga.state, step.name, detail
+        )
         return dispatch_compensation(saga, step, now, (entry,), frozenset())
     return Ignored(f"step {step.name!r} is {step.status.value}: nothing to send again")
 
@@ -232,7 +251,7 @@ def _retry_now(saga: SagaRecord, step: StepRecord, now: datetime) -> Transition 
     if step.deadline_at is not None and step.deadline_at > now:
         return Ignored(f"step {step.name!r} is retried at {step.deadline_at.isoformat()}")
     entry = HistoryEntry(
-        "step_retried", saga.state, saga.state, step.name, {"attempt": step.attempts + 1}
+        HistoryEvent.STEP_RETRIED, saga.state, saga.state, step.name, {"attempt": step.attempts + 1}
     )
     return dispatch_action(saga, step.position, now, (entry,), frozenset())
 
@@ -253,23 +272,27 @@ def time_out(saga: SagaRecord, position: int, now: datetime) -> Transition | Ign
     if step.deadline_at > now:
         return Ignored(f"step {step.name!r} has until {step.deadline_at.isoformat()}")
     error = ErrorInfo(
-        type="StepTimeout",
+        type=ErrorType.STEP_TIMEOUT,
         message=f"no outcome within {step.timeout:g}s; the step may have taken effect "
         f"(on_timeout={step.on_timeout})",
         task_id=step.task_id,
     )
-    if step.on_timeout in ("verify", "escalate"):
+    if step.on_timeout in (OnTimeout.VERIFY, OnTimeout.ESCALATE):
         timed_out = HistoryEntry(
-            "step_timed_out", saga.state, saga.state, step.name, {"error": error.to_json()}
+            HistoryEvent.STEP_TIMED_OUT,
+            saga.state,
+            saga.state,
+            step.name,
+            {"error": error.to_json()},
         )
         step = replace(step, error=error, finished_at=now)
-        if step.on_timeout == "verify":
+        if step.on_timeout is OnTimeout.VERIFY:
             deadline = now + timedelta(seconds=step.timeout or 0)
             return dispatch_verify(saga, step, now, (timed_out,), deadline)
         unknown = replace(step, status=StepStatus.OUTCOME_UNKNOWN, deadline_at=None)
         reason = "the step timed out and its outcome is unknown (on_timeout=escalate)"
         return escalate(saga, unknown, error, now, reason, (timed_out,))
-    step = replace(step, compensate_on_failure=step.on_timeout == "compensate")
+    step = replace(step, compensate_on_failure=step.on_timeout is OnTimeout.COMPENSATE)
     return action_failed(with_step(saga, step), step, error, now)
 
 
@@ -277,7 +300,7 @@ def _verify_timed_out(saga: SagaRecord, step: StepRecord, now: datetime) -> Tran
     if step.deadline_at is None or step.deadline_at > now:
         return Ignored(f"verify of step {step.name!r} is not overdue")
     error = ErrorInfo(
-        "VerifyTimeout",
+        ErrorType.VERIFY_TIMEOUT,
         f"verify task {step.verify} gave no answer within {step.timeout:g}s",
         task_id=step.verify_task_id,
     )
@@ -296,199 +319,17 @@ def _verified(
     reply = event.result
     if not (isinstance(reply, dict) and isinstance(reply.get("applied"), bool)):
         error = ErrorInfo(
-            "InvalidVerifyReply",
+            ErrorType.INVALID_VERIFY_REPLY,
             f"verify task {step.verify} answered {str(reply)[:200]!r}, not "
             '{"applied": true|false, "result": ...}',
             task_id=event.task_id,
         )
         return escalate(saga, unknown, error, now, "the verify task's answer is not valid", ())
     applied = reply["applied"]
-    entry = HistoryEntry("step_verified", saga.state, saga.state, step.name, {"applied": applied})
+    entry = HistoryEntry(
+        HistoryEvent.STEP_VERIFIED, saga.state, saga.state, step.name, {"applied": applied}
+    )
     return resume(saga, step, applied, reply.get("result"), now, (entry,))
-
-
-def resolve(
-    saga: SagaRecord,
-    step_name: str,
-    applied: bool,
-    reason: str,
-    now: datetime,
-    result: JSON = None,
-) -> Transition | Ignored:
-    """Operator: say whether the escalated step took effect; the saga carries on as after a
-    verify (forward if applied; if not, the steps before it are compensated, or a retriable
-    step is sent again)."""
-    if saga.state is not SagaState.ESCALATED:
-        return Ignored(f"saga is {saga.state.value}: only an escalated saga is resolved")
-    step = saga.steps[saga.current_step] if saga.current_step is not None else None
-    if step is None or step.name != step_name:
-        waiting = repr(step.name) if step else "none"
-        return Ignored(f"step {step_name!r} is not the one waiting for an operator ({waiting})")
-    resumed = replace(
-        saga,
-        state=SagaState.PENDING,
-        finished_at=None,
-        updated_at=now,
-        error=saga.error if saga.cancel_requested_at is not None else None,
-    )
-    entry = HistoryEntry(
-        "step_resolved",
-        SagaState.ESCALATED,
-        SagaState.PENDING,
-        step.name,
-        {"applied": applied, "reason": reason},
-    )
-    return resume(resumed, step, applied, result, now, (entry,))
-
-
-def pass_deadline(saga: SagaRecord, now: datetime) -> Transition | Ignored:
-    """The saga's deadline passed: stop it as a cancel does (the step in flight is waited for
-    and follows its timeout policy, completed steps are compensated); it ends `failed` with
-    a DeadlineExceeded error. A saga past its pivot goes on: its deadline is dropped."""
-    if saga.state is not SagaState.PENDING or saga.deadline_at is None:
-        return Ignored(f"saga is {saga.state.value}, with no deadline running")
-    if saga.deadline_at > now:
-        return Ignored(f"saga has until {saga.deadline_at.isoformat()}")
-    if saga.cancel_requested_at is not None:
-        return Ignored("saga is already being stopped")
-    step = saga.steps[saga.current_step] if saga.current_step is not None else None
-    name = step.name if step else None
-    if (forward := forward_only(saga)) is not None:
-        kept = replace(saga, deadline_at=None, updated_at=now)
-        entry = HistoryEntry("deadline_dropped", saga.state, saga.state, name, {"reason": forward})
-        return Transition(kept, (), (entry,), frozenset())
-    error = ErrorInfo(
-        DEADLINE_EXCEEDED, f"deadline exceeded: not finished by {saga.deadline_at.isoformat()}"
-    )
-    stopping = replace(saga, cancel_requested_at=now, error=error, updated_at=now)
-    entry = HistoryEntry(
-        "deadline_exceeded",
-        saga.state,
-        saga.state,
-        name,
-        {"deadline": saga.deadline_at.isoformat()},
-    )
-    return Transition(stopping, (), (entry,), frozenset())
-
-
-def cancel(saga: SagaRecord, reason: str, now: datetime) -> Transition | Ignored:
-    """Stop a running saga: nothing new is dispatched, what completed is compensated.
-
-    The step in flight is waited for: when it succeeds it is compensated too, when it fails
-    compensation starts as for any failure. The saga ends `cancelled`. Compensations cannot be
-    cancelled.
-    """
-    if saga.state is SagaState.ESCALATED and saga.current_step is not None:
-        step_name = saga.steps[saga.current_step].name
-        return Ignored(
-            f"saga is escalated: resolve step {step_name!r} first (sagaflow resolve says "
-            "whether it took effect)"
-        )
-    if saga.state.is_terminal:
-        return Ignored(f"saga is {saga.state.value}: nothing to cancel")
-    if saga.state is SagaState.COMPENSATING:
-        return Ignored("saga is already compensating; compensations cannot be cancelled")
-    if (forward := forward_only(saga)) is not None:
-        return Ignored(forward)
-    if saga.cancel_requested_at is not None:
-        return Ignored("cancel already requested")
-    error = ErrorInfo(type="Cancelled", message=reason or "cancelled by an operator")
-    if saga.state is SagaState.REQUESTED:
-        # Not started yet: nothing ran, so it ends here, and a later start finds it finished.
-        done = replace(
-            saga, state=SagaState.CANCELLED, error=error, updated_at=now, finished_at=now
-        )
-        entry = HistoryEntry(
-            "saga_cancelled",
-            SagaState.REQUESTED,
-            SagaState.CANCELLED,
-            None,
-            {"reason": error.message},
-        )
-        publish = PublishEvent(event_name(saga.saga_type, "Cancelled"), event_payload(done))
-        return Transition(done, (publish,), (entry,), frozenset())
-    waiting = replace(saga, cancel_requested_at=now, error=error, updated_at=now)
-    step = saga.steps[saga.current_step] if saga.current_step is not None else None
-    entry = HistoryEntry(
-        "cancel_requested",
-        saga.state,
-        saga.state,
-        step.name if step else None,
-        {"reason": error.message},
-    )
-    return Transition(waiting, (), (entry,), frozenset())
-
-
-def retry_compensation(saga: SagaRecord, now: datetime) -> Transition | Ignored:
-    """Operator: resume a saga stopped in COMPENSATION_FAILED at the compensation that failed."""
-    if saga.state is not SagaState.COMPENSATION_FAILED:
-        return Ignored(f"saga is {saga.state.value}: only a saga in compensation_failed is retried")
-    step = _failed_compensation(saga)
-    if step is None:
-        return Ignored("no failed compensation to retry")
-    resumed = replace(
-        saga, state=SagaState.COMPENSATING, finished_at=None, error=_original_error(saga)
-    )
-    entry = HistoryEntry(
-        "compensation_retried", SagaState.COMPENSATION_FAILED, SagaState.COMPENSATING, step.name
-    )
-    return dispatch_compensation(resumed, step, now, (entry,), frozenset())
-
-
-def mark_compensated(
-    saga: SagaRecord, step_name: str, reason: str, now: datetime
-) -> Transition | Ignored:
-    """Operator: the failed compensation was done by hand; carry on with the steps before it."""
-    if saga.state is not SagaState.COMPENSATION_FAILED:
-        return Ignored(
-            f"saga is {saga.state.value}: only a saga in compensation_failed has a step to mark"
-        )
-    step = _failed_compensation(saga)
-    if step is None or step.name != step_name:
-        expected = repr(step.name) if step else "none"
-        return Ignored(
-            f"step {step_name!r} has no failed compensation (the failed one: {expected})"
-        )
-    step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
-    resumed = replace(
-        with_step(saga, step),
-        state=SagaState.COMPENSATING,
-        finished_at=None,
-        updated_at=now,
-        error=_original_error(saga),
-    )
-    entry = HistoryEntry(
-        "step_compensated_manually",
-        SagaState.COMPENSATION_FAILED,
-        SagaState.COMPENSATING,
-        step.name,
-        {"reason": reason},
-    )
-    return compensate_from(resumed, step.position - 1, now, (entry,), frozenset({step.position}))
-
-
-def forward_only(saga: SagaRecord) -> str | None:
-    """Why the saga can no longer be undone (past its pivot or into its retriable steps)."""
-    for step in saga.steps:
-        if step.pivot and step.status is StepStatus.COMPLETED:
-            return f"past its pivot step {step.name!r}: it can only go forward"
-        if step.pivot and step.status in (StepStatus.EXECUTING, StepStatus.VERIFYING):
-            return (
-                f"its pivot step {step.name!r} is in flight: once it succeeds the saga can "
-                "only go forward"
-            )
-        if step.retriable and step.status is not StepStatus.PENDING:
-            return f"its retriable step {step.name!r} has started: it can only go forward"
-    return None
-
-
-def _original_error(saga: SagaRecord) -> ErrorInfo | None:
-    """The failure that started compensating (a failed compensation overwrote saga.error)."""
-    return next((s.error for s in saga.steps if s.status is StepStatus.FAILED), saga.error)
-
-
-def _failed_compensation(saga: SagaRecord) -> StepRecord | None:
-    return next((s for s in saga.steps if s.status is StepStatus.COMPENSATION_FAILED), None)
 
 
 def _wrong_reporter(event: Event, expected: str | None) -> Ignored | None:

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sagaflow.core.definitions import Phase
 from sagaflow.core.protocol import SAGA_ID_PATTERN
+from sagaflow.core.vocabulary import OperatorAction, Phase
 
-OPERATOR_ACTIONS = ("retry", "mark_compensated", "cancel", "resolve")
+OPERATOR_ACTIONS = tuple(action.value for action in OperatorAction)
 MAX_NAME_CHARS = 200  # step names and reasons are stored in columns of this size or shown
 MAX_REASON_CHARS = 10_000
 MAX_TASK_ID_CHARS = 255
@@ -54,7 +54,7 @@ class OutcomeMessage:
 
 @dataclass(frozen=True)
 class OperatorMessage:
-    action: str
+    action: OperatorAction
     saga_id: str
     step: str | None
     reason: str | None
@@ -169,7 +169,9 @@ def parse_operator(args: Sequence[Any], kwargs: Mapping[str, Any]) -> OperatorMe
     if problem is not None:
         return Malformed(f"malformed operator action: {problem}", plain_saga_id(saga_id))
     assert isinstance(action, str) and isinstance(saga_id, str)
-    return OperatorMessage(action, saga_id, step, reason, applied, bound.get("result"))
+    return OperatorMessage(
+        OperatorAction(action), saga_id, step, reason, applied, bound.get("result")
+    )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ WORKER_LOST_TASK = "sagaflow.worker_lost"
 ERRBACK_TASK = "sagaflow.errback"
 
 MAX_TRACEBACK_CHARS = 8000
+MAX_DETAILS_CHARS = 16_000  # of an error's details, as JSON: they travel in every report
 # Deeper saga input is refused: kombu's JSON decoder, and PostgreSQL's, recurse per level.
 MAX_INPUT_DEPTH = 64
 # Saga ids appear in task ids, routing keys and Flower searches: keep them plain.
@@ -73,7 +74,8 @@ def _encodes(text: str) -> bool:
 def error_payload(
     exc: BaseException, traceback: Any = None, task_id: str | None = None
 ) -> dict[str, Any]:
-    """A failure as JSON: type, message and (truncated) traceback."""
+    """A failure as JSON: type (the class name, and `module.QualName` as qualified_type),
+    message, (truncated) traceback, and the exception's `details` when it has some (JSON)."""
     if isinstance(traceback, str):
         text = traceback
     elif traceback is not None:
@@ -84,10 +86,23 @@ def error_payload(
         "type": type(exc).__name__,
         "message": str(exc)[:4000],
         "traceback": text[-MAX_TRACEBACK_CHARS:] if text else None,
+        "qualified_type": qualified_name(type(exc)),
     }
     if task_id:
         payload["task_id"] = task_id
+    details = getattr(exc, "details", None)
+    if details is not None:
+        details = strict_json(details)
+        size = len(json.dumps(details))
+        if size > MAX_DETAILS_CHARS:
+            details = f"<omitted: {size} characters of JSON, over {MAX_DETAILS_CHARS}>"
+        payload["details"] = details
     return payload
+
+
+def qualified_name(cls: type) -> str:
+    """`module.QualName` of a class: what names it precisely (`Retry.on`, ErrorInfo)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def display_repr(value: Any, limit: int = 1024) -> str:

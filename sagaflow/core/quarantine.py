@@ -2,7 +2,8 @@
 
 A record is built where the message was refused (any sagaflow worker's consumer, or an
 orchestrator task that checked its arguments), travels to the orchestrator as JSON, and is kept
-in the saga store until an operator drops or replays it (`sagaflow quarantine`). No I/O here.
+in the saga store until an operator drops or replays it (`sagaflow quarantine`). No I/O here,
+and no kombu: a record of a task's own message is built in sagaflow.messaging.quarantine_records.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-
-from kombu.utils import json as kombu_json
 
 from sagaflow.core.protocol import strict_json
 
@@ -161,45 +160,3 @@ def _text(data: Mapping[str, Any], key: str, required: bool = False) -> str | No
         return value
     cleaned: str = strict_json(value)
     return cleaned[: MAX_DETAIL_CHARS if key == "detail" else 1000]
-
-
-def task_message_record(request: Any, args: Any, kwargs: Any, why: Any) -> QuarantinedMessage:
-    """A record of the message a task is running (its Celery request), rebuilt as Celery's
-    protocol 2 would carry it, so that a replay delivers the same call."""
-    embed = {
-        "callbacks": getattr(request, "callbacks", None),
-        "errbacks": getattr(request, "errbacks", None),
-        "chain": getattr(request, "chain", None),
-        "chord": getattr(request, "chord", None),
-    }
-    # kombu's JSON, as the message was written with: it round-trips what kombu decoded
-    # (datetimes, decimals), and NULs or lone surrogates stay escaped, byte for byte replayable.
-    body = kombu_json.dumps([list(args), dict(kwargs), embed]).encode()  # type: ignore[no-untyped-call]
-    headers = clean_headers(
-        {
-            "lang": "py",
-            "task": getattr(request, "task", None),
-            "id": getattr(request, "id", None),
-            "root_id": getattr(request, "root_id", None),
-            "parent_id": getattr(request, "parent_id", None),
-            "retries": getattr(request, "retries", 0) or 0,
-        }
-    )
-    delivery = getattr(request, "delivery_info", None) or {}
-    queue = delivery.get("routing_key") if isinstance(delivery, Mapping) else None
-    return QuarantinedMessage(
-        id=record_id_for(queue, headers, body),
-        reason=QuarantineReason.BAD_ARGUMENTS,
-        detail=str(getattr(why, "reason", why))[:MAX_DETAIL_CHARS],
-        queue=queue,
-        task=headers.get("task"),
-        task_id=headers.get("id"),
-        saga_id=getattr(why, "saga_id", None),
-        hostname=getattr(request, "hostname", None),
-        received_at=datetime.now(timezone.utc),
-        content_type="application/json",
-        content_encoding="utf-8",
-        headers=headers,
-        body=body,
-        body_size=len(body),
-    )

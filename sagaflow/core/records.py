@@ -10,46 +10,69 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sagaflow.core.definitions import Phase, SagaState, Step, StepStatus
+from sagaflow.core.definitions import Step
+from sagaflow.core.vocabulary import (
+    ErrorType,
+    HistoryEvent,
+    OnTimeout,
+    Phase,
+    SagaOutcome,
+    SagaState,
+    StepStatus,
+)
 
 JSON = Any
 
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """A failure as data: it travels as JSON between processes and is stored as such."""
+    """A failure as data: it travels as JSON between processes and is stored as such.
+
+    `type` is the exception's class name (or an ErrorType sagaflow records itself);
+    `qualified_type` its `module.QualName`, and `details` what it carried as `details` (JSON),
+    when a service raised it. Payloads without them (older services) read back as None.
+    """
 
     type: str
     message: str
     traceback: str | None = None
     task_id: str | None = None
     non_retryable: bool = False  # raised as sagaflow.NonRetryable: retrying cannot help
+    qualified_type: str | None = None
+    details: JSON = None
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"type": self.type, "message": self.message}
+        data: dict[str, Any] = {"type": str(self.type), "message": self.message}
         if self.traceback:
             data["traceback"] = self.traceback
         if self.task_id:
             data["task_id"] = self.task_id
         if self.non_retryable:
             data["non_retryable"] = True
+        if self.qualified_type:
+            data["qualified_type"] = self.qualified_type
+        if self.details is not None:
+            data["details"] = self.details
         return data
 
     @classmethod
     def from_json(cls, data: object) -> ErrorInfo:
         if not isinstance(data, dict):
-            return cls(type="Unknown", message=str(data))
+            return cls(type=ErrorType.UNKNOWN, message=str(data))
+        qualified = data.get("qualified_type")
         return cls(
-            type=str(data.get("type") or "Unknown"),
+            type=str(data.get("type") or ErrorType.UNKNOWN),
             message=str(data.get("message") or ""),
             # to_json leaves empty ones out: read them back as None, whatever the sender wrote.
             traceback=data.get("traceback") or None,
             task_id=data.get("task_id") or None,
             non_retryable=data.get("non_retryable") is True,
+            qualified_type=qualified if isinstance(qualified, str) and qualified else None,
+            details=data.get("details"),
         )
 
     def __str__(self) -> str:
-        return f"{self.type}: {self.message}" if self.message else self.type
+        return f"{self.type}: {self.message}" if self.message else str(self.type)
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,7 @@ class StepRecord:
     retry: dict[str, Any] | None = None  # Retry.to_json() of the action's policy
     compensation_retry: dict[str, Any] | None = None
     timeout: float | None = None
-    on_timeout: str | None = None
+    on_timeout: OnTimeout | None = None
     pivot: bool = False
     retriable: bool = False
     verify: str | None = None  # the task asked whether an action that timed out took effect
@@ -100,7 +123,7 @@ class StepRecord:
             if step.compensation_retry
             else None,
             timeout=step.timeout,
-            on_timeout=step.on_timeout,
+            on_timeout=OnTimeout(step.on_timeout) if step.on_timeout else None,
             pivot=step.pivot,
             retriable=step.retriable,
             verify=step.verify,
@@ -178,7 +201,7 @@ Command = DispatchTask | PublishEvent
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    event: str
+    event: HistoryEvent
     from_state: SagaState | None
     to_state: SagaState
     step: str | None = None
@@ -223,7 +246,7 @@ def idempotency_key(saga_id: str, step_name: str, phase: Phase) -> str:
     return f"{saga_id}:{step_name}{suffix}"
 
 
-def event_name(saga_type: str, outcome: str) -> str:
+def event_name(saga_type: str, outcome: SagaOutcome) -> str:
     """`order` -> `OrderCompleted`; `ship-parcel.v2` -> `ShipParcelV2Completed`."""
     parts = [p for p in re.split(r"[^A-Za-z0-9]+", saga_type) if p]
     camel = "".join(p[:1].upper() + p[1:] for p in parts)

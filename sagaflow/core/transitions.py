@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sagaflow.core.definitions import Phase, SagaState, StepStatus
 from sagaflow.core.records import (
     JSON,
     DispatchTask,
@@ -22,6 +21,14 @@ from sagaflow.core.records import (
     event_name,
     idempotency_key,
     task_id_for,
+)
+from sagaflow.core.vocabulary import (
+    ErrorType,
+    HistoryEvent,
+    Phase,
+    SagaOutcome,
+    SagaState,
+    StepStatus,
 )
 
 # A retriable step that failed is sent again after a delay kept in the store (the recovery
@@ -103,7 +110,7 @@ def dispatch_action(
         context=step_context(saga, step, Phase.ACTION),
     )
     entry = HistoryEntry(
-        "step_dispatched",
+        HistoryEvent.STEP_DISPATCHED,
         saga.state,
         saga.state,
         step.name,
@@ -121,14 +128,16 @@ def action_succeeded(
 ) -> Transition:
     step = replace(step, status=StepStatus.COMPLETED, result=result, finished_at=now)
     saga = replace(with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_completed", saga.state, saga.state, step.name, tries_detail(tries))
+    entry = HistoryEntry(
+        HistoryEvent.STEP_COMPLETED, saga.state, saga.state, step.name, tries_detail(tries)
+    )
     if step.pivot:
         entry = replace(entry, detail={**(entry.detail or {}), "pivot": True})
     if saga.cancel_requested_at is not None:
         # The step the cancel waited for is done: undo it and everything before it.
         compensating = replace(saga, state=SagaState.COMPENSATING)
         started = HistoryEntry(
-            "compensation_started",
+            HistoryEvent.COMPENSATION_STARTED,
             SagaState.PENDING,
             SagaState.COMPENSATING,
             step.name,
@@ -141,8 +150,8 @@ def action_succeeded(
     if following < len(saga.steps):
         return dispatch_action(saga, following, now, (entry,), frozenset({step.position}))
     done = replace(saga, state=SagaState.COMPLETED, current_step=None, finished_at=now)
-    finished = HistoryEntry("saga_completed", SagaState.PENDING, SagaState.COMPLETED)
-    publish = PublishEvent(event_name(saga.saga_type, "Completed"), event_payload(done))
+    finished = HistoryEntry(HistoryEvent.SAGA_COMPLETED, SagaState.PENDING, SagaState.COMPLETED)
+    publish = PublishEvent(event_name(saga.saga_type, SagaOutcome.COMPLETED), event_payload(done))
     return Transition(done, (publish,), (entry, finished), frozenset({step.position}))
 
 
@@ -165,13 +174,15 @@ def action_failed(
     )
     history = (
         HistoryEntry(
-            "step_failed",
+            HistoryEvent.STEP_FAILED,
             SagaState.PENDING,
             SagaState.PENDING,
             step.name,
             {"error": error.to_json(), **(tries_detail(tries) or {})},
         ),
-        HistoryEntry("compensation_started", SagaState.PENDING, SagaState.COMPENSATING, step.name),
+        HistoryEntry(
+            HistoryEvent.COMPENSATION_STARTED, SagaState.PENDING, SagaState.COMPENSATING, step.name
+        ),
     )
     start = step.position if step.compensate_on_failure else step.position - 1
     return compensate_from(saga, start, now, history, frozenset(changed))
@@ -183,7 +194,7 @@ def retriable_failed(
     """A retriable step is never compensated: it is sent again after a delay, unless its
     error says retrying cannot help; then an operator decides."""
     failed = HistoryEntry(
-        "step_failed",
+        HistoryEvent.STEP_FAILED,
         saga.state,
         saga.state,
         step.name,
@@ -200,7 +211,7 @@ def retriable_failed(
     )
     saga = replace(with_step(saga, step), updated_at=now)
     scheduled = HistoryEntry(
-        "step_retry_scheduled",
+        HistoryEvent.STEP_RETRY_SCHEDULED,
         saga.state,
         saga.state,
         step.name,
@@ -240,7 +251,7 @@ def dispatch_verify(
         context=step_context(saga, step, Phase.VERIFY),
     )
     entry = HistoryEntry(
-        "verify_dispatched",
+        HistoryEvent.VERIFY_DISPATCHED,
         saga.state,
         saga.state,
         step.name,
@@ -265,7 +276,7 @@ def resume(
     elif step.retriable:
         outcome = dispatch_action(saga, step.position, now, (), frozenset())
     else:
-        error = step.error or ErrorInfo("NotApplied", "the step did not take effect")
+        error = step.error or ErrorInfo(ErrorType.NOT_APPLIED, "the step did not take effect")
         undone = replace(step, compensate_on_failure=False)
         outcome = action_failed(with_step(saga, undone), undone, error, now)
     return replace(outcome, history=(*history, *outcome.history))
@@ -290,9 +301,11 @@ def escalate(
         finished_at=now,
     )
     entry = HistoryEntry(
-        "saga_escalated", saga.state, SagaState.ESCALATED, step.name, {"reason": reason}
+        HistoryEvent.SAGA_ESCALATED, saga.state, SagaState.ESCALATED, step.name, {"reason": reason}
     )
-    publish = PublishEvent(event_name(saga.saga_type, "Escalated"), event_payload(stopped))
+    publish = PublishEvent(
+        event_name(saga.saga_type, SagaOutcome.ESCALATED), event_payload(stopped)
+    )
     return Transition(stopped, (publish,), (*history, entry), frozenset({step.position}))
 
 
@@ -304,11 +317,8 @@ def needs_compensation(step: StepRecord) -> bool:
     return step.status is StepStatus.FAILED and step.compensate_on_failure
 
 
-DEADLINE_EXCEEDED = "DeadlineExceeded"
-
-
 def deadline_exceeded(saga: SagaRecord) -> bool:
-    return saga.error is not None and saga.error.type == DEADLINE_EXCEEDED
+    return saga.error is not None and saga.error.type == ErrorType.DEADLINE_EXCEEDED
 
 
 def compensate_from(
@@ -327,8 +337,9 @@ def compensate_from(
     cancelled = saga.cancel_requested_at is not None and not deadline_exceeded(saga)
     final = SagaState.CANCELLED if cancelled else SagaState.FAILED
     failed = replace(saga, state=final, current_step=None, updated_at=now, finished_at=now)
-    entry = HistoryEntry(f"saga_{final.value}", SagaState.COMPENSATING, final)
-    outcome = "Cancelled" if cancelled else "Failed"
+    event = HistoryEvent.SAGA_CANCELLED if cancelled else HistoryEvent.SAGA_FAILED
+    entry = HistoryEntry(event, SagaState.COMPENSATING, final)
+    outcome = SagaOutcome.CANCELLED if cancelled else SagaOutcome.FAILED
     publish = PublishEvent(event_name(saga.saga_type, outcome), event_payload(failed))
     return Transition(failed, (publish,), (*history, entry), changed)
 
@@ -362,7 +373,7 @@ def dispatch_compensation(
         context=step_context(updated, step, Phase.COMPENSATION),
     )
     entry = HistoryEntry(
-        "compensation_dispatched",
+        HistoryEvent.COMPENSATION_DISPATCHED,
         saga.state,
         saga.state,
         step.name,
@@ -381,7 +392,9 @@ def compensation_succeeded(
 ) -> Transition:
     step = replace(step, status=StepStatus.COMPENSATED, compensated_at=now)
     saga = replace(with_step(saga, step), updated_at=now)
-    entry = HistoryEntry("step_compensated", saga.state, saga.state, step.name, tries_detail(tries))
+    entry = HistoryEntry(
+        HistoryEvent.STEP_COMPENSATED, saga.state, saga.state, step.name, tries_detail(tries)
+    )
     return compensate_from(saga, step.position - 1, now, (entry,), frozenset({step.position}))
 
 
@@ -397,13 +410,15 @@ def compensation_failed(
         finished_at=now,
     )
     entry = HistoryEntry(
-        "compensation_failed",
+        HistoryEvent.COMPENSATION_FAILED,
         SagaState.COMPENSATING,
         SagaState.COMPENSATION_FAILED,
         step.name,
         {"error": error.to_json(), **(tries_detail(tries) or {})},
     )
-    publish = PublishEvent(event_name(saga.saga_type, "CompensationFailed"), event_payload(saga))
+    publish = PublishEvent(
+        event_name(saga.saga_type, SagaOutcome.COMPENSATION_FAILED), event_payload(saga)
+    )
     return Transition(saga, (publish,), (entry,), frozenset({step.position}))
 
 

@@ -18,11 +18,7 @@ from typing import IO, Any
 
 from celery import Celery
 
-from sagaflow.errors import SagaflowError
-
-
-class WorkerStartError(SagaflowError):
-    """A worker process did not come up; the message carries the end of its log."""
+from sagaflow.errors import WorkerStartError
 
 
 @dataclass

@@ -35,9 +35,14 @@ from sagaflow.devstack.processes import (
     WorkerGroup,
     WorkerProcess,
     WorkerSpec,
+)
+from sagaflow.errors import (
+    ConfigurationError,
+    SagaflowError,
+    StackStopRequested,
+    StoreUnavailable,
     WorkerStartError,
 )
-from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.messaging.app import create_app
 from sagaflow.store.factory import embedded, open_store
 from sagaflow.terminal import driver_message
@@ -83,10 +88,6 @@ class StackOptions:
     dashboard_port: int = DASHBOARD_PORT
     stop_timeout: float = 15.0
     ready_timeout: float = 90.0
-
-
-class _StopRequested(Exception):
-    """SIGINT or SIGTERM arrived."""
 
 
 def run_stack(
@@ -181,7 +182,7 @@ def _run_processes(
                 dead = _watch(group)
             _report_death(dead, console, hidden)
             code = 1
-        except _StopRequested as stop:
+        except StackStopRequested as stop:
             console.print(f"{stop}: stopping…", highlight=False)
         except WorkerStartError as exc:  # printed whole: the end of the log says why
             console.print("[bold red]stack not started:[/]")
@@ -387,7 +388,7 @@ def _celery(*args: str) -> list[str]:
 
 
 class _Signals:
-    """SIGINT and SIGTERM, noted whenever they come but raised as _StopRequested only inside
+    """SIGINT and SIGTERM, noted whenever they come but raised as StackStopRequested only inside
     `interruptible()` (waiting), never in the middle of starting a process, printing or
     stopping."""
 
@@ -400,12 +401,12 @@ class _Signals:
         self.received = signal.Signals(signum).name
         if self._raise:
             self._raise = False
-            raise _StopRequested(self.received)
+            raise StackStopRequested(self.received)
 
     @contextmanager
     def interruptible(self) -> Iterator[None]:
         if self.received:
-            raise _StopRequested(self.received)
+            raise StackStopRequested(self.received)
         self._raise = True
         try:
             yield

@@ -59,6 +59,7 @@ from sagaflow.core.protocol import (
 )
 from sagaflow.core.quarantine import QuarantinedMessage
 from sagaflow.core.records import parse_task_id
+from sagaflow.core.vocabulary import HistoryEvent, OperatorAction
 from sagaflow.engine.ports import Dispatcher, EventPublisher, Quarantine
 from sagaflow.errors import (
     ConcurrencyConflict,
@@ -159,7 +160,7 @@ class Orchestrator:
         transition = begin(saga, now)
         # One insert records the saga already running its first step; a saga id the store
         # already has (a redelivered or duplicated start) is refused by it, so nothing is sent.
-        recorded = HistoryEntry("saga_recorded", None, saga.state)
+        recorded = HistoryEntry(HistoryEvent.SAGA_RECORDED, None, saga.state)
         if not self.store.create(transition.saga, [recorded, *transition.history]):
             logger.info("saga %s already recorded: duplicate start ignored", saga_id)
             return saga_id
@@ -213,7 +214,11 @@ class Orchestrator:
                 deadline_at=None,
             )
             entry = HistoryEntry(
-                "saga_rejected", request.state, rejected.state, None, {"error": error.to_json()}
+                HistoryEvent.SAGA_REJECTED,
+                request.state,
+                rejected.state,
+                None,
+                {"error": error.to_json()},
             )
             return Transition(rejected, history=(entry,))
         # The deadline counts from the request: the moment the producer was told the id.
@@ -226,7 +231,7 @@ class Orchestrator:
         )
         transition = begin(saga, now)
         detail: dict[str, Any] | None = {"by": started_by} if started_by != "start" else None
-        recorded = HistoryEntry("saga_recorded", request.state, saga.state, None, detail)
+        recorded = HistoryEntry(HistoryEvent.SAGA_RECORDED, request.state, saga.state, None, detail)
         return replace(transition, history=(recorded, *transition.history))
 
     def _after_promote(self, saga_id: str, decision: Decision) -> bool:
@@ -263,7 +268,7 @@ class Orchestrator:
         """A start of the wrong shape: a rejected saga if it names a new, plain saga id (as every
         other bad start), else a quarantined message."""
         if why.saga_id is not None:
-            error = ErrorInfo(type="InvalidSagaInput", message=why.reason)
+            error = ErrorInfo(type=InvalidSagaInput.__name__, message=why.reason)
             if self._record_rejected(why.saga_id, "<malformed start>", {}, error, utcnow()):
                 return
         self.refuse(record)
@@ -273,7 +278,9 @@ class Orchestrator:
     ) -> bool:
         """Store a saga rejected before it started; False if its id is already recorded."""
         saga = rejected_saga(saga_id, saga_type, data, error, now)
-        entry = HistoryEntry("saga_rejected", None, saga.state, None, {"error": error.to_json()})
+        entry = HistoryEntry(
+            HistoryEvent.SAGA_REJECTED, None, saga.state, None, {"error": error.to_json()}
+        )
         if not self.store.create(saga, [entry]):
             return False
         logger.warning("saga %s rejected: %s", saga_id, error)
@@ -341,7 +348,7 @@ class Orchestrator:
 
     def operate(
         self,
-        action: str,
+        action: OperatorAction,
         saga_id: str,
         step: str | None,
         reason: str | None,
@@ -353,13 +360,13 @@ class Orchestrator:
         now = utcnow()
 
         def decide(saga: SagaRecord) -> Transition | Ignored:
-            if action == "retry":
+            if action is OperatorAction.RETRY:
                 return retry_compensation(saga, now)
-            if action == "mark_compensated":
+            if action is OperatorAction.MARK_COMPENSATED:
                 return mark_compensated(saga, step or "", reason or "", now)
-            if action == "cancel":
+            if action is OperatorAction.CANCEL:
                 return cancel(saga, reason or "", now)
-            if action == "resolve":
+            if action is OperatorAction.RESOLVE:
                 if not isinstance(applied, bool):
                     return Ignored("resolve needs applied: true or false")
                 return resolve(saga, step or "", applied, reason or "", now, strict_json(result))

@@ -28,9 +28,11 @@ from sagaflow.core.protocol import (
     WORKER_LOST_TASK,
     strict_json,
 )
-from sagaflow.core.quarantine import QUARANTINE_TASK, QuarantinedMessage, task_message_record
+from sagaflow.core.quarantine import QUARANTINE_TASK, QuarantinedMessage
+from sagaflow.core.vocabulary import ErrorType
 from sagaflow.engine.orchestrator import Orchestrator
 from sagaflow.errors import ConcurrencyConflict, StoreUnavailable
+from sagaflow.messaging.quarantine_records import task_message_record
 from sagaflow.service.tasks import install_service_support
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def _event_from(message: OutcomeMessage, succeeded: bool, parent_id: Any = None)
             parent_id if isinstance(parent_id, str) else None,
             message.tries,
         )
-    error = message.error or {"type": "UnknownError", "message": ""}
+    error = message.error or {"type": ErrorType.UNKNOWN_ERROR.value, "message": ""}
     info = ErrorInfo.from_json(strict_json(error))
     return StepFailed(message.position, message.phase, message.attempt, info, message.tries)
 

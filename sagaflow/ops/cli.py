@@ -153,7 +153,7 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
         step = saga.steps[saga.current_step]
         started = (
             step.compensation_started_at
-            if saga.state.value == "compensating"
+            if saga.state is SagaState.COMPENSATING
             else (step.started_at)
         )
         console.print(

@@ -27,6 +27,7 @@ from rich.markup import escape
 from sagaflow.client.saga_client import BrokerUnavailable
 from sagaflow.config import Settings
 from sagaflow.core.protocol import MAX_INPUT_DEPTH, input_problem
+from sagaflow.errors import BadInput as BadInput
 from sagaflow.errors import (
     QuarantinedMessageNotFound,
     SagaflowError,
@@ -70,10 +71,6 @@ class Seconds(click.types.FloatParamType):
 
 
 SECONDS = Seconds()
-
-
-class BadInput(ValueError):
-    """Text given on the command line (or in a file) that is not acceptable JSON."""
 
 
 @dataclass(frozen=True)

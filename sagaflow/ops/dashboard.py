@@ -38,17 +38,18 @@ from sagaflow.ops.quarantine_metrics import QuarantineMetrics
 DEFAULT_PORT = 8650
 MAX_REFRESH_SECONDS = 86400
 
+# Keyed by state; a SagaState is its value, so the templates look states up by their text.
 STATE_CLASS = {
-    "requested": "running",
-    "started": "running",
-    "pending": "running",
-    "compensating": "warn",
-    "completed": "ok",
-    "failed": "bad",
-    "compensation_failed": "alarm",
-    "rejected": "muted",
-    "cancelled": "warn",
-    "escalated": "alarm",
+    SagaState.REQUESTED: "running",
+    SagaState.STARTED: "running",
+    SagaState.PENDING: "running",
+    SagaState.COMPENSATING: "warn",
+    SagaState.COMPLETED: "ok",
+    SagaState.FAILED: "bad",
+    SagaState.COMPENSATION_FAILED: "alarm",
+    SagaState.REJECTED: "muted",
+    SagaState.CANCELLED: "warn",
+    SagaState.ESCALATED: "alarm",
 }
 
 

@@ -12,8 +12,10 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 
 from sagaflow.core.definitions import SagaState
+from sagaflow.core.vocabulary import OperatorAction
+from sagaflow.errors import BadQuery
 from sagaflow.ops import render
-from sagaflow.ops.dashboard_http import BadQuery, Dashboard, id_prefix_arg, list_filters
+from sagaflow.ops.dashboard_http import Dashboard, id_prefix_arg, list_filters
 from sagaflow.ops.dashboard_openapi import openapi_document
 
 # The query arguments each API route takes; the others take none. Anything else is refused
@@ -76,7 +78,8 @@ def require_actions(dashboard: Dashboard) -> None:
 
 
 def operate(dashboard: Dashboard, saga_id: str, action: str) -> str:
-    if action == "cancel":
+    """`action` from the route: cancel or retry."""
+    if OperatorAction(action) is OperatorAction.CANCEL:
         dashboard.client.cancel(saga_id, reason="cancelled from the dashboard")
         return "cancel requested"
     dashboard.client.retry(saga_id)

@@ -18,13 +18,14 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request
 from prometheus_client import CollectorRegistry
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import HTTPException
 
 from sagaflow.client.saga_client import BrokerUnavailable, InvalidOperation, SagaClient
 from sagaflow.client.validation import MAX_SAGA_TYPE_LENGTH, parse_since
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.protocol import SAGA_ID_PATTERN
 from sagaflow.errors import (
+    BadQuery,
     InvalidSagaInput,
     QuarantinedMessageNotFound,
     SagaflowError,
@@ -47,14 +48,11 @@ ERROR_STATUS: dict[type[SagaflowError], int] = {
     SagaNotFound: 404,
     QuarantinedMessageNotFound: 404,
     InvalidSagaInput: 400,
+    BadQuery: 400,
     InvalidOperation: 409,
     StoreUnavailable: 503,
     BrokerUnavailable: 503,
 }
-
-
-class BadQuery(BadRequest):
-    """A filter or paging argument that cannot be used: answered with 400 and the reason."""
 
 
 @dataclass(frozen=True)

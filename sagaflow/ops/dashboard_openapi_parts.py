@@ -95,6 +95,8 @@ SCHEMAS: dict[str, Any] = {
             "traceback": _TEXT,
             "task_id": _TEXT,
             "non_retryable": {"type": "boolean"},
+            "qualified_type": {**_TEXT, "description": "module.QualName of the exception"},
+            "details": {"description": "what the exception carried as details (any JSON)"},
         },
         "required": ["type", "message"],
         "additionalProperties": False,

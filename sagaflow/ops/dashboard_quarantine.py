@@ -9,9 +9,10 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import NotFound, UnsupportedMediaType
 
 from sagaflow.core.quarantine import QuarantinedMessage, QuarantineReason
+from sagaflow.errors import BadQuery
 from sagaflow.ops import render
 from sagaflow.ops.dashboard_api import require_actions
-from sagaflow.ops.dashboard_http import MAX_OFFSET, BadQuery, Dashboard, int_arg
+from sagaflow.ops.dashboard_http import MAX_OFFSET, Dashboard, int_arg
 from sagaflow.ops.quarantine_admin import QuarantineAdmin
 
 REASONS = tuple(reason.value for reason in QuarantineReason)

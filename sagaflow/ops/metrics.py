@@ -25,23 +25,21 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sagaflow.core.definitions import SagaState
+from sagaflow.core.vocabulary import HistoryEvent, Phase, SagaState
 from sagaflow.errors import StoreUnavailable
 from sagaflow.store.protocol import SagaStore, utcnow
 from sagaflow.store.stats import HistoryFact, StoreStats
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
-# History events that end a phase of a step: (phase, outcome).
-_STEP_OUTCOMES = {
-    "step_completed": ("action", "succeeded"),
-    "step_failed": ("action", "failed"),
-    "step_compensated": ("compensation", "succeeded"),
-    "compensation_failed": ("compensation", "failed"),
+# History events that end a phase of a step: (phase, outcome). Keyed by str: a row's event.
+_STEP_OUTCOMES: dict[str, tuple[Phase, str]] = {
+    HistoryEvent.STEP_COMPLETED: (Phase.ACTION, "succeeded"),
+    HistoryEvent.STEP_FAILED: (Phase.ACTION, "failed"),
+    HistoryEvent.STEP_COMPENSATED: (Phase.COMPENSATION, "succeeded"),
+    HistoryEvent.COMPENSATION_FAILED: (Phase.COMPENSATION, "failed"),
 }
-NEEDS_OPERATOR = tuple(
-    s for s in SagaState if s.value in ("compensation_failed", "escalated", "needs_operator")
-)
+NEEDS_OPERATOR = tuple(s for s in SagaState if s.needs_operator)
 
 
 def _is_terminal(state: str) -> bool:
@@ -102,8 +100,8 @@ class SagaMetrics(Collector):
                     return
 
     def _count(self, fact: HistoryFact) -> None:
-        if fact.event == "outcome_ignored":  # a note on the saga, not a change of its state
-            return
+        if fact.event == HistoryEvent.OUTCOME_IGNORED:
+            return  # a note on the saga, not a change of its state
         if fact.from_state is None:  # the row that recorded the saga (requested or rejected)
             self._started[fact.saga_type] = self._started.get(fact.saga_type, 0) + 1
         if fact.from_state != fact.to_state and _is_terminal(fact.to_state):
@@ -113,10 +111,10 @@ class SagaMetrics(Collector):
         if outcome is None or fact.step is None:
             return
         phase, result = outcome
-        began = fact.step_started_at if phase == "action" else fact.compensation_started_at
+        began = fact.step_started_at if phase is Phase.ACTION else fact.compensation_started_at
         if began is None or began > fact.at:  # the step was dispatched again since
             return
-        key4 = (fact.saga_type, fact.step, phase, result)
+        key4 = (fact.saga_type, fact.step, phase.value, result)
         self._durations.setdefault(key4, _Histogram()).observe((fact.at - began).total_seconds())
 
     def collect(self) -> Iterator[Metric]:

@@ -30,7 +30,7 @@ def step_json(step: StepRecord) -> dict[str, Any]:
         "pivot": step.pivot,
         "retriable": step.retriable,
         "timeout": step.timeout,
-        "on_timeout": step.on_timeout,
+        "on_timeout": step.on_timeout.value if step.on_timeout else None,
         "verify": step.verify,
         "verify_attempts": step.verify_attempts,
         "verify_task_id": step.verify_task_id,

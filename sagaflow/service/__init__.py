@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sagaflow.errors import NonRetryable
 from sagaflow.service.tasks import (
-    NonRetryable,
     SagaStepTask,
     create_service_app,
     install_service_support,

@@ -27,9 +27,11 @@ from sagaflow.core.protocol import (
     error_payload,
     strict_json,
 )
-from sagaflow.core.quarantine import task_message_record
+from sagaflow.core.vocabulary import ErrorType
+from sagaflow.errors import NonRetryable as NonRetryable
 from sagaflow.messaging.app import create_app
 from sagaflow.messaging.liveness import install_beacon
+from sagaflow.messaging.quarantine_records import task_message_record
 from sagaflow.messaging.screening import (
     MessageScreen,
     UnknownTaskReporter,
@@ -40,10 +42,6 @@ from sagaflow.messaging.screening import (
 logger = logging.getLogger(__name__)
 
 _OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
-
-
-class NonRetryable(Exception):
-    """Raise (or subclass) it in a step to fail at once, whatever the step's retry policy."""
 
 
 class SagaStepTask(Task):  # type: ignore[misc]
@@ -89,7 +87,7 @@ def _retry_delay(args: tuple[Any, ...], exc: Exception, retries: int) -> float |
     if policy is None or retries + 1 >= policy.max_attempts:
         return None
     # `on` names classes; a subclass counts (ConnectionError covers ConnectionResetError).
-    if policy.on and not {cls.__name__ for cls in type(exc).__mro__} & set(policy.on):
+    if not policy.covers(type(exc)):
         return None
     delay = min(policy.backoff * (2**retries), policy.backoff_max)
     return random.uniform(delay / 2, delay) if policy.jitter else delay
@@ -169,7 +167,7 @@ def _published_failure(
     outcome = {key: getattr(outcome_message, key) for key in _OUTCOME_KEYS}
     outcome["phase"] = outcome_message.phase.value
     error: dict[str, Any] = {
-        "type": "UnknownError",
+        "type": ErrorType.UNKNOWN_ERROR.value,
         "message": (
             f"task {task_id} failed on a worker without sagaflow.service; its error is "
             "not known (install sagaflow's service support on that worker)"
@@ -193,7 +191,11 @@ def _inline_failure(
         if isinstance(exc, NonRetryable):
             error["non_retryable"] = True  # a retriable step escalates, not loops
     else:
-        error = {"type": "UnknownError", "message": repr(exc), "task_id": failed_id}
+        error = {
+            "type": ErrorType.UNKNOWN_ERROR.value,
+            "message": repr(exc),
+            "task_id": failed_id,
+        }
     return outcome, error
 
 
@@ -207,7 +209,7 @@ def _unknown_task_reporter(report: Report) -> UnknownTaskReporter:
         if outcome is None:
             return None
         error: dict[str, Any] = {
-            "type": "NotRegistered",
+            "type": ErrorType.NOT_REGISTERED.value,
             "message": (
                 f"no task named {name!r} is registered on the worker"
                 + (f" consuming queue {queue!r}" if queue else "")

@@ -25,6 +25,7 @@ from sagaflow.core.machine import (
     SagaRecord,
     StepRecord,
 )
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.errors import ConcurrencyConflict
 from sagaflow.store.protocol import (
     IGNORED_IN_HISTORY,
@@ -85,8 +86,12 @@ def _error_info(data: Any) -> ErrorInfo | None:
     return ErrorInfo.from_json(data) if data else None
 
 
-def _enum_value(value: enum.Enum) -> Any:
-    return value.value
+def _enum_value(value: enum.Enum | None) -> Any:
+    return None if value is None else value.value
+
+
+def _enum_reader(kind: Callable[[Any], enum.Enum]) -> Convert:
+    return lambda value: None if value is None else kind(value)
 
 
 def _conversions(hint: Any) -> tuple[Convert | None, Convert | None]:
@@ -99,7 +104,7 @@ def _conversions(hint: Any) -> tuple[Convert | None, Convert | None]:
         return None, bool  # SQLite may hand back 0 and 1
     for member in members:
         if isinstance(member, enum.EnumMeta):
-            return _enum_value, member
+            return _enum_value, _enum_reader(member)
     return None, None
 
 
@@ -180,7 +185,7 @@ def history_row(saga_id: str, at: datetime, entry: HistoryEntry) -> dict[str, An
     return {
         "saga_id": saga_id,
         "at": to_utc(at),
-        "event": entry.event,
+        "event": entry.event.value,
         "from_state": entry.from_state.value if entry.from_state else None,
         "to_state": entry.to_state.value,
         "step": entry.step,
@@ -350,7 +355,7 @@ def ignored_statements(insert: Callable[[sa.Table], Any]) -> IgnoredStatements:
         sa.select(
             saga_id,
             at,
-            sa.literal_column("'outcome_ignored'"),
+            sa.literal_column(f"'{HistoryEvent.OUTCOME_IGNORED.value}'"),
             sa.null(),
             sagas.c.state,
             sa.bindparam("step", type_=sa.String),

@@ -18,6 +18,7 @@ import click
 import pytest
 
 from sagaflow import SagaState, StepStatus
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.ops.cli import cli
 from sagaflow.store.factory import open_store
 from sagaflow.store.migrate import head_revision
@@ -371,16 +372,18 @@ def test_history_json_lists_transitions_in_order(stack: Stack) -> None:
     assert result.returncode == 0, describe(result)
     rows = json_of(result)
     events = [r["event"] for r in rows]
-    assert events[:2] == ["saga_requested", "saga_recorded"]
-    assert events[-1] == "saga_completed"
+    assert events[:2] == [HistoryEvent.SAGA_REQUESTED, HistoryEvent.SAGA_RECORDED]
+    assert events[-1] == HistoryEvent.SAGA_COMPLETED
     assert rows[-1]["to_state"] == "completed"
-    assert [r["step"] for r in rows if r["event"] == "step_completed"] == TRIP
+    assert [r["step"] for r in rows if r["event"] == HistoryEvent.STEP_COMPLETED] == TRIP
     times = [r["at"] for r in rows]
     assert times == sorted(times)
 
     table = sagaflow("history", saga_id, env=stack.env)
     assert table.returncode == 0, describe(table)
-    assert "saga_requested" in table.stdout and "saga_completed" in table.stdout
+    assert (
+        HistoryEvent.SAGA_REQUESTED in table.stdout and HistoryEvent.SAGA_COMPLETED in table.stdout
+    )
 
 
 # -- db ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from sagaflow import SagaState, StepStatus
 from sagaflow.client.saga_client import BrokerUnavailable, SagaClient, validate_input
 from sagaflow.config import Settings
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.errors import InvalidSagaInput, SagaNotFound, SagaTimeout
 from tests.conftest import Stack
 
@@ -165,10 +166,14 @@ def test_get_of_a_finished_saga_returns_its_steps(stack_client: SagaClient) -> N
     rows = stack_client.history(saga_id)
     events = [h.event for h in rows]
     # Recorded by the client, then planned and started by the orchestrator.
-    assert events[:3] == ["saga_requested", "saga_recorded", "saga_started"]
+    assert events[:3] == [
+        HistoryEvent.SAGA_REQUESTED,
+        HistoryEvent.SAGA_RECORDED,
+        HistoryEvent.SAGA_STARTED,
+    ]
     assert (rows[0].from_state, rows[0].to_state) == (None, "requested")
     assert (rows[1].from_state, rows[1].to_state) == ("requested", "started")
-    assert events[-1] == "saga_completed"
+    assert events[-1] == HistoryEvent.SAGA_COMPLETED
     listed = stack_client.list_sagas(saga_type="trip", state="completed", limit=10_000)
     assert saga_id in [s.saga_id for s in listed]
 

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sagaflow import SagaState
 from sagaflow.config import Settings
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.errors import ConfigurationError, SagaNotFound
 from sagaflow.ops.dashboard import create_dashboard
@@ -126,9 +127,9 @@ def test_saga_page_shows_steps_compensations_errors_and_flower_links(
     events = [
         (h["event"], h["step"])
         for h in web.get(f"/api/sagas/{saga_id}/history").json
-        if h["event"] == "step_compensated"
+        if h["event"] == HistoryEvent.STEP_COMPENSATED
     ]
-    assert events == [("step_compensated", "b2"), ("step_compensated", "a1")]
+    assert events == [(HistoryEvent.STEP_COMPENSATED, "b2"), (HistoryEvent.STEP_COMPENSATED, "a1")]
 
 
 def test_bad_requests_get_clear_errors(stack: Stack, web: FlaskClient) -> None:

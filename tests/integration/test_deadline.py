@@ -33,6 +33,7 @@ from sagaflow.core.machine import (
     new_saga,
     pass_deadline,
 )
+from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
@@ -83,7 +84,7 @@ def test_past_its_deadline_a_saga_waits_for_its_step_then_compensates_and_fails(
     stopping = pass_deadline(saga, T0 + timedelta(seconds=61))
     assert isinstance(stopping, Transition)
     assert stopping.commands == () and stopping.saga.state is SagaState.PENDING
-    assert stopping.history[0].event == "deadline_exceeded"
+    assert stopping.history[0].event == HistoryEvent.DEADLINE_EXCEEDED
     assert isinstance(pass_deadline(stopping.saga, T0 + timedelta(seconds=62)), Ignored)
     done = apply(stopping.saga, StepSucceeded(1, Phase.ACTION, 1, {}, "s.1.action.1"), T0)
     assert isinstance(done, Transition)
@@ -96,7 +97,7 @@ def test_past_its_deadline_a_saga_waits_for_its_step_then_compensates_and_fails(
         assert isinstance(undone, Transition)
         saga = undone.saga
     assert saga.state is SagaState.FAILED
-    assert saga.error is not None and saga.error.type == "DeadlineExceeded"
+    assert saga.error is not None and saga.error.type == ErrorType.DEADLINE_EXCEEDED
     (event,) = undone.commands
     assert isinstance(event, PublishEvent) and event.name == "TripFailed"
 
@@ -107,7 +108,7 @@ def test_a_step_failing_after_the_deadline_keeps_the_deadline_as_the_error() -> 
     error = ErrorInfo("Boom", "boom", task_id="s.1.action.1")
     failed = apply(stopping.saga, StepFailed(1, Phase.ACTION, 1, error), T0)
     assert isinstance(failed, Transition)
-    assert failed.saga.error is not None and failed.saga.error.type == "DeadlineExceeded"
+    assert failed.saga.error is not None and failed.saga.error.type == ErrorType.DEADLINE_EXCEEDED
     assert failed.saga.steps[1].error == error
 
 
@@ -117,7 +118,7 @@ def test_a_saga_past_its_pivot_drops_its_deadline_and_goes_on() -> None:
     outcome = pass_deadline(saga, T0 + timedelta(seconds=61))
     assert isinstance(outcome, Transition)
     assert outcome.saga.deadline_at is None and outcome.saga.cancel_requested_at is None
-    assert outcome.history[0].event == "deadline_dropped"
+    assert outcome.history[0].event == HistoryEvent.DEADLINE_DROPPED
     assert "pivot step 'p' is in flight" in str(outcome.history[0].detail)
 
 
@@ -145,8 +146,8 @@ def test_the_definitions_deadline_stops_the_saga_and_its_step_follows_its_timeou
     saga_id = stack.start("hurried", {})
     stack.wait_dispatched(saga_id, 1)  # only this test's sweeps apply the deadline
     saga = sweep_until(stack, saga_id, SagaState.FAILED)
-    assert saga.error is not None and saga.error.type == "DeadlineExceeded"
-    assert saga.steps[1].error is not None and saga.steps[1].error.type == "StepTimeout"
+    assert saga.error is not None and saga.error.type == ErrorType.DEADLINE_EXCEEDED
+    assert saga.steps[1].error is not None and saga.steps[1].error.type == ErrorType.STEP_TIMEOUT
     assert stack.executions(saga_id) == [
         ("a1", "action"),
         ("b2", "compensation"),
@@ -154,7 +155,7 @@ def test_the_definitions_deadline_stops_the_saga_and_its_step_follows_its_timeou
     ]
     assert [e.name for e in stack.store.events(saga_id)] == ["HurriedFailed"]
     events = [h.event for h in stack.store.history(saga_id)]
-    assert events.index("deadline_exceeded") < events.index("compensation_started")
+    assert events.index("deadline_exceeded") < events.index(HistoryEvent.COMPENSATION_STARTED)
 
 
 def test_a_deadline_given_at_start_waits_for_the_step_in_flight(stack: Stack) -> None:
@@ -197,7 +198,7 @@ def test_a_saga_past_its_pivot_finishes_after_its_deadline(stack: Stack) -> None
     )
     saga = sweep_until(stack, saga_id, SagaState.COMPLETED)
     assert saga.deadline_at is None
-    dropped = [h for h in stack.store.history(saga_id) if h.event == "deadline_dropped"]
+    dropped = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.DEADLINE_DROPPED]
     assert dropped and "it can only go forward" in str(dropped[0].detail)
 
 

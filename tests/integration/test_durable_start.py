@@ -28,6 +28,7 @@ from sagaflow import SagaState, StoreUnavailable
 from sagaflow.client.outbox import OutboxDrainer, StartOutbox, StartRequest
 from sagaflow.client.saga_client import BrokerUnavailable, Durability, OutboxUnavailable, SagaClient
 from sagaflow.config import Settings
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.engine.orchestrator import RecoveryReport
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from sagaflow.store.factory import open_store
@@ -78,7 +79,11 @@ def test_start_records_the_request_before_the_saga_runs(stack: Stack) -> None:
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.COMPLETED
     rows = stack.store.history(saga_id)
-    assert [h.event for h in rows[:3]] == ["saga_requested", "saga_recorded", "saga_started"]
+    assert [h.event for h in rows[:3]] == [
+        HistoryEvent.SAGA_REQUESTED,
+        HistoryEvent.SAGA_RECORDED,
+        HistoryEvent.SAGA_STARTED,
+    ]
     assert [(h.from_state, h.to_state) for h in rows[:2]] == [
         (None, "requested"),
         ("requested", "started"),
@@ -110,7 +115,7 @@ def test_a_start_whose_message_is_lost_is_started_by_the_sweep(
     # The deadline counts from the request: the moment the producer was given the id.
     assert saga.deadline_at == request.deadline_at
     assert saga.deadline_at - request.created_at == timedelta(seconds=3600)
-    recorded = [h for h in stack.store.history(saga_id) if h.event == "saga_recorded"]
+    recorded = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.SAGA_RECORDED]
     assert [h.detail for h in recorded] == [{"by": "recovery"}]
 
 
@@ -137,7 +142,7 @@ def test_a_requested_saga_cancelled_before_it_starts_never_runs(
     assert barrier.state is SagaState.COMPLETED
     assert stack.store.get(saga_id).state is SagaState.CANCELLED
     assert stack.executions(saga_id) == []
-    assert events_of(stack, saga_id) == ["saga_requested", "saga_cancelled"]
+    assert events_of(stack, saga_id) == [HistoryEvent.SAGA_REQUESTED, HistoryEvent.SAGA_CANCELLED]
     assert [e.name for e in stack.store.events(saga_id)] == ["TripCancelled"]
 
 
@@ -179,8 +184,8 @@ def test_concurrent_sweeps_start_a_requested_saga_once(
     assert [s for report in reports for s in report.started if s == saga_id] == [saga_id]
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.COMPLETED
-    assert events_of(stack, saga_id).count("saga_recorded") == 1
-    assert events_of(stack, saga_id).count("saga_started") == 1
+    assert events_of(stack, saga_id).count(HistoryEvent.SAGA_RECORDED) == 1
+    assert events_of(stack, saga_id).count(HistoryEvent.SAGA_STARTED) == 1
     assert stack.executions(saga_id) == TRIP_ONCE
 
 
@@ -194,7 +199,7 @@ def test_a_requested_saga_of_an_unknown_type_is_rejected_by_the_sweep(
     assert saga.state is SagaState.REJECTED
     assert saga.error is not None and saga.error.type == "UnknownSagaType"
     assert saga.data == {"x": 1}
-    assert events_of(stack, saga_id) == ["saga_requested", "saga_rejected"]
+    assert events_of(stack, saga_id) == [HistoryEvent.SAGA_REQUESTED, HistoryEvent.SAGA_REJECTED]
 
 
 # -- duplicates and fallbacks ------------------------------------------------------------------
@@ -207,9 +212,9 @@ def test_the_same_id_started_twice_is_one_saga(stack: Stack) -> None:
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.COMPLETED
     events = events_of(stack, saga_id)
-    assert events.count("saga_requested") == 1
-    assert events.count("saga_recorded") == 1
-    assert events.count("saga_started") == 1
+    assert events.count(HistoryEvent.SAGA_REQUESTED) == 1
+    assert events.count(HistoryEvent.SAGA_RECORDED) == 1
+    assert events.count(HistoryEvent.SAGA_STARTED) == 1
     # A third start of the finished saga changes nothing; the sweep finds nothing to start.
     stack.client.start("trip", {"n": 1}, saga_id=saga_id)
     report = orchestrator_of(create_orchestrator_app(stack.settings)).recover(stalled_for=0)
@@ -238,7 +243,7 @@ def test_a_producer_without_the_store_starts_through_the_broker_alone(
     # Recorded by the orchestrator when it took the message, as before durable starts.
     rows = stack.store.history(receipt.saga_id)
     assert (rows[0].event, rows[0].from_state, rows[0].to_state) == (
-        "saga_recorded",
+        HistoryEvent.SAGA_RECORDED,
         None,
         "started",
     )
@@ -418,14 +423,16 @@ def test_a_start_during_a_store_outage_survives_the_loss_of_its_message(
     assert request.state is SagaState.REQUESTED and request.data == {"n": 3}
     assert request.created_at == kept.created_at  # when the producer was given the id
     assert request.deadline_at == kept.created_at + timedelta(seconds=3600)
-    assert requested_history(stack, saga_id) == [("saga_requested", {"via": "outbox"})]
+    assert requested_history(stack, saga_id) == [(HistoryEvent.SAGA_REQUESTED, {"via": "outbox"})]
     # No start message is coming: the recovery sweep starts it from the store.
     sweep_starts(stack, [saga_id])
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.COMPLETED
     assert stack.executions(saga_id) == TRIP_ONCE
     assert saga.deadline_at == request.deadline_at
-    recorded = [h.detail for h in stack.store.history(saga_id) if h.event == "saga_recorded"]
+    recorded = [
+        h.detail for h in stack.store.history(saga_id) if h.event == HistoryEvent.SAGA_RECORDED
+    ]
     assert recorded == [{"by": "recovery"}]
     assert queued_starts(unconsumed_queue) == []
 
@@ -466,8 +473,8 @@ def test_the_next_start_the_store_takes_drains_the_outbox_at_once(
     finally:
         client.close()
         client.app.close()
-    assert requested_history(stack, first) == [("saga_requested", {"via": "outbox"})]
-    assert requested_history(stack, second) == [("saga_requested", None)]
+    assert requested_history(stack, first) == [(HistoryEvent.SAGA_REQUESTED, {"via": "outbox"})]
+    assert requested_history(stack, second) == [(HistoryEvent.SAGA_REQUESTED, None)]
     sweep_starts(stack, [first, second])
     assert [s.state for s in stack.wait([first, second])] == [SagaState.COMPLETED] * 2
 
@@ -560,7 +567,10 @@ def test_processes_and_threads_share_one_outbox_and_two_drains_record_each_saga_
         ).all()
         requested_rows = conn.execute(
             sa.select(history.c.saga_id, sa.func.count())
-            .where(history.c.saga_id.like(f"{prefix}-%"), history.c.event == "saga_requested")
+            .where(
+                history.c.saga_id.like(f"{prefix}-%"),
+                history.c.event == HistoryEvent.SAGA_REQUESTED,
+            )
             .group_by(history.c.saga_id)
         ).all()
     assert sorted(row.id for row in stored) == sorted(receipts)

@@ -7,6 +7,7 @@ import pytest
 
 from sagaflow import SagaState, StepStatus
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
+from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
@@ -34,7 +35,7 @@ def test_happy_path_runs_every_step_once_in_order(stack: Stack) -> None:
     events = stack.store.events(saga_id)
     assert [e.name for e in events] == ["TripCompleted"]
     assert events[0].published_at is not None
-    assert [h.event for h in stack.store.history(saga_id)][-1] == "saga_completed"
+    assert [h.event for h in stack.store.history(saga_id)][-1] == HistoryEvent.SAGA_COMPLETED
 
 
 @pytest.mark.parametrize("failing", range(4))
@@ -148,7 +149,10 @@ def test_unknown_saga_type_is_recorded_as_rejected(stack: Stack) -> None:
     assert "unknown saga type 'no_such_saga'" in saga.error.message
     assert "trip" in saga.error.message  # the registered types are listed
     assert saga.data == {"x": 1}
-    assert [h.event for h in stack.store.history(saga_id)] == ["saga_requested", "saga_rejected"]
+    assert [h.event for h in stack.store.history(saga_id)] == [
+        HistoryEvent.SAGA_REQUESTED,
+        HistoryEvent.SAGA_REJECTED,
+    ]
 
 
 def test_a_definition_that_crashes_is_recorded_as_rejected(stack: Stack) -> None:
@@ -216,7 +220,7 @@ def test_step_task_no_worker_knows_fails_the_saga_clearly(stack: Stack) -> None:
     saga_id = stack.start("typo", {})
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.FAILED
-    assert saga.error is not None and saga.error.type == "NotRegistered"
+    assert saga.error is not None and saga.error.type == ErrorType.NOT_REGISTERED
     assert "svc.no_such_task" in saga.error.message and "svc_b" in saga.error.message
     assert stack.executions(saga_id) == forward("a1") + backward("a1")
 
@@ -225,7 +229,7 @@ def test_failure_on_a_worker_without_sagaflow_still_fails_the_saga(stack: Stack)
     saga_id = stack.start("plain", {})
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.FAILED
-    assert saga.error is not None and saga.error.type == "UnknownError"
+    assert saga.error is not None and saga.error.type == ErrorType.UNKNOWN_ERROR
     assert saga.steps[1].task_id is not None and saga.steps[1].task_id in saga.error.message
     assert stack.executions(saga_id) == forward("a1") + backward("a1")
 
@@ -351,4 +355,4 @@ def test_two_orchestrators_and_duplicated_callbacks_never_run_anything_twice(
             assert saga.state is SagaState.COMPLETED
             assert runs == forward(*TRIP)
         history = [h.event for h in stack.store.history(saga.saga_id)]
-        assert history.count("step_completed") == (3 if i % 2 else 4)
+        assert history.count(HistoryEvent.STEP_COMPLETED) == (3 if i % 2 else 4)

@@ -13,6 +13,7 @@ import pytest
 from sagaflow import InvalidSagaInput, SagaState
 from sagaflow.core.machine import SagaRecord
 from sagaflow.core.protocol import MAX_INPUT_DEPTH, START_TASK
+from sagaflow.core.vocabulary import HistoryEvent
 from tests.conftest import Stack, poll
 
 
@@ -86,7 +87,7 @@ def test_unstorable_input_from_a_raw_producer_is_recorded_as_rejected(
     assert reason in saga.error.message
     if stored is not None:
         assert saga.data == stored  # cleaned so that the rejection itself could be stored
-    assert [h.event for h in stack.store.history(saga_id)] == ["saga_rejected"]
+    assert [h.event for h in stack.store.history(saga_id)] == [HistoryEvent.SAGA_REJECTED]
 
 
 def rejected_with_marker(stack: Stack, marker: str) -> SagaRecord | None:

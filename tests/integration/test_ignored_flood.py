@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sagaflow import SagaState, StepStatus
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.store.protocol import IGNORED_IN_HISTORY
 from tests.conftest import Stack, poll
 
@@ -45,7 +46,7 @@ def test_forged_callbacks_are_counted_and_only_the_first_kept_in_the_history(
         ("lost", "failed", FORGED // 2),
         ("lost", "succeeded", FORGED // 2),
     ]
-    noted = [h for h in stack.store.history(saga_id) if h.event == "outcome_ignored"]
+    noted = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.OUTCOME_IGNORED]
     assert len(noted) == IGNORED_IN_HISTORY == 20
     assert all("not by" in str(h.detail and h.detail["reason"]) for h in noted)
 

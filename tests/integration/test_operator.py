@@ -23,6 +23,7 @@ from sagaflow.core.machine import (
     new_saga,
     retry_compensation,
 )
+from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
@@ -68,7 +69,7 @@ def test_retry_sends_the_failed_compensation_again() -> None:
     assert isinstance(command, DispatchTask)
     assert command.phase is Phase.COMPENSATION and command.position == 1
     assert command.attempt == 2 and command.context["result"] == {"p": 1}
-    assert outcome.history[0].event == "compensation_retried"
+    assert outcome.history[0].event == HistoryEvent.COMPENSATION_RETRIED
 
 
 def test_marking_compensated_records_the_reason_and_carries_on() -> None:
@@ -108,7 +109,7 @@ def test_retry_resumes_compensation_from_where_it_stopped(stack: Stack) -> None:
         ("b2", "compensation"),
         ("a1", "compensation"),
     ]
-    assert "compensation_retried" in [h.event for h in stack.store.history(saga_id)]
+    assert HistoryEvent.COMPENSATION_RETRIED in [h.event for h in stack.store.history(saga_id)]
 
 
 def test_mark_compensated_by_hand_keeps_the_reason(stack: Stack) -> None:
@@ -122,7 +123,7 @@ def test_mark_compensated_by_hand_keeps_the_reason(stack: Stack) -> None:
     assert saga.state is SagaState.FAILED
     assert [s.status for s in saga.steps[:2]] == [StepStatus.COMPENSATED] * 2
     history = json.loads(cli(stack, "history", saga_id, "--json").stdout)
-    manual = [h for h in history if h["event"] == "step_compensated_manually"]
+    manual = [h for h in history if h["event"] == HistoryEvent.STEP_COMPENSATED_MANUALLY]
     assert manual and manual[0]["detail"] == {"reason": "voided in the ledger"}
     assert stack.executions(saga_id)[-1] == ("a1", "compensation")
 
@@ -165,7 +166,7 @@ def test_cancel_waits_for_the_step_in_flight_then_undoes_it_and_the_rest() -> No
     )
     assert isinstance(undo_one, Transition)
     assert undo_one.saga.state is SagaState.CANCELLED
-    assert undo_one.saga.error is not None and undo_one.saga.error.type == "Cancelled"
+    assert undo_one.saga.error is not None and undo_one.saga.error.type == ErrorType.CANCELLED
     assert [c.name for c in undo_one.commands] == ["TripCancelled"]  # type: ignore[union-attr]
 
 

@@ -29,6 +29,7 @@ from sagaflow.core.machine import (
     resolve,
     retry_delay,
 )
+from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 
@@ -89,7 +90,10 @@ def test_past_the_pivot_a_failed_retriable_step_waits_then_goes_again() -> None:
     assert waiting.saga.state is SagaState.PENDING
     assert step.status is StepStatus.WAITING_RETRY
     assert step.deadline_at == T0 + timedelta(seconds=retry_delay(1))
-    assert [h.event for h in waiting.history] == ["step_failed", "step_retry_scheduled"]
+    assert [h.event for h in waiting.history] == [
+        HistoryEvent.STEP_FAILED,
+        HistoryEvent.STEP_RETRY_SCHEDULED,
+    ]
     assert isinstance(on_timer(waiting.saga, 2, T0), Ignored)  # not due yet
     again = on_timer(waiting.saga, 2, step.deadline_at + timedelta(milliseconds=1))
     assert isinstance(again, Transition)
@@ -121,7 +125,7 @@ def test_a_non_retryable_failure_of_a_retriable_step_escalates() -> None:
     assert hopeless.saga.state.is_terminal
     assert hopeless.saga.current_step == 2
     assert hopeless.saga.steps[2].status is StepStatus.FAILED
-    assert hopeless.history[-1].event == "saga_escalated"
+    assert hopeless.history[-1].event == HistoryEvent.SAGA_ESCALATED
     (event,) = hopeless.commands
     assert isinstance(event, PublishEvent) and event.name == "OrderEscalated"
 
@@ -148,7 +152,7 @@ def test_a_timed_out_retriable_step_is_retried_not_compensated() -> None:
     assert isinstance(expired, Transition)
     assert expired.saga.steps[2].status is StepStatus.WAITING_RETRY
     assert expired.saga.steps[2].error is not None
-    assert expired.saga.steps[2].error.type == "StepTimeout"
+    assert expired.saga.steps[2].error.type == ErrorType.STEP_TIMEOUT
 
 
 def test_cancel_is_refused_once_the_pivot_is_in_flight_or_passed() -> None:
@@ -216,7 +220,10 @@ def test_a_retriable_step_is_retried_until_it_succeeds(stack: Stack) -> None:
         ("r3", "action"),
     ]
     events = [h.event for h in stack.store.history(saga_id)]
-    assert events.count("step_retry_scheduled") == 2 and events.count("step_retried") == 2
+    assert (
+        events.count(HistoryEvent.STEP_RETRY_SCHEDULED) == 2
+        and events.count(HistoryEvent.STEP_RETRIED) == 2
+    )
     with pytest.raises(InvalidOperation, match="nothing to cancel"):
         stack.client.cancel(saga_id)
 

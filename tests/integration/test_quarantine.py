@@ -24,6 +24,7 @@ from sagaflow.core.protocol import (
     STEP_SUCCEEDED_TASK,
 )
 from sagaflow.core.quarantine import QuarantinedMessage, QuarantineReason
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerProcess
 from sagaflow.ops.dashboard import create_dashboard
 from sagaflow.store.quarantine import QuarantineStore
@@ -252,7 +253,7 @@ def test_a_wrongly_shaped_start_naming_a_saga_id_records_a_rejected_saga(stack: 
     assert saga.state is SagaState.REJECTED
     assert saga.error is not None and saga.error.type == "InvalidSagaInput"
     assert "unexpected keyword argument 'colour'" in saga.error.message
-    assert [h.event for h in stack.store.history(saga_id)] == ["saga_rejected"]
+    assert [h.event for h in stack.store.history(saga_id)] == [HistoryEvent.SAGA_REJECTED]
 
 
 def test_a_poison_message_delivered_twice_is_one_record(stack: Stack) -> None:

@@ -19,6 +19,7 @@ from sagaflow.core.machine import (
     new_saga,
     redrive,
 )
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from sagaflow.store.schema import events, sagas
@@ -49,7 +50,10 @@ def test_redrive_sends_a_new_attempt_of_the_waiting_step() -> None:
     assert command.context["idempotency_key"] == "s-1:one"  # the same key as attempt 1
     assert outcome.saga.steps[0].attempts == 2
     assert outcome.saga.updated_at == later
-    assert [h.event for h in outcome.history] == ["step_redriven", "step_dispatched"]
+    assert [h.event for h in outcome.history] == [
+        HistoryEvent.STEP_REDRIVEN,
+        HistoryEvent.STEP_DISPATCHED,
+    ]
     # The first attempt's late outcome no longer counts; the new one does.
     stale = apply(outcome.saga, StepSucceeded(0, Phase.ACTION, 1, {}, "s-1.0.action.1"), later)
     assert isinstance(stale, Ignored)
@@ -130,7 +134,7 @@ def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) 
     assert saga.steps[1].attempts == 2
     # The lost attempt never ran; the re-driven one ran once.
     assert stack.executions(saga_id) == [("a1", "action"), ("l2", "action"), ("a3", "action")]
-    assert "step_redriven" in [h.event for h in stack.store.history(saga_id)]
+    assert HistoryEvent.STEP_REDRIVEN in [h.event for h in stack.store.history(saga_id)]
 
 
 def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from sagaflow import DefinitionError, Retry, SagaState, Step
 from sagaflow.core.machine import begin, new_saga
+from sagaflow.core.vocabulary import HistoryEvent
 from tests.conftest import Stack
 
 
@@ -39,7 +40,7 @@ def test_a_flaky_step_is_retried_by_celery_until_it_succeeds(stack: Stack) -> No
         ("a3", "action"),
     ]
     assert saga.steps[1].attempts == 1  # one dispatch: the retries were Celery's
-    completed = [h for h in stack.store.history(saga_id) if h.event == "step_completed"]
+    completed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_COMPLETED]
     assert completed[1].step == "b2" and completed[1].detail == {"tries": 3}
 
 
@@ -50,7 +51,7 @@ def test_retries_run_out_then_the_step_fails(stack: Stack) -> None:
     assert saga.error is not None and saga.error.type == "Flaky"
     runs = stack.executions(saga_id)
     assert runs.count(("b2", "action")) == 3  # max_attempts
-    failed = [h for h in stack.store.history(saga_id) if h.event == "step_failed"]
+    failed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_FAILED]
     assert failed[0].detail is not None and failed[0].detail["tries"] == 3
 
 
@@ -81,7 +82,9 @@ def test_a_compensation_has_its_own_retry_budget(stack: Stack) -> None:
         ("a1", "compensation"),
         ("a1", "compensation"),
     ]
-    compensated = [h for h in stack.store.history(saga_id) if h.event == "step_compensated"]
+    compensated = [
+        h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_COMPENSATED
+    ]
     assert compensated[0].detail == {"tries": 3}
 
 
@@ -92,6 +95,40 @@ def test_retry_on_names_a_class_and_covers_its_subclasses() -> None:
     assert _retry_delay((context,), ConnectionResetError("x"), 0) == 1.0
     assert _retry_delay((context,), ValueError("x"), 0) is None
     assert _retry_delay((context,), ConnectionResetError("x"), 2) is None  # 3 runs used
+    precise = {"retry": Retry(on=("builtins.ConnectionError",), jitter=False).to_json()}
+    assert _retry_delay((precise,), ConnectionResetError("x"), 0) == 1.0
+    elsewhere = {"retry": Retry(on=("myapp.errors.ConnectionError",), jitter=False).to_json()}
+    assert _retry_delay((elsewhere,), ConnectionResetError("x"), 0) is None
+
+
+def test_retry_on_a_qualified_name_retries_that_class(stack: Stack) -> None:
+    saga_id = stack.start("retrying_by_qualified_name", {"fail_times": {"b2": 2}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.COMPLETED
+    assert stack.executions(saga_id).count(("b2", "action")) == 3
+
+
+def test_retry_on_a_qualified_name_of_another_module_does_not_retry(stack: Stack) -> None:
+    saga_id = stack.start("retrying_by_qualified_name", {"fail_times": {"b3": 1}})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    assert saga.error is not None and saga.error.type == "Flaky"
+    assert saga.error.qualified_type == "tests.services.Flaky"
+    assert stack.executions(saga_id).count(("b3", "action")) == 1
+
+
+def test_an_error_carries_its_qualified_type_and_details_into_the_store(stack: Stack) -> None:
+    saga_id = stack.start("retrying", {"decline_at": ["b2"]})
+    saga = stack.wait_one(saga_id)
+    assert saga.state is SagaState.FAILED
+    error = saga.steps[1].error
+    assert error is not None and error.type == "Declined" and error.non_retryable
+    assert error.qualified_type == "tests.services.Declined"
+    assert error.details == {"code": "51", "step": "b2"}
+    assert saga.error == error
+    failed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_FAILED]
+    assert failed[0].detail is not None and failed[0].detail["error"] == error.to_json()
+    assert stack.executions(saga_id).count(("b2", "action")) == 1
 
 
 def test_a_long_retry_budget_is_used_to_the_end(stack: Stack) -> None:

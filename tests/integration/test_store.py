@@ -38,6 +38,7 @@ from sagaflow.core.machine import (
     begin,
     new_saga,
 )
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
 from sagaflow.store.factory import open_store
 from sagaflow.store.migrate import VERSION_TABLE, current_revision, head_revision
@@ -180,7 +181,7 @@ def started(saga_id: str, saga_type: str = "order", now: datetime = NOW) -> Tran
 def create_running(store: SagaStore, saga_type: str = "order", now: datetime = NOW) -> str:
     saga_id = new_id()
     t = started(saga_id, saga_type, now)
-    recorded = HistoryEntry("saga_recorded", None, SagaState.STARTED)
+    recorded = HistoryEntry(HistoryEvent.SAGA_RECORDED, None, SagaState.STARTED)
     assert store.create(t.saga, [recorded, *t.history])
     return saga_id
 
@@ -228,7 +229,7 @@ def ignore(store: SagaStore, saga_id: str, step: str | None, outcome: str, n: in
 
 
 def ignored_rows(store: SagaStore, saga_id: str) -> list[Any]:
-    return [h for h in store.history(saga_id) if h.event == "outcome_ignored"]
+    return [h for h in store.history(saga_id) if h.event == HistoryEvent.OUTCOME_IGNORED]
 
 
 def test_ignored_outcomes_are_counted_and_only_the_first_ones_kept_in_the_history(
@@ -328,7 +329,7 @@ def test_upgrade_counts_the_outcomes_the_history_already_holds(
         saga_id = create_running(store)
         downgrade(store, "0008")
         noted = [
-            HistoryEntry("outcome_ignored", None, SagaState.PENDING, step, detail)
+            HistoryEntry(HistoryEvent.OUTCOME_IGNORED, None, SagaState.PENDING, step, detail)
             for step, detail in [
                 ("reserve_stock", {"outcome": "succeeded", "reason": "late"}),
                 ("reserve_stock", {"outcome": "succeeded", "reason": "late"}),
@@ -507,9 +508,9 @@ def test_concurrent_commits_exactly_one_wins(store: SagaStore, round_: int) -> N
     recorded = [h.event for h in store.history(saga_id)]
     assert recorded[3:] == [h.event for h in winner.history]
     if "success" in winners:
-        assert "step_failed" not in recorded
+        assert HistoryEvent.STEP_FAILED not in recorded
     else:
-        assert "step_completed" not in recorded
+        assert HistoryEvent.STEP_COMPLETED not in recorded
 
 
 # -- history and events ---------------------------------------------------------------------------
@@ -527,14 +528,14 @@ def test_history_rows_are_appended_in_order(store: SagaStore) -> None:
     rows = store.history(saga_id)
 
     assert [r.event for r in rows] == [
-        "saga_recorded",
-        "saga_started",
-        "step_dispatched",
-        "step_completed",
-        "step_dispatched",
-        "step_failed",
-        "compensation_started",
-        "compensation_dispatched",
+        HistoryEvent.SAGA_RECORDED,
+        HistoryEvent.SAGA_STARTED,
+        HistoryEvent.STEP_DISPATCHED,
+        HistoryEvent.STEP_COMPLETED,
+        HistoryEvent.STEP_DISPATCHED,
+        HistoryEvent.STEP_FAILED,
+        HistoryEvent.COMPENSATION_STARTED,
+        HistoryEvent.COMPENSATION_DISPATCHED,
     ]
     assert [r.id for r in rows] == sorted(r.id for r in rows)
     assert len({r.id for r in rows}) == len(rows)
@@ -554,9 +555,9 @@ def test_history_rows_are_appended_in_order(store: SagaStore) -> None:
     assert rows[5].detail == {"error": declined.to_json()}
     assert rows[0].step is None and rows[0].detail is None
     assert [r.event for r in store.history(other_id)] == [
-        "saga_recorded",
-        "saga_started",
-        "step_dispatched",
+        HistoryEvent.SAGA_RECORDED,
+        HistoryEvent.SAGA_STARTED,
+        HistoryEvent.STEP_DISPATCHED,
     ]
     assert store.history("no-such-saga") == []
 

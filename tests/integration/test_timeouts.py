@@ -18,6 +18,7 @@ from sagaflow.core.machine import (
     new_saga,
     time_out,
 )
+from sagaflow.core.vocabulary import ErrorType
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 
@@ -50,7 +51,7 @@ def test_the_deadline_is_set_at_dispatch_and_respected() -> None:
     expired = time_out(saga, 1, T0 + timedelta(seconds=11))
     assert isinstance(expired, Transition)
     assert expired.saga.state is SagaState.COMPENSATING
-    assert expired.saga.error is not None and expired.saga.error.type == "StepTimeout"
+    assert expired.saga.error is not None and expired.saga.error.type == ErrorType.STEP_TIMEOUT
     (command,) = expired.commands  # "compensate": the step itself is undone first
     assert isinstance(command, DispatchTask) and command.position == 1
     late = apply(expired.saga, StepSucceeded(1, Phase.ACTION, 1, {}, "s.1.action.1"), T0)
@@ -75,7 +76,7 @@ def test_a_step_that_times_out_is_compensated_with_the_steps_before_it(stack: St
     sweep_until_timed_out(stack, saga_id)
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.FAILED
-    assert saga.error is not None and saga.error.type == "StepTimeout"
+    assert saga.error is not None and saga.error.type == ErrorType.STEP_TIMEOUT
     assert [s.status for s in saga.steps] == [
         StepStatus.COMPENSATED,
         StepStatus.COMPENSATED,
@@ -113,7 +114,7 @@ def test_the_periodic_recover_task_applies_timeouts_in_the_orchestrator(stack: S
     poll(swept, 30, lambda: f"saga {saga_id} still waiting{stack.logs_hint()}", interval=0.3)
     saga = stack.wait_one(saga_id)
     assert saga.state is SagaState.FAILED and saga.error is not None
-    assert saga.error.type == "StepTimeout"
+    assert saga.error.type == ErrorType.STEP_TIMEOUT
 
 
 def test_redriving_a_step_keeps_its_deadline() -> None:

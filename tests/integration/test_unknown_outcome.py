@@ -31,6 +31,7 @@ from sagaflow.core.machine import (
     redrive,
     resolve,
 )
+from sagaflow.core.vocabulary import ErrorType, HistoryEvent, OnTimeout
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import ROOT, Stack, poll
 from tests.integration.test_pivot import sweep_until, wait_for_state
@@ -86,8 +87,8 @@ def only(t: Transition) -> DispatchTask:
 
 
 def test_policies_are_checked_when_defined() -> None:
-    assert Step("p", "a", pivot=True, timeout=5).on_timeout == "escalate"
-    assert Step("p", "a", pivot=True, timeout=5, verify="c").on_timeout == "verify"
+    assert Step("p", "a", pivot=True, timeout=5).on_timeout is OnTimeout.ESCALATE
+    assert Step("p", "a", pivot=True, timeout=5, verify="c").on_timeout is OnTimeout.VERIFY
     with pytest.raises(DefinitionError, match="needs verify='<task name>'"):
         Step("s", "a", timeout=5, on_timeout="verify")
     with pytest.raises(DefinitionError, match="verify is used only with on_timeout='verify'"):
@@ -105,7 +106,10 @@ def test_a_timeout_dispatches_the_verify_task_with_the_actions_key() -> None:
     assert command.context["verifying"] == {"task_id": "s.1.action.1", "attempt": 1}
     assert outcome.saga.steps[1].status is StepStatus.VERIFYING
     assert outcome.saga.steps[1].deadline_at == LATE + timedelta(seconds=10)
-    assert [h.event for h in outcome.history] == ["step_timed_out", "verify_dispatched"]
+    assert [h.event for h in outcome.history] == [
+        HistoryEvent.STEP_TIMED_OUT,
+        HistoryEvent.VERIFY_DISPATCHED,
+    ]
     late = StepSucceeded(1, Phase.ACTION, 1, {}, "s.1.action.1")
     assert isinstance(apply(outcome.saga, late, LATE), Ignored)
 
@@ -149,7 +153,9 @@ def test_an_invalid_answer_escalates(reply: object) -> None:
     outcome = verify_reply(timed_out().saga, reply)
     assert isinstance(outcome, Transition)
     assert outcome.saga.state is SagaState.ESCALATED
-    assert outcome.saga.error is not None and outcome.saga.error.type == "InvalidVerifyReply"
+    assert (
+        outcome.saga.error is not None and outcome.saga.error.type == ErrorType.INVALID_VERIFY_REPLY
+    )
     assert outcome.saga.steps[1].status is StepStatus.OUTCOME_UNKNOWN
     (event,) = outcome.commands
     assert isinstance(event, PublishEvent) and event.name == "OrderEscalated"
@@ -163,7 +169,7 @@ def test_a_failed_or_silent_verify_escalates() -> None:
     assert isinstance(on_timer(saga, 1, LATE + timedelta(seconds=5)), Ignored)
     silent = on_timer(saga, 1, LATE + timedelta(seconds=11))
     assert isinstance(silent, Transition) and silent.saga.state is SagaState.ESCALATED
-    assert silent.saga.error is not None and silent.saga.error.type == "VerifyTimeout"
+    assert silent.saga.error is not None and silent.saga.error.type == ErrorType.VERIFY_TIMEOUT
 
 
 def test_a_stalled_verify_is_sent_again_keeping_its_deadline() -> None:
@@ -267,14 +273,14 @@ def test_verify_finds_the_effect_and_the_saga_goes_on(unsure: Stack) -> None:
         ("a3", "action"),
     ]
     events = [h.event for h in stack.store.history(saga_id)]
-    assert "step_timed_out" in events and "step_verified" in events
+    assert HistoryEvent.STEP_TIMED_OUT in events and HistoryEvent.STEP_VERIFIED in events
 
 
 def test_verify_says_not_applied_and_the_steps_before_are_compensated(unsure: Stack) -> None:
     stack = unsure
     saga_id = stack.start("verifying", {**SLOW, "verify_answer": {"b2": {"applied": False}}})
     saga = time_out_then_wait(stack, saga_id, SagaState.FAILED)
-    assert saga.error is not None and saga.error.type == "StepTimeout"
+    assert saga.error is not None and saga.error.type == ErrorType.STEP_TIMEOUT
     assert [s.status for s in saga.steps] == [
         StepStatus.COMPENSATED,
         StepStatus.FAILED,
@@ -287,7 +293,7 @@ def test_an_invalid_verify_answer_escalates_and_resolve_carries_on(unsure: Stack
     stack = unsure
     saga_id = stack.start("verifying", {**SLOW, "verify_answer": {"b2": "yes"}})
     saga = time_out_then_wait(stack, saga_id, SagaState.ESCALATED)
-    assert saga.error is not None and saga.error.type == "InvalidVerifyReply"
+    assert saga.error is not None and saga.error.type == ErrorType.INVALID_VERIFY_REPLY
     with pytest.raises(InvalidOperation, match="a reason is required"):
         stack.client.resolve(saga_id, "b2", True, " ")
     version = stack.client.resolve(saga_id, "b2", True, "found it by hand", {"ref": "x"})
@@ -318,7 +324,7 @@ def test_escalate_then_resolve_not_applied_from_the_cli(unsure: Stack) -> None:
     assert saga.state is SagaState.FAILED
     assert stack.executions(saga_id)[-1] == ("a1", "compensation")
     history = json.loads(cli(stack, "history", saga_id, "--json").stdout)
-    resolved = [h for h in history if h["event"] == "step_resolved"]
+    resolved = [h for h in history if h["event"] == HistoryEvent.STEP_RESOLVED]
     assert resolved[0]["detail"] == {"applied": False, "reason": "no charge"}
     again = cli(stack, "resolve", saga_id, "b2", "--applied", "--reason", "x")
     assert again.returncode == 1 and "only an escalated saga is resolved" in again.stderr

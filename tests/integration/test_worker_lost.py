@@ -15,6 +15,7 @@ from typing import Any
 from sagaflow import SagaState
 from sagaflow.core.definitions import Phase
 from sagaflow.core.records import task_id_for
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.liveness import BEACON_EVENT, BEACON_ROUTING_KEY
 from tests.conftest import Stack, poll
@@ -78,7 +79,7 @@ def test_a_step_held_by_a_killed_worker_is_sent_again_within_seconds(stack: Stac
         resent = [
             h
             for h in stack.store.history(saga_id)
-            if h.event == "step_redriven" and (h.detail or {}).get("worker_lost")
+            if h.event == HistoryEvent.STEP_REDRIVEN and (h.detail or {}).get("worker_lost")
         ]
         assert len(resent) == 1, [h.event for h in stack.store.history(saga_id)]
         assert str(resent[0].detail["worker_lost"]).startswith("mortal@")
@@ -102,7 +103,9 @@ def test_a_live_worker_busy_with_a_long_step_is_not_declared_lost(stack: Stack) 
         saga = stack.wait_one(saga_id, timeout=90)
         assert saga.state is SagaState.COMPLETED
         assert saga.steps[1].attempts == 1
-        assert not [h for h in stack.store.history(saga_id) if h.event == "step_redriven"]
+        assert not [
+            h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_REDRIVEN
+        ]
         assert stack.executions(saga_id).count(("m2", "action")) == 1
     finally:
         stack.group.stop_worker(worker)

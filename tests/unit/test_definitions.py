@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import inspect
+import pkgutil
+import re
 import sys
 import uuid
 from collections.abc import Mapping
@@ -341,12 +346,17 @@ PUBLIC = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "DefinitionError",
+    "Durability",
     "EffectLog",
     "ErrorInfo",
+    "ErrorType",
     "EventPublisher",
+    "HistoryEvent",
     "InvalidOperation",
     "InvalidSagaInput",
     "NonRetryable",
+    "OnTimeout",
+    "OutboxUnavailable",
     "Phase",
     "Registry",
     "Retry",
@@ -360,6 +370,7 @@ PUBLIC = [
     "SagaTimeout",
     "SagaflowError",
     "Settings",
+    "StartReceipt",
     "Step",
     "StepRecord",
     "StepStatus",
@@ -379,6 +390,34 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(PUBLIC) == PUBLIC
 
 
+def readme_names() -> set[str]:
+    """Names the README imports from sagaflow or its subpackages, names as `sagaflow.Name`, and
+    the classes of the package it names in backquotes."""
+    text = (REPO_ROOT / "README.md").read_text()
+    names = set()
+    for imported in re.findall(r"^from sagaflow[\w.]* import (.+)$", text, re.M):
+        names.update(n.strip() for n in imported.split("#")[0].split(","))
+    quoted = {q.split(".")[0] for q in re.findall(r"`([A-Z]\w*)", text)}
+    classes = {
+        name
+        for module in package_modules()
+        for name, value in vars(module).items()
+        if inspect.isclass(value) and value.__module__.startswith("sagaflow.")
+    }
+    names |= quoted & classes
+    for attribute in re.findall(r"`sagaflow\.(\w+)(?![\w.])", text):
+        # `celery -A sagaflow.worker` is the orchestrator's app; `sagaflow.events` an exchange.
+        if attribute not in ("worker", "events"):
+            names.add(attribute)
+    return names
+
+
+def test_every_name_the_readme_uses_is_public() -> None:
+    names = readme_names()
+    assert {"Saga", "SagaClient", "Durability", "OutboxUnavailable", "NonRetryable"} <= names
+    assert names - set(PUBLIC) == set()
+
+
 def test_every_public_name_is_importable() -> None:
     namespace: dict[str, Any] = {}
     exec("from sagaflow import *", namespace)
@@ -387,11 +426,45 @@ def test_every_public_name_is_importable() -> None:
         assert namespace[name] is getattr(sagaflow, name)
 
 
-def test_public_errors_share_one_root() -> None:
-    errors = [n for n in PUBLIC if n.endswith(("Error", "Conflict", "Input", "Type"))]
-    errors += ["SagaNotFound", "SagaTimeout", "StoreUnavailable"]
-    for name in errors:
-        assert issubclass(getattr(sagaflow, name), sagaflow.SagaflowError), name
+# Modules that act when imported (run the CLI, build the orchestrator app, run migrations): read,
+# not imported, and they must define no class.
+ACTS_ON_IMPORT = {"sagaflow.__main__", "sagaflow.worker", "sagaflow.store.migrations.env"}
+
+
+def package_modules() -> list[ModuleType]:
+    names = [m.name for m in pkgutil.walk_packages(sagaflow.__path__, "sagaflow.")]
+    assert set(names) >= ACTS_ON_IMPORT
+    for name in ACTS_ON_IMPORT:
+        source = Path(importlib.util.find_spec(name).origin or "").read_text()  # type: ignore[union-attr]
+        assert not any(isinstance(n, ast.ClassDef) for n in ast.walk(ast.parse(source))), name
+    return [importlib.import_module(n) for n in sorted(set(names) - ACTS_ON_IMPORT)]
+
+
+def test_every_exception_of_the_package_is_a_sagaflow_error_defined_in_errors() -> None:
+    errors = {
+        value
+        for module in package_modules()
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, Exception)
+        and value.__module__.split(".")[0] == "sagaflow"
+    }
+    assert len(errors) >= 18  # every module was imported, not just the first few
+    assert {e for e in errors if not issubclass(e, sagaflow.SagaflowError)} == set()
+    assert {e.__qualname__ for e in errors if e.__module__ != "sagaflow.errors"} == set()
+    assert sagaflow.NonRetryable("x", details={"code": 51}).details == {"code": 51}
+
+
+def test_errors_keep_their_old_import_paths() -> None:
+    from sagaflow.client import BrokerUnavailable, InvalidOperation
+    from sagaflow.client.saga_client import OutboxUnavailable
+    from sagaflow.service import NonRetryable
+    from sagaflow.service.tasks import NonRetryable as TasksNonRetryable
+
+    assert BrokerUnavailable is sagaflow.errors.BrokerUnavailable
+    assert InvalidOperation is sagaflow.errors.InvalidOperation
+    assert OutboxUnavailable is sagaflow.errors.OutboxUnavailable
+    assert NonRetryable is TasksNonRetryable is sagaflow.errors.NonRetryable
 
 
 # -- pivot and retriable steps ---------------------------------------------------------------------

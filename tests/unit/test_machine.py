@@ -26,6 +26,7 @@ from sagaflow.core.machine import (
     new_saga,
     task_id_for,
 )
+from sagaflow.core.vocabulary import HistoryEvent
 
 NOW = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=timezone.utc)
 LATER = NOW + timedelta(seconds=5)
@@ -223,7 +224,7 @@ def test_begin_dispatches_step_zero_with_context() -> None:
     assert first.started_at == NOW
     assert [s.status for s in t.saga.steps[1:]] == [StepStatus.PENDING, StepStatus.PENDING]
     assert t.changed_steps == frozenset({0})
-    assert [h.event for h in t.history] == ["saga_started", "step_dispatched"]
+    assert [h.event for h in t.history] == [HistoryEvent.SAGA_STARTED, HistoryEvent.STEP_DISPATCHED]
     assert (t.history[0].from_state, t.history[0].to_state) == (
         SagaState.STARTED,
         SagaState.PENDING,
@@ -262,7 +263,10 @@ def test_success_advances_and_passes_results_forward() -> None:
     assert t1.saga.steps[0].finished_at == LATER
     assert t1.saga.steps[1].status is StepStatus.EXECUTING
     assert t1.changed_steps == frozenset({0, 1})
-    assert [h.event for h in t1.history] == ["step_completed", "step_dispatched"]
+    assert [h.event for h in t1.history] == [
+        HistoryEvent.STEP_COMPLETED,
+        HistoryEvent.STEP_DISPATCHED,
+    ]
 
     t2 = succeed(t1.saga, 1, RESULTS["charge_payment"])
     c2 = only_dispatch(t2)
@@ -299,7 +303,10 @@ def test_last_success_completes_and_publishes(saga_type: str, expected_event: st
         "results": RESULTS,
         "compensated": [],
     }
-    assert [h.event for h in t.history] == ["step_completed", "saga_completed"]
+    assert [h.event for h in t.history] == [
+        HistoryEvent.STEP_COMPLETED,
+        HistoryEvent.SAGA_COMPLETED,
+    ]
     assert t.history[-1].to_state is SagaState.COMPLETED
 
 
@@ -322,9 +329,9 @@ def test_failure_compensates_completed_steps_in_reverse(failed_at: int) -> None:
     for later in saga.steps[failed_at + 1 :]:
         assert later.status is StepStatus.SKIPPED
         assert later.attempts == 0
-    assert t.history[0].event == "step_failed"
+    assert t.history[0].event == HistoryEvent.STEP_FAILED
     assert t.history[0].detail == {"error": error.to_json()}
-    assert t.history[1].event == "compensation_started"
+    assert t.history[1].event == HistoryEvent.COMPENSATION_STARTED
     assert t.history[1].to_state is SagaState.COMPENSATING
     assert t.changed_steps >= frozenset(range(failed_at, 3))
 
@@ -366,7 +373,7 @@ def test_failure_compensates_completed_steps_in_reverse(failed_at: int) -> None:
     assert event.payload["state"] == "failed"
     assert event.payload["error"] == error.to_json()
     assert event.payload["compensated"] == names[:failed_at]
-    assert t.history[-1].event == "saga_failed"
+    assert t.history[-1].event == HistoryEvent.SAGA_FAILED
     assert t.history[-1].to_state is SagaState.FAILED
 
 

@@ -7,7 +7,9 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from uuid import UUID
 
+from sagaflow.core.machine import ErrorInfo
 from sagaflow.core.protocol import error_payload, strict_json
+from sagaflow.errors import NonRetryable
 
 
 def test_strict_json_turns_every_odd_value_into_plain_json() -> None:
@@ -55,3 +57,35 @@ def test_error_payload_carries_type_message_and_traceback() -> None:
     assert payload["message"] == "bad value"
     assert "raise ValueError" in payload["traceback"]
     assert payload["task_id"] == "t-1"
+
+
+class PaymentDeclined(NonRetryable):
+    """A step's error carrying data for programs."""
+
+
+def test_error_payload_names_the_class_precisely_and_carries_its_details() -> None:
+    try:
+        raise PaymentDeclined("card declined", details={"code": "51", "at": Decimal("1.5")})
+    except PaymentDeclined as exc:
+        payload = error_payload(exc)
+    assert payload["type"] == "PaymentDeclined"
+    assert payload["qualified_type"] == "tests.unit.test_protocol.PaymentDeclined"
+    assert payload["details"] == {"code": "51", "at": "1.5"}  # strict JSON
+    info = ErrorInfo.from_json(payload)
+    assert (info.qualified_type, info.details) == (payload["qualified_type"], payload["details"])
+    assert ErrorInfo.from_json(info.to_json()) == info
+    assert "details" not in error_payload(ValueError("no details"))
+
+
+def test_oversized_details_are_cut_to_a_note() -> None:
+    payload = error_payload(PaymentDeclined("x", details={"blob": "y" * 20_000}))
+    assert payload["details"].startswith("<omitted: ")
+
+
+def test_an_error_without_the_new_fields_reads_and_writes_as_before() -> None:
+    old = {"type": "Flaky", "message": "flaky", "traceback": "Traceback...", "task_id": "t-1"}
+    info = ErrorInfo.from_json(old)
+    assert (info.qualified_type, info.details) == (None, None)
+    assert info.to_json() == old
+    assert json.dumps(info.to_json()) == json.dumps(old)
+    assert ErrorInfo.from_json({"message": "m"}).type == "Unknown"

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sagaflow"
 # The only modules that may tell one database from another.
@@ -145,9 +143,6 @@ def test_the_store_loads_no_celery_or_kombu() -> None:
     assert sorted(m for m in loaded if m.split(".")[0] in ("celery", "kombu")) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="sagaflow.core.quarantine still decodes message bodies with kombu"
-)
 def test_the_quarantine_store_loads_no_kombu() -> None:
     loaded = loaded_after("sagaflow.store.quarantine")
     assert sorted(m for m in loaded if m.split(".")[0] in ("celery", "kombu")) == []

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from sagaflow.core.vocabulary import HistoryEvent
+
 revision = "0009"
 down_revision = "0008"
 branch_labels = None
@@ -43,7 +45,7 @@ def upgrade() -> None:
         sa.column("step", sa.String),
         sa.column("detail", JSONType),
     )
-    noted = history.c.event == "outcome_ignored"
+    noted = history.c.event == HistoryEvent.OUTCOME_IGNORED.value
     op.execute(
         ignored.insert().from_select(
             ["saga_id", "count", "first_at", "last_at"],
