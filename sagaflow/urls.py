@@ -113,6 +113,13 @@ def database_url_problem(url: str) -> str | None:
     return None
 
 
+def driver_message(exc: BaseException) -> str:
+    """A database error in its driver's words (SQLAlchemy's adds the statement and a link)."""
+    import sqlalchemy as sa  # loaded by whoever caught a database error anyway
+
+    return str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+
+
 def broker_url_problem(url: str) -> str | None:
     """Why `url` cannot be a Celery broker URL, or None. Only parses: connects to nothing."""
     from kombu.transport import TRANSPORT_ALIASES

@@ -30,10 +30,9 @@ from sagaflow.core.machine import SagaRecord
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
 from sagaflow.devstack.stack import check_broker
 from sagaflow.errors import ConfigurationError, StoreUnavailable
-from sagaflow.ops import render
-from sagaflow.ops.cli_errors import driver_message
 from sagaflow.store.sql import SagaStore
-from sagaflow.urls import mask_url
+from sagaflow.styles import STEP_MARK, state_text
+from sagaflow.urls import driver_message, mask_url
 
 SERVICES = ("inventory", "payments", "shipping")
 BALANCES = {"alice": 1_000_000, "bob": 1_500, "carol": 250_000}
@@ -242,12 +241,12 @@ def _result_table(orders: list[DemoOrder], sagas: list[SagaRecord]) -> Table:
             if step is None:
                 marks.append(Text("n/a", style="dim"))
             else:
-                mark, style = render.STEP_MARK[step.status]
+                mark, style = STEP_MARK[step.status]
                 marks.append(Text(mark, style=style))
         table.add_row(
             saga.saga_id[:8],
             order.data["order_id"] + ("" if saga.saga_type == "order" else " (gift)"),
-            render.state_text(saga.state),
+            state_text(saga.state),
             *marks,
             Text(saga.error.type, style="red") if saga.error else "",
         )

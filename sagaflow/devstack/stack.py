@@ -40,9 +40,8 @@ from sagaflow.devstack.processes import (
 )
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
 from sagaflow.messaging.app import create_app
-from sagaflow.ops.cli_errors import driver_message
 from sagaflow.store.sql import SagaStore
-from sagaflow.urls import mask_url, scrub, secrets_of
+from sagaflow.urls import driver_message, mask_url, scrub, secrets_of
 
 FLOWER_PORT = 5555
 DASHBOARD_PORT = 8650

@@ -36,6 +36,9 @@ from sagaflow.errors import (
 )
 from sagaflow.urls import broker_url_problem, database_url_problem, mask_url, scrub
 
+# In sagaflow.urls so that the devstack needs no ops module; re-exported for the CLI.
+from sagaflow.urls import driver_message as driver_message
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
@@ -90,11 +93,6 @@ def exit_code_for(exc: SagaflowError) -> int:
     if isinstance(exc, SagaTimeout):
         return EXIT_TIMEOUT
     return EXIT_ERROR
-
-
-def driver_message(exc: BaseException) -> str:
-    """A database error in its driver's words (SQLAlchemy's adds the statement and a link)."""
-    return str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
 
 
 def failure_of(exc: BaseException, settings: Settings | None) -> Failure:

@@ -1,4 +1,5 @@
-"""Turning saga records into rich tables and JSON (shared by the CLI and the demo)."""
+"""Turning saga records into rich tables and JSON for the CLI (the marks and styles it
+shares with the demo are in sagaflow.styles)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,13 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from sagaflow.core.definitions import SagaState, StepStatus
 from sagaflow.core.machine import SagaRecord, StepRecord
 from sagaflow.core.quarantine import QuarantinedMessage
 from sagaflow.store.sql import HistoryRow
 
-STATE_STYLE = {
-    SagaState.REQUESTED: "dim cyan",
-    SagaState.STARTED: "cyan",
-    SagaState.PENDING: "cyan",
-    SagaState.COMPENSATING: "yellow",
-    SagaState.COMPLETED: "green",
-    SagaState.FAILED: "red",
-    SagaState.COMPENSATION_FAILED: "bold red",
-    SagaState.REJECTED: "magenta",
-    SagaState.CANCELLED: "yellow",
-    SagaState.ESCALATED: "bold magenta",
-}
-
-STEP_MARK = {
-    StepStatus.PENDING: ("·", "dim"),
-    StepStatus.EXECUTING: ("…", "cyan"),
-    StepStatus.COMPLETED: ("✓", "green"),
-    StepStatus.FAILED: ("✗", "red"),
-    StepStatus.COMPENSATING: ("↩…", "yellow"),
-    StepStatus.COMPENSATED: ("✓↩", "yellow"),
-    StepStatus.COMPENSATION_FAILED: ("✓↩✗", "bold red"),
-    StepStatus.SKIPPED: ("-", "dim"),
-    StepStatus.WAITING_RETRY: ("↻", "yellow"),
-    StepStatus.VERIFYING: ("?…", "cyan"),
-    StepStatus.OUTCOME_UNKNOWN: ("?", "bold magenta"),
-}
+# state_text is the CLI's too (render.state_text), re-exported explicitly.
+from sagaflow.styles import STEP_MARK
+from sagaflow.styles import state_text as state_text
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -105,10 +82,6 @@ def history_json(row: HistoryRow) -> dict[str, Any]:
         "step": row.step,
         "detail": row.detail,
     }
-
-
-def state_text(state: SagaState) -> Text:
-    return Text(state.value, style=STATE_STYLE.get(state, ""))
 
 
 def steps_text(saga: SagaRecord) -> Text:
