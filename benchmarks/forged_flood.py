@@ -104,6 +104,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(f"saga {saga_id} never dispatched its step")
                 time.sleep(0.05)
             rows_before = len(store.history(saga_id))
+            version_before = saga.version
             log_before = orchestrator.log_path.stat().st_size
             pid = orchestrator.process.pid
             before = rss_kb(pid)
@@ -159,6 +160,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
                 "history_rows_bound": rows_before + IGNORED_IN_HISTORY,
                 "outcome_ignored_rows": sum(h.event == "outcome_ignored" for h in history),
                 "saga_state": saga.state.value,
+                "saga_version_before": version_before,
                 "saga_version": saga.version,
                 "elapsed_s": round(elapsed, 1),
                 "callbacks_per_s": round(args.count / elapsed, 1),
