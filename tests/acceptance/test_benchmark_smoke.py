@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.breakdown import PARTS, ROLES
 from tests.conftest import ROOT, redis_url, require_redis
 
 
@@ -191,26 +192,6 @@ def test_breakdown_follows_each_saga_through_its_tasks(tmp_path: Path) -> None:
     assert own["per_saga_ms"] > 0
     assert "sagaflow's own CPU ms, in process" in result.stdout
     breakdown_holds_together(figures, sagas_timed=3, sagas_at_once=10, sagas_in_process=5)
-
-
-PARTS = (
-    "producer, until its message is sent",
-    "sending messages",
-    "broker to worker (main process)",
-    "worker main process to pool process",
-    "orchestrator tasks before the last (store, state machine, next message)",
-    "step tasks (body, next message)",
-    "last task, until the benchmark sees the outcome",
-)
-ROLES = (
-    "orchestrator worker, main process",
-    "orchestrator worker, pool processes",
-    "service worker, main process",
-    "service worker, pool processes",
-    "PostgreSQL",
-    "Redis",
-    "benchmark process (producer; DBOS itself)",
-)
 
 
 def breakdown_holds_together(
