@@ -142,14 +142,10 @@ def task_marks(rows: list[Row]) -> dict[str, Marks]:
 def critical_path(window: tuple[int, int], tasks: dict[str, Marks]) -> tuple[dict[str, float], int]:
     """One saga's time in ms by part, and the number of tasks on its path. The path follows
     each task to the message its pool process sent while running it (the next step, the
-    outcome callback, the next link of the chain).
-
-    The path is one timeline of marks, each caused by the one before it, and each part is the
-    time from one mark to the next: the parts add up to the saga's time and none can be
-    negative. The one pair of marks not ordered by cause is a sender's `published` and the
-    worker's `received` (a sender descheduled after its write records `published` after the
-    worker took the message), so a send ends at whichever of the two came first.
-    """
+    outcome callback, the next link of the chain). It is one timeline of marks, each caused by
+    the one before, a part being the time from one mark to the next: the parts add up to the
+    saga's time. A sender's `published` does not cause the worker's `received` (a sender
+    descheduled after its write marks it later), so a send ends at whichever came first."""
     start, done = window
     sent = sorted(
         (m.at["publish"], task_id)
@@ -185,8 +181,8 @@ def critical_path(window: tuple[int, int], tasks: dict[str, Marks]) -> tuple[dic
 
 
 def parts_of(start: int, timeline: list[tuple[str, int]]) -> dict[str, float]:
-    """ms by part along a timeline of marks; a mark earlier than the one before it is refused,
-    not clipped: with one monotonic clock it cannot happen, and a figure made of it is wrong."""
+    """ms by part along a timeline; a mark before the one it follows is refused, not clipped:
+    with one monotonic clock it cannot happen, and a figure made of it would be wrong."""
     parts: defaultdict[str, float] = defaultdict(float)
     previous = start
     for part, at in timeline:
