@@ -97,7 +97,10 @@ class Marks:
     publish_pid: int | None = None
 
 
-def read_probe(path: Path) -> list[tuple[int, int, str, str, str]]:
+Row = tuple[int, int, str, str, str]  # ns, pid, kind, task name, task id
+
+
+def read_probe(path: Path) -> list[Row]:
     rows = []
     for line in path.read_text().splitlines():
         ns, pid, kind, name, task_id = line.split(" ", 4)
@@ -105,30 +108,27 @@ def read_probe(path: Path) -> list[tuple[int, int, str, str, str]]:
     return sorted(rows)
 
 
-def saga_windows(
-    rows: list[tuple[int, int, str, str, str]],
-) -> list[list[tuple[int, int, str, str, str]]]:
-    """The records between each `start` mark and the `done` mark after it."""
-    windows: list[list[tuple[int, int, str, str, str]]] = []
-    current: list[tuple[int, int, str, str, str]] | None = None
-    for row in rows:
-        if row[2] == "start":
-            current = [row]
-        elif current is not None:
-            current.append(row)
-            if row[2] == "done":
-                windows.append(current)
-                current = None
+def saga_windows(rows: list[Row]) -> list[tuple[int, int]]:
+    """When each saga began and ended: each `start` mark and the `done` mark after it."""
+    windows: list[tuple[int, int]] = []
+    began: int | None = None
+    for ns, _pid, kind, _name, _task_id in rows:
+        if kind == "start":
+            began = ns
+        elif kind == "done" and began is not None:
+            windows.append((began, ns))
+            began = None
     return windows
 
 
-def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[str, float], int]:
-    """One saga's time in ms by part, and the number of tasks on its path. The path follows
-    each task to the message its pool process sent while running it (the next step, the
-    outcome callback, the next link of the chain)."""
-    start, done = window[0][0], window[-1][0]
+def task_marks(rows: list[Row]) -> dict[str, Marks]:
+    """Every task's marks, by task id, from the whole probe file: a sender descheduled between
+    its write and its `published` mark may take that mark after the saga is over, outside the
+    saga's window, and the task is on the saga's path all the same."""
     tasks: dict[str, Marks] = {}
-    for ns, pid, kind, name, task_id in window[1:-1]:
+    for ns, pid, kind, name, task_id in rows:
+        if task_id == "-":
+            continue
         marks = tasks.setdefault(task_id, Marks())
         marks.name = name if name != "-" else marks.name
         marks.at.setdefault(kind, ns)
@@ -136,13 +136,27 @@ def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[st
             marks.run_pid = pid
         elif kind == "publish":
             marks.publish_pid = pid
-    sent = sorted((m.at["publish"], task_id) for task_id, m in tasks.items() if "publish" in m.at)
+    return tasks
+
+
+def critical_path(window: tuple[int, int], tasks: dict[str, Marks]) -> tuple[dict[str, float], int]:
+    """One saga's time in ms by part, and the number of tasks on its path. The path follows
+    each task to the message its pool process sent while running it (the next step, the
+    outcome callback, the next link of the chain). It is one timeline of marks, each caused by
+    the one before, a part being the time from one mark to the next: the parts add up to the
+    saga's time. A sender's `published` does not cause the worker's `received` (a sender
+    descheduled after its write marks it later), so a send ends at whichever came first."""
+    start, done = window
+    sent = sorted(
+        (m.at["publish"], task_id)
+        for task_id, m in tasks.items()
+        if start <= m.at.get("publish", -1) <= done
+    )
     if not sent:
         raise RuntimeError("no task message recorded between a start and its outcome")
-    parts: defaultdict[str, float] = defaultdict(float)
-    ms = 1e-6
+    timeline: list[tuple[str, int]] = []  # (the part that ends at this mark, the mark)
     first_at, current = sent[0]
-    parts[PRODUCER] += (first_at - start) * ms
+    timeline.append((PRODUCER, first_at))
     hops = 0
     while True:
         m = tasks[current]
@@ -150,13 +164,9 @@ def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[st
         if missing:
             raise RuntimeError(f"task {m.name} {current}: no {', '.join(sorted(missing))} record")
         hops += 1
-        # A busy machine can deschedule the sender between its write and its "published"
-        # record while the worker already took the message: the send ends at whichever came
-        # first, so neither part can come out negative.
-        sent_at = min(m.at["published"], m.at["received"])
-        parts[SENDING] += (sent_at - m.at["publish"]) * ms
-        parts[BROKER] += (m.at["received"] - sent_at) * ms
-        parts[POOL] += (m.at["run"] - m.at["received"]) * ms
+        timeline.append((SENDING, min(m.at["published"], m.at["received"])))
+        timeline.append((BROKER, m.at["received"]))
+        timeline.append((POOL, m.at["run"]))
         ended = m.at.get("ran", done)
         following = [
             (at, task_id)
@@ -164,11 +174,25 @@ def critical_path(window: list[tuple[int, int, str, str, str]]) -> tuple[dict[st
             if m.at["run"] <= at <= ended and tasks[task_id].publish_pid == m.run_pid
         ]
         if not following:
-            parts[LAST] += (done - m.at["run"]) * ms
-            return parts, hops
+            timeline.append((LAST, done))
+            return parts_of(start, timeline), hops
         next_at, current = following[0]
-        body = ORCHESTRATOR if m.name.startswith("sagaflow.") else STEPS
-        parts[body] += (next_at - m.at["run"]) * ms
+        timeline.append((ORCHESTRATOR if m.name.startswith("sagaflow.") else STEPS, next_at))
+
+
+def parts_of(start: int, timeline: list[tuple[str, int]]) -> dict[str, float]:
+    """ms by part along a timeline; a mark before the one it follows is refused, not clipped:
+    with one monotonic clock it cannot happen, and a figure made of it would be wrong."""
+    parts: defaultdict[str, float] = defaultdict(float)
+    previous = start
+    for part, at in timeline:
+        if at < previous:
+            raise RuntimeError(
+                f"{part}: a mark {(previous - at) / 1e6:.3f} ms before the one it follows"
+            )
+        parts[part] += (at - previous) / 1e6
+        previous = at
+    return dict(parts)
 
 
 def measure_path(contender: Contender, probe_file: Path, runs: int) -> dict[str, Any]:
@@ -182,10 +206,12 @@ def measure_path(contender: Contender, probe_file: Path, runs: int) -> dict[str,
         seconds, _states = contender.run(1, False)
         probe.record("done")
         totals.append(seconds * 1000)
-    windows = saga_windows(read_probe(probe_file))
+    rows = read_probe(probe_file)
+    windows = saga_windows(rows)
     if len(windows) != runs:
         raise RuntimeError(f"{contender.name}: {len(windows)} sagas recorded of {runs}")
-    paths = [critical_path(w) for w in windows]
+    tasks = task_marks(rows)
+    paths = [critical_path(w, tasks) for w in windows]
     hops = {h for _parts, h in paths}
     if len(hops) != 1:
         raise RuntimeError(f"{contender.name}: sagas took {sorted(hops)} tasks on their path")
@@ -195,6 +221,7 @@ def measure_path(contender: Contender, probe_file: Path, runs: int) -> dict[str,
     result["total_ms"] = round(sum(result[part] for part in PARTS), 2)
     result["p50_ms"] = round(statistics.median(totals), 2)
     result["tasks_on_path"] = hops.pop()
+    result["sagas"] = len(paths)
     return result
 
 
@@ -280,6 +307,7 @@ def measure_cpu(contender: Contender, n: int, scope: Scope) -> dict[str, Any]:
     result["total_ms"] = round(total * 1000 / n, 1)
     result["throughput_per_s"] = round(n / seconds, 1)
     result["cores_busy"] = round(total / seconds, 2)
+    result["sagas"] = states.count("completed")
     return result
 
 
@@ -336,6 +364,7 @@ def measure_in_process(redis_url: str, database_url: str, n: int) -> dict[str, A
         IN_PROCESS_OUTCOME: round(outcome_ms, 2),
         "per_saga_ms": round(start_ms + outcome_ms * outcomes / n, 1),
         "outcomes_per_saga": outcomes // n,
+        "sagas": n,
     }
 
 

@@ -37,11 +37,12 @@ from benchmarks.compare import add_connection_args, create_database, drop_databa
 from sagaflow import Saga, Step, StepStatus  # noqa: E402
 from sagaflow.client.saga_client import SagaClient  # noqa: E402
 from sagaflow.config import Settings  # noqa: E402
+from sagaflow.core.machine import SagaRecord  # noqa: E402
 from sagaflow.core.protocol import STEP_FAILED_TASK, STEP_SUCCEEDED_TASK, outcome_kwargs  # noqa: E402
 from sagaflow.core.vocabulary import HistoryEvent  # noqa: E402
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec  # noqa: E402
 from sagaflow.store.factory import open_store  # noqa: E402
-from sagaflow.store.protocol import IGNORED_IN_HISTORY  # noqa: E402
+from sagaflow.store.protocol import IGNORED_IN_HISTORY, SagaStore  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 NOBODY = "forged-flood-nobody"  # no worker consumes this queue
@@ -66,6 +67,57 @@ def rss_kb(pid: int) -> dict[str, int]:
 
 def mb(sample: dict[str, int]) -> float:
     return round(sum(sample.values()) / 1024, 1)
+
+
+def dispatched(store: SagaStore, saga_id: str) -> SagaRecord:
+    """The saga once its step is executing: the step every forged callback claims to be."""
+    deadline = time.monotonic() + 60
+    while (saga := store.load(saga_id)) is None or not (
+        saga.steps and saga.steps[0].status is StepStatus.EXECUTING
+    ):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"saga {saga_id} never dispatched its step")
+        time.sleep(0.05)
+    return saga
+
+
+def send_forged(
+    client: SagaClient,
+    store: SagaStore,
+    saga_id: str,
+    args: argparse.Namespace,
+    orchestrator_pid: int,
+    samples: list[dict[str, Any]],
+) -> float:
+    """Send the forged callbacks to the orchestrator's queue, at most --backlog ahead of it,
+    sampling its RSS into `samples`; seconds until it had ignored every one."""
+    queue = client.settings.queue
+    claims = outcome_kwargs(saga_id, 0, "action", 1, "held")
+    started = time.monotonic()
+    last_sample = started
+    ignored = 0
+    for sent in range(1, args.count + 1):
+        if sent % 2:
+            client.app.send_task(
+                STEP_SUCCEEDED_TASK,
+                args=[{"forged": sent}],
+                kwargs=claims,
+                queue=queue,
+            )
+        else:
+            error = {"type": "Forged", "message": f"forged failure {sent}"}
+            client.app.send_task(STEP_FAILED_TASK, kwargs={**claims, "error": error}, queue=queue)
+        while sent - ignored >= args.backlog or (sent == args.count and ignored < sent):
+            time.sleep(0.2)
+            ignored = store.ignored(saga_id).count
+            if time.monotonic() - last_sample >= args.sample_every:
+                samples.append(
+                    {"sent": sent, "ignored": ignored, "rss_mb": mb(rss_kb(orchestrator_pid))}
+                )
+                last_sample = time.monotonic()
+            if time.monotonic() - started > args.timeout:
+                raise SystemExit(f"{ignored} of {sent} forged callbacks taken in time")
+    return time.monotonic() - started
 
 
 def flood(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,46 +150,14 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
             orchestrator = group.start(spec)
             group.wait_ready(client.app)
             saga_id = client.start("flood_target", {})
-            deadline = time.monotonic() + 60
-            while (saga := store.load(saga_id)) is None or not (
-                saga.steps and saga.steps[0].status is StepStatus.EXECUTING
-            ):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"saga {saga_id} never dispatched its step")
-                time.sleep(0.05)
+            saga = dispatched(store, saga_id)
             rows_before = len(store.history(saga_id))
+            version_before = saga.version
             log_before = orchestrator.log_path.stat().st_size
             pid = orchestrator.process.pid
             before = rss_kb(pid)
             samples = [{"sent": 0, "ignored": 0, "rss_mb": mb(before)}]
-            claims = outcome_kwargs(saga_id, 0, "action", 1, "held")
-            started = time.monotonic()
-            last_sample = started
-            ignored = 0
-            for sent in range(1, args.count + 1):
-                if sent % 2:
-                    client.app.send_task(
-                        STEP_SUCCEEDED_TASK,
-                        args=[{"forged": sent}],
-                        kwargs=claims,
-                        queue=settings.queue,
-                    )
-                else:
-                    error = {"type": "Forged", "message": f"forged failure {sent}"}
-                    client.app.send_task(
-                        STEP_FAILED_TASK, kwargs={**claims, "error": error}, queue=settings.queue
-                    )
-                while sent - ignored >= args.backlog or (sent == args.count and ignored < sent):
-                    time.sleep(0.2)
-                    ignored = store.ignored(saga_id).count
-                    if time.monotonic() - last_sample >= args.sample_every:
-                        samples.append(
-                            {"sent": sent, "ignored": ignored, "rss_mb": mb(rss_kb(pid))}
-                        )
-                        last_sample = time.monotonic()
-                    if time.monotonic() - started > args.timeout:
-                        raise SystemExit(f"{ignored} of {sent} forged callbacks taken in time")
-            elapsed = time.monotonic() - started
+            elapsed = send_forged(client, store, saga_id, args, pid, samples)
             during = [s["rss_mb"] for s in samples[1:]] or [mb(before)]
             after = rss_kb(pid)
             history = store.history(saga_id)
@@ -163,6 +183,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
                     h.event == HistoryEvent.OUTCOME_IGNORED for h in history
                 ),
                 "saga_state": saga.state.value,
+                "saga_version_before": version_before,
                 "saga_version": saga.version,
                 "elapsed_s": round(elapsed, 1),
                 "callbacks_per_s": round(args.count / elapsed, 1),

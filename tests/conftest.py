@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,19 @@ class Stack:
             lambda: f"saga {saga_id} never dispatched step {position + 1}{self.logs_hint()}",
         )
         return result
+
+    def age(self, saga_id: str, by: timedelta) -> None:
+        """Make a saga look stalled: its last change moves back in time."""
+        from sagaflow.store.schema import sagas
+
+        # Computed here, not in SQL: SQLite has no timestamp arithmetic.
+        updated_at = self.store.get(saga_id).updated_at
+        assert updated_at is not None
+        # The stack's own store engine: on SQLite it waits out the orchestrator's write lock.
+        with self.store.engine.begin() as conn:
+            conn.execute(
+                sagas.update().where(sagas.c.id == saga_id).values(updated_at=updated_at - by)
+            )
 
     def logs_hint(self) -> str:
         return f" (worker logs in {self.group.log_dir})"

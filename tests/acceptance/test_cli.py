@@ -348,13 +348,26 @@ def test_list_since_and_id_prefix(stack: Stack) -> None:
 
 
 def test_recover_prints_what_it_did(stack: Stack) -> None:
+    # A saga stalled for an hour on a step no worker takes: the sweep must send it again.
+    saga_id = stack.start("orphan", {})
+    stack.wait_dispatched(saga_id, 1)
+    stack.age(saga_id, timedelta(hours=1))
     result = sagaflow("recover", "--older-than", "600", env=stack.env)
     assert result.returncode == 0, describe(result)
-    assert re.search(
+    summary = re.search(
         r"\d+ steps timed out, \d+ retriable steps retried, \d+ sagas past their deadline, "
-        r"\d+ sagas re-driven, \d+ events published",
+        r"(\d+) sagas re-driven, \d+ events published",
         result.stdout,
-    ), describe(result)
+    )
+    assert summary, describe(result)
+    line = f"re-drove {saga_id}: step 'lost' sent again (pending)"
+    assert line in result.stdout, describe(result)
+    redriven = result.stdout.count("re-drove ")
+    assert int(summary.group(1)) == redriven >= 1, describe(result)
+    # What it printed, it did: a second attempt of the step, recorded in the history.
+    saga = stack.store.get(saga_id)
+    assert saga.steps[1].attempts == 2
+    assert "step_redriven" in [h.event for h in stack.store.history(saga_id)]
 
 
 def test_list_rejects_a_bad_limit(stack: Stack) -> None:

@@ -116,7 +116,7 @@ def assert_all_gone(pids: dict[str, int]) -> None:
         groups = process_groups()
         return {name: groups[pid] for name, pid in pids.items() if pid in groups}
 
-    poll(lambda: not left(), 10, lambda: f"processes still running: {left()}")
+    poll(lambda: not left(), 30, lambda: f"processes still running: {left()}")
 
 
 def test_stack_on_redis_and_postgres_runs_a_saga_and_stops_cleanly(

@@ -469,7 +469,7 @@ def test_the_next_start_the_store_takes_drains_the_outbox_at_once(
             20,
             lambda: f"{first} still only in the outbox: {client.outbox.pending()}",
         )
-        poll(lambda: client.outbox.count() == 0, 10, lambda: "the drained start is still kept")
+        poll(lambda: client.outbox.count() == 0, 30, lambda: "the drained start is still kept")
     finally:
         client.close()
         client.app.close()

@@ -29,6 +29,7 @@ from sagaflow.core.machine import (
     resolve,
     retry_delay,
 )
+from sagaflow.core.transitions import RETRY_BACKOFF
 from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
@@ -116,6 +117,14 @@ def test_a_late_outcome_of_an_attempt_waiting_for_retry_is_ignored() -> None:
 def test_the_retry_delay_doubles_and_is_bounded() -> None:
     assert [retry_delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
     assert retry_delay(50) == retry_delay(10_000) == RETRY_BACKOFF_MAX
+    assert retry_delay(1) == RETRY_BACKOFF and retry_delay(0) == RETRY_BACKOFF
+    # Doubling from RETRY_BACKOFF until the next doubling would pass the cap, then the cap.
+    delays = [retry_delay(n) for n in range(1, 40)]
+    capped = delays.index(RETRY_BACKOFF_MAX)
+    assert capped > 0
+    assert delays[:capped] == [RETRY_BACKOFF * 2**n for n in range(capped)]
+    assert delays[capped - 1] < RETRY_BACKOFF_MAX <= 2 * delays[capped - 1]
+    assert set(delays[capped:]) == {RETRY_BACKOFF_MAX}
 
 
 def test_a_non_retryable_failure_of_a_retriable_step_escalates() -> None:

@@ -22,7 +22,7 @@ from sagaflow.core.machine import (
 from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
-from sagaflow.store.schema import events, sagas
+from sagaflow.store.schema import events
 from tests.conftest import Stack
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -99,16 +99,6 @@ def test_redrive_ignores_finished_sagas() -> None:
 # -- against real workers ----------------------------------------------------------------------
 
 
-def age(stack: Stack, saga_id: str, by: timedelta) -> None:
-    """Make a saga look stalled: its last change moves back in time."""
-    # Computed here, not in SQL: SQLite has no timestamp arithmetic.
-    updated_at = stack.store.get(saga_id).updated_at
-    assert updated_at is not None
-    # The stack's own store engine: on SQLite it waits out the orchestrator's write lock.
-    with stack.store.engine.begin() as conn:
-        conn.execute(sagas.update().where(sagas.c.id == saga_id).values(updated_at=updated_at - by))
-
-
 def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) -> None:
     saga_id = stack.start("detour", {})
     stack.wait_dispatched(saga_id, 1)
@@ -120,7 +110,7 @@ def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) 
         assert args[0]["saga_id"] == saga_id
         message.ack()
         queue.close()
-    age(stack, saga_id, timedelta(hours=1))
+    stack.age(saga_id, timedelta(hours=1))
     later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
     try:
         result = stack.cli("recover", "--older-than", "600", "--json")
@@ -140,7 +130,7 @@ def test_a_lost_step_message_is_sent_again_and_the_saga_completes(stack: Stack) 
 def test_concurrent_sweeps_redrive_a_saga_once(stack: Stack) -> None:
     saga_id = stack.start("orphan", {})
     stack.wait_dispatched(saga_id, 1)
-    age(stack, saga_id, timedelta(hours=1))
+    stack.age(saga_id, timedelta(hours=1))
     orchestrators = [orchestrator_of(create_orchestrator_app(stack.settings)) for _ in range(4)]
     barrier = threading.Barrier(len(orchestrators))
     reports = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sagaflow import DefinitionError, Retry, SagaState, Step
+from sagaflow.core.definitions import MAX_RETRY_DELAY
 from sagaflow.core.machine import begin, new_saga
 from sagaflow.core.vocabulary import HistoryEvent
 from tests.conftest import Stack
@@ -17,6 +18,9 @@ def test_retry_policies_are_checked_when_defined() -> None:
         Retry(backoff=5, backoff_max=1)
     with pytest.raises(DefinitionError, match="not in broker ETAs"):
         Retry(backoff_max=3600)
+    with pytest.raises(DefinitionError, match="not in broker ETAs"):
+        Retry(backoff_max=MAX_RETRY_DELAY + 1)
+    assert Retry(backoff_max=MAX_RETRY_DELAY).backoff_max == MAX_RETRY_DELAY  # the cap itself
     with pytest.raises(DefinitionError, match="needs a compensation"):
         Step("s", "svc.act", compensation_retry=Retry())
     assert Retry.from_json(Retry(on=("E",)).to_json()) == Retry(on=("E",))
@@ -129,6 +133,22 @@ def test_an_error_carries_its_qualified_type_and_details_into_the_store(stack: S
     failed = [h for h in stack.store.history(saga_id) if h.event == HistoryEvent.STEP_FAILED]
     assert failed[0].detail is not None and failed[0].detail["error"] == error.to_json()
     assert stack.executions(saga_id).count(("b2", "action")) == 1
+
+
+def test_the_backoff_doubles_with_each_retry_up_to_its_cap() -> None:
+    from sagaflow.service.tasks import _retry_delay
+
+    policy = Retry(max_attempts=20, backoff=0.5, backoff_max=5, jitter=False)
+    context = {"retry": policy.to_json()}
+    delays = [_retry_delay((context,), RuntimeError("x"), retries) for retries in range(7)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    # With jitter, each delay is drawn between half the doubled delay and all of it.
+    jittered = {"retry": Retry(max_attempts=20, backoff=0.5, backoff_max=5).to_json()}
+    for retries, full in enumerate(delays):
+        assert full is not None
+        drawn = [_retry_delay((jittered,), RuntimeError("x"), retries) for _ in range(50)]
+        assert all(d is not None and full / 2 <= d <= full for d in drawn), (retries, drawn)
+        assert max(d for d in drawn if d is not None) > full * 0.75  # not stuck at the floor
 
 
 def test_a_long_retry_budget_is_used_to_the_end(stack: Stack) -> None:
