@@ -245,7 +245,13 @@ class ErrorHandlingGroup(click.Group):
         except BaseException as exc:  # the last resort: one line, no traceback
             obj = self._context.obj if self._context is not None else None
             settings = obj if isinstance(obj, Settings) else None
-            sys.exit(report(exc, as_json=self._wants_json(argv), settings=settings, argv=argv))
+            code = report(exc, as_json=self._wants_json(argv), settings=settings, argv=argv)
+            if isinstance(exc, KeyboardInterrupt):
+                # CPython flags an interrupt that passed through code run by exec() (dataclass
+                # and namedtuple methods are made so) and at exit kills itself with SIGINT even
+                # though it was handled; the next exec clears the flag, so 130 is the exit code.
+                exec("pass")
+            sys.exit(code)
         sys.exit(result if isinstance(result, int) else 0)
 
     def _wants_json(self, argv: Sequence[str]) -> bool:
