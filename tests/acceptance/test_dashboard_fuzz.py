@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sagaflow import SagaState
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.records import HistoryEntry
+from sagaflow.core.vocabulary import HistoryEvent
 from sagaflow.ops.dashboard import create_dashboard
 from sagaflow.store.factory import open_store
 from tests.conftest import (
@@ -87,7 +88,7 @@ def fuzzed_settings(stack: Stack, seeded: list[str], tmp_path: Path) -> Iterator
         for saga_id in seeded:
             history = [
                 HistoryEntry(
-                    row.event,
+                    HistoryEvent(row.event),
                     SagaState(row.from_state) if row.from_state else None,
                     SagaState(row.to_state),
                     row.step,

@@ -76,6 +76,7 @@ def test_saga_events_reach_a_queue_bound_to_the_exchange(stack: Stack) -> None:
     assert received[failed.saga_id]["event"] == "TripFailed"
     assert received[failed.saga_id]["error"] == {
         "type": "StepRefused",
+        "qualified_type": "tests.services.StepRefused",
         "message": "step a1 refused as asked",
         "task_id": failed.steps[0].task_id,
         "traceback": failed.error.traceback if failed.error else None,
