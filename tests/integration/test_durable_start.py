@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -186,7 +187,12 @@ def test_concurrent_sweeps_start_a_requested_saga_once(
     assert saga.state is SagaState.COMPLETED
     assert events_of(stack, saga_id).count(HistoryEvent.SAGA_RECORDED) == 1
     assert events_of(stack, saga_id).count(HistoryEvent.SAGA_STARTED) == 1
-    assert stack.executions(saga_id) == TRIP_ONCE
+    # Every sweep counts everything older than its own start as stalled (stalled_for=0), so on
+    # a loaded machine one may re-drive the step another sweep has just dispatched: that step
+    # then runs once more, and the sweep says so.
+    redriven = [step for r in reports for sid, step, _ in r.redriven if sid == saga_id]
+    expected = Counter(TRIP_ONCE) + Counter((step, "action") for step in redriven)
+    assert Counter(stack.executions(saga_id)) == expected
 
 
 def test_a_requested_saga_of_an_unknown_type_is_rejected_by_the_sweep(
