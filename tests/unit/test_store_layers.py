@@ -3,11 +3,12 @@ differences between SQLite and PostgreSQL live. Read from the source and from fr
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.unit.test_layers import all_imports, module_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sagaflow"
@@ -28,44 +29,9 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
-    """sagaflow modules `path` imports anywhere in it: at the top, in functions, for typing."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found.update(name for name in names if name in known)
-    return found - {module_name(path)}
-
-
 def import_graph() -> dict[str, set[str]]:
-    known = modules()
-    return {name: imports_of(path, known) for name, path in known.items()}
-
-
-def cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
-    """A chain of imports from `start` back to itself, if there is one."""
-    trail: list[str] = []
-    seen: set[str] = set()
-
-    def walk(name: str) -> bool:
-        for imported in sorted(graph[name]):
-            if imported == start:
-                trail.append(imported)
-                return True
-            if imported not in seen:
-                seen.add(imported)
-                trail.append(imported)
-                if walk(imported):
-                    return True
-                trail.pop()
-        return False
-
-    return [start, *trail] if walk(start) else None
+    """Each sagaflow module and the sagaflow modules it imports, as the layer test reads them."""
+    return {name: set(targets) for name, targets in module_graph(all_imports()).items()}
 
 
 def loaded_after(*imports: str) -> set[str]:
@@ -77,20 +43,6 @@ def loaded_after(*imports: str) -> set[str]:
     )
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
-
-
-def test_no_store_module_is_part_of_an_import_cycle() -> None:
-    graph = import_graph()
-    leaves = [n for n in graph if n.startswith("sagaflow.store") or n == "sagaflow.sqlite_engine"]
-    assert len(leaves) > 10
-    cycles = [c for c in (cycle_through(graph, name) for name in sorted(leaves)) if c]
-    assert cycles == []
-
-
-def test_the_cycle_check_finds_a_cycle() -> None:
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert cycle_through(graph, "a") == ["a", "b", "c", "a"]
-    assert cycle_through(graph, "d") is None
 
 
 def test_the_engine_depends_on_the_store_protocol_only() -> None:
