@@ -179,6 +179,7 @@ class Cluster:
         self.logs = logs
         self.beat: subprocess.Popen[bytes] | None = None
         self.exits: list[str] = []  # workers that exited on their own, and why
+        self._log_starts: dict[int, int] = {}  # pid: where its run begins in its log
         self.specs = {
             "orchestrator": WorkerSpec(
                 "orchestrator", "sagaflow.worker", [settings.queue], pool="prefork", concurrency=2
@@ -223,10 +224,29 @@ class Cluster:
                 self.group.wait_ready(app, timeout=max(1.0, deadline - time.monotonic()))
                 return
             except Exception:  # Redis just restarted, or a worker exited meanwhile: again
+                self.revive_stuck()
                 if time.monotonic() > deadline:
                     raise
             finally:
                 app.close()
+
+    def revive_stuck(self) -> None:
+        """Kill any worker whose Celery logged an unrecoverable error but did not exit (its
+        shutdown can hang on its pool), as a supervisor's health check would; revive_exited
+        then starts it again and lists it with that error."""
+        for worker in self.group.workers:
+            if worker.alive and self._gave_up(worker):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.process.pid, signal.SIGKILL)
+                worker.process.wait(timeout=30)
+
+    def _gave_up(self, worker: WorkerProcess) -> bool:
+        try:
+            with open(worker.log_path, "rb") as log:
+                log.seek(self._log_starts.get(worker.process.pid, 0))
+                return b"Unrecoverable error" in log.read()
+        except OSError:
+            return False
 
     def revive_exited(self) -> list[str]:
         """Start again, as a supervisor would, any worker (or beat) that exited on its own."""
@@ -245,7 +265,9 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.process.pid, signal.SIGKILL)  # its pool, if left behind
             self.group.stop_worker(worker)
-            self.group.start(self.specs[worker.spec.name])
+            started_at = worker.log_path.stat().st_size if worker.log_path.exists() else 0
+            revived_worker = self.group.start(self.specs[worker.spec.name])
+            self._log_starts[revived_worker.process.pid] = started_at
             revived.append(
                 f"{worker.spec.name} exited with code {worker.process.returncode}: {reason[:300]}"
             )

