@@ -182,3 +182,20 @@ hurried = Saga(
     ],
     deadline=0.3,
 )
+
+
+def _hosted(name: str, prefix: str, queue: str) -> Saga:
+    """Steps on an existing Celery app (tests.host_plain, tests.host_django): h1 retries
+    Flaky failures up to 3 runs, a2 runs on a sagaflow service app between them."""
+    return Saga(
+        name,
+        steps=[
+            Step("h1", f"{prefix}.act", f"{prefix}.undo", queue=queue, retry=_quick),
+            _step("a2", "svc_a"),
+            Step("h3", f"{prefix}.act", f"{prefix}.undo", queue=queue),
+        ],
+    )
+
+
+hosted = _hosted("hosted", "host", "host")
+hosted_django = _hosted("hosted_django", "hostd", "hostd")

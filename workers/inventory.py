@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sagaflow import create_service_app
-from workers import db
+
+from . import db
 
 app = create_service_app("inventory")
 

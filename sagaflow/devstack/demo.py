@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from sagaflow.store.protocol import SagaStore
 from sagaflow.terminal import STEP_MARK, driver_message, state_text
 from sagaflow.urls import mask_url
 
+# The repository's workers/ folder, which the package ships under this name.
+EXAMPLE_PACKAGE = "sagaflow.example"
 SERVICES = ("inventory", "payments", "shipping")
 BALANCES = {"alice": 1_000_000, "bob": 1_500, "carol": 250_000}
 STOCK = {"widget": 10_000, "gadget": 3, "gizmo": 5_000}
@@ -92,14 +93,17 @@ def expected_balances(sagas: list[SagaRecord]) -> tuple[dict[str, int], dict[str
     return balances, stock
 
 
-def _check_workers_importable() -> Path:
-    root = Path.cwd()
-    if importlib.util.find_spec("workers.definitions") is None:
+def _example(module: str) -> Any:
+    """A module of the example business (the repository's workers/, installed as
+    sagaflow.example); imported by name so that nothing else depends on it."""
+    name = f"{EXAMPLE_PACKAGE}.{module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
         raise ConfigurationError(
-            "the demo needs the example services in workers/: run `sagaflow demo` from the "
-            "sagaflow repository root"
-        )
-    return root
+            f"the demo needs the example services ({name}), which this installation of "
+            f"sagaflow lacks: {exc}"
+        ) from exc
 
 
 def run_demo(
@@ -118,15 +122,15 @@ def run_demo(
     """
     console = console or Console()
     started = time.monotonic()
-    sys.path.insert(0, str(Path.cwd()))
-    root = _check_workers_importable()
+    _example("definitions")
+    root = Path.cwd()
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="sagaflow-demo-"))
     home = home.resolve()
     settings = Settings(
         home=home,
         broker_url=broker_url or "filesystem://",
         database_url=database_url or f"sqlite:///{home / 'sagaflow.db'}",
-        definitions=("workers.definitions",),
+        definitions=(f"{EXAMPLE_PACKAGE}.definitions",),
     )
     ensure_home(settings)
     services_url = os.environ.get("WORKERS_DATABASE_URL") or (
@@ -136,7 +140,6 @@ def run_demo(
         **os.environ,
         **settings.to_env(),
         "WORKERS_DATABASE_URL": services_url,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
     console.print(f"[bold]sagaflow demo[/] in {home}")
     broker = "kombu filesystem transport" if settings.is_filesystem_broker else "Celery broker"
@@ -173,8 +176,7 @@ def run_demo(
 
 def _seed_services(services_url: str) -> None:
     """The example services' own tables, with their balances and stock reset."""
-    from workers import db
-
+    db = _example("db")
     try:
         db.seed(BALANCES, STOCK, url=services_url)
     except sa.exc.SQLAlchemyError as exc:
@@ -190,7 +192,7 @@ def _start_workers(
     with console.status("starting the orchestrator and 3 service workers…"):
         group.start(WorkerSpec("orchestrator", "sagaflow.worker", [queue]))
         for service in SERVICES:
-            group.start(WorkerSpec(service, f"workers.{service}", [service]))
+            group.start(WorkerSpec(service, f"{EXAMPLE_PACKAGE}.{service}", [service]))
         group.wait_ready(client.app, timeout=60)
     console.print(
         f"workers up: orchestrator ({queue}), "
@@ -210,8 +212,7 @@ def _run_orders(
 ) -> tuple[list[SagaRecord], bool]:
     """Start the demo's orders, wait for them, show what happened; True if the services'
     balances and stock are what the completed orders explain."""
-    from workers import db
-
+    db = _example("db")
     orders = demo_orders(count)
     ids = [client.start(order.saga_type, order.data) for order in orders]
     sagas = _wait_with_progress(client, store, ids, timeout, console)

@@ -36,15 +36,22 @@ def send_step(app: Celery, orchestrator_queue: str, command: DispatchTask) -> No
         str(command.context.get("step")),
     )
     outcome_repr = display_repr(outcome)
+    # serializer: the service worker publishes these with its own app, whose serializer may be
+    # pickle; the orchestrator takes JSON only.
     on_success = app.signature(
         STEP_SUCCEEDED_TASK,
         kwargs=outcome,
         queue=orchestrator_queue,
         retry_policy=CALLBACK_RETRY_POLICY,
         kwargsrepr=outcome_repr,
+        serializer="json",
     )
     on_failure = app.signature(
-        ERRBACK_TASK, kwargs=outcome, queue=orchestrator_queue, kwargsrepr=outcome_repr
+        ERRBACK_TASK,
+        kwargs=outcome,
+        queue=orchestrator_queue,
+        kwargsrepr=outcome_repr,
+        serializer="json",
     )
     app.send_task(
         command.task_name,

@@ -38,6 +38,7 @@ from sagaflow.messaging.screening import (
     install_screen,
     send_quarantine_record,
 )
+from sagaflow.service.host_app import install_step_support
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ _OUTCOME_KEYS = ("saga_id", "step", "position", "phase", "attempt")
 
 
 class SagaStepTask(Task):  # type: ignore[misc]
-    """Task base class for saga steps (`create_service_app` uses it for every task).
+    """Task base class for saga steps (`create_service_app` uses it for every task, and
+    `install_service_support` puts it under every task of an existing app).
 
     When the task runs as a saga step it applies the step's retry policy with Celery's own
     `self.retry()`, reports how many runs it took, and makes its return value strict JSON
@@ -106,8 +108,14 @@ def create_service_app(service: str, settings: Settings | None = None) -> Celery
 def install_service_support(
     app: Celery, orchestrator_queue: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> None:
-    """Register sagaflow's errback on an existing Celery app and put the message screen in
-    front of its workers: a message none of its tasks can take is quarantined, not fatal."""
+    """Make `app`'s workers run saga steps: the step's retry policy, strict JSON results, late
+    acknowledgement with requeue when a worker dies, and outcomes sent to the orchestrator as
+    JSON, whatever the app's own settings (sagaflow.service.host_app); sagaflow's errback; and
+    the message screen, so that a message none of its tasks can take is quarantined, not fatal.
+
+    Raises ConfigurationError if the app's settings would keep steps from arriving or reporting.
+    """
+    install_step_support(app, SagaStepTask)
     report = _failure_reporter(app, orchestrator_queue)
     # Not bound: Celery runs an errback inline only if it is not (celery/backends/base.py).
     # shared=False: registered on this app only, not on every app the process creates later.

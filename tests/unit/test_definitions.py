@@ -409,8 +409,9 @@ def readme_names() -> set[str]:
     }
     names |= quoted & classes
     for attribute in re.findall(r"`sagaflow\.(\w+)(?![\w.])", text):
-        # `celery -A sagaflow.worker` is the orchestrator's app; `sagaflow.events` an exchange.
-        if attribute not in ("worker", "events"):
+        # `celery -A sagaflow.worker` is the orchestrator's app; `sagaflow.events` an exchange;
+        # `sagaflow.example` the example services' package.
+        if attribute not in ("worker", "events", "example"):
             names.add(attribute)
     return names
 
