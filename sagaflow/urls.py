@@ -117,9 +117,6 @@ def broker_url_problem(url: str) -> str | None:
     """Why `url` cannot be a Celery broker URL, or None. Only parses: connects to nothing."""
     from kombu.transport import TRANSPORT_ALIASES
 
-    from sagaflow.messaging import transport
-
-    transport.register()  # sagaflow's own filesystem and Redis transports
     for part in _NEXT_URL.split(url):
         match = _SCHEME.match(part)
         if match is None:

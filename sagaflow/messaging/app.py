@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import ssl
 import types
 from typing import Any
 
@@ -12,6 +14,8 @@ from celery import Celery
 from sagaflow.config import Settings, celery_settings, ensure_home
 from sagaflow.errors import ConfigurationError
 from sagaflow.messaging import transport
+
+logger = logging.getLogger(__name__)
 
 CONFIG_MODULE_ENV = "SAGAFLOW_CELERY_CONFIG"
 # Connections always come from Settings (SAGAFLOW_* variables or explicit arguments), so a
@@ -42,17 +46,34 @@ def _user_overrides() -> dict[str, Any]:
 
 def create_app(main: str, settings: Settings | None = None, task_cls: Any = None) -> Celery:
     settings = settings or Settings.from_env()
-    transport.register()
     ensure_home(settings)
     conf = celery_settings(settings)
     overrides = _user_overrides()
     for key in CONNECTION_KEYS:
         overrides.pop(key, None)
     conf.update(overrides)
+    _choose_transport(conf, settings.broker_url)
     _require_json_only(conf)
     app = Celery(main, set_as_current=False, **({"task_cls": task_cls} if task_cls else {}))
     app.conf.update(conf)
     return app
+
+
+def _choose_transport(conf: dict[str, Any], broker_url: str) -> None:
+    """sagaflow's transport for this app alone (kombu's aliases stay as they are), unless the
+    config module names one."""
+    chosen = transport.transport_for(broker_url)
+    if chosen is None or conf.get("broker_transport"):
+        return
+    conf["broker_transport"] = chosen
+    if transport.broker_scheme(broker_url) == "rediss" and not conf.get("broker_use_ssl"):
+        # What kombu does for a rediss:// URL when it picks the transport by the URL's scheme
+        # (and warns about): TLS without certificate checks. broker_use_ssl sets them.
+        logger.warning(
+            "rediss:// broker without broker_use_ssl: TLS without certificate verification; "
+            "set broker_use_ssl in your Celery config module to verify the server"
+        )
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
 
 
 def _require_json_only(conf: dict[str, Any]) -> None:

@@ -6,12 +6,18 @@ two readers can both copy a file when the temp folder is on another filesystem. 
 (queue bindings, written when workers start) have the same window: a file created empty before
 it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
 inside the same folder; bindings are updated under a lock file and replaced atomically.
-`filesystem://` URLs use this class in every sagaflow process.
 
 kombu's Redis transport, publishing through one client per channel: the stock channel builds a
 new `redis.Redis` for every message it sends (task messages and every task event), and that
 constructor, which copies the client's table of response callbacks, costs more than the publish
-itself. `redis://` and `rediss://` URLs use it in every sagaflow process.
+itself.
+
+Both apply to sagaflow's own Celery apps only, named by their `broker_transport` setting
+(`transport_for`): kombu's TRANSPORT_ALIASES, which every app and connection of the process
+shares, are left alone, so another app's `redis://` keeps kombu's transport. The classes
+override private kombu methods (`_put`, `_get`, `_queue_bind`, `get_table`, `_create_client`,
+`_connparams`): pyproject.toml bounds kombu to the minor versions tested, and
+tests/unit/test_transport_scope.py checks that each overridden method still exists upstream.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import uuid
 from queue import Empty
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.transport import filesystem
 from kombu.transport import redis as redis_transport
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -151,7 +157,18 @@ class RedisTransport(redis_transport.Transport):
     Channel = RedisChannel
 
 
-def register() -> None:
-    TRANSPORT_ALIASES["filesystem"] = "sagaflow.messaging.transport:Transport"
-    TRANSPORT_ALIASES["redis"] = "sagaflow.messaging.transport:RedisTransport"
-    TRANSPORT_ALIASES["rediss"] = "sagaflow.messaging.transport:RedisTransport"
+SAGAFLOW_TRANSPORTS = {
+    "filesystem": f"{__name__}:Transport",
+    "redis": f"{__name__}:RedisTransport",
+    "rediss": f"{__name__}:RedisTransport",
+}
+
+
+def broker_scheme(url: str) -> str:
+    return url.split(";", 1)[0].partition("://")[0].lower()
+
+
+def transport_for(url: str) -> str | None:
+    """sagaflow's transport class for broker `url` (a `broker_transport` value), or None to let
+    kombu choose: another broker, or a URL naming its transport itself (`sqla+sqlite://`)."""
+    return SAGAFLOW_TRANSPORTS.get(broker_scheme(url))

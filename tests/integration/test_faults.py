@@ -150,10 +150,10 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
 
     from sagaflow.messaging import transport
 
-    transport.register()
     settings = Settings(home=tmp_path, broker_url="filesystem://")
     ensure_home(settings)
     options = celery_settings(settings)["broker_transport_options"]
+    own = {"transport": transport.Transport, "transport_options": options}  # not kombu's own
     queue = Queue("race", Exchange("race", type="direct"), routing_key="race")
     total, producers, consumers = 400, 4, 4
     received: list[int] = []
@@ -163,7 +163,7 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
 
     def produce(start: int) -> None:
         try:
-            with Connection("filesystem://", transport_options=options) as conn:
+            with Connection("filesystem://", **own) as conn:
                 producer = conn.Producer(serializer="json")
                 for n in range(start, total, producers):
                     producer.publish(
@@ -174,7 +174,7 @@ def test_filesystem_broker_delivers_each_message_once_under_racing_processes(
 
     def consume() -> None:
         try:
-            with Connection("filesystem://", transport_options=options) as conn:
+            with Connection("filesystem://", **own) as conn:
                 simple = conn.SimpleQueue(queue)
                 while not done.is_set():
                     try:
@@ -214,17 +214,17 @@ def test_filesystem_broker_keeps_every_binding_when_workers_start_together(
 
     from sagaflow.messaging import transport
 
-    transport.register()
     settings = Settings(home=tmp_path, broker_url="filesystem://")
     ensure_home(settings)
     options = celery_settings(settings)["broker_transport_options"]
+    own = {"transport": transport.Transport, "transport_options": options}  # not kombu's own
     exchange = Exchange("shared-fanout", type="fanout")
     errors: list[BaseException] = []
     start = threading.Barrier(8)
 
     def bind(worker: int) -> None:
         try:
-            with Connection("filesystem://", transport_options=options) as conn:
+            with Connection("filesystem://", **own) as conn:
                 channel = conn.default_channel
                 start.wait()
                 for n in range(10):
@@ -239,7 +239,7 @@ def test_filesystem_broker_keeps_every_binding_when_workers_start_together(
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    with Connection("filesystem://", transport_options=options) as conn:
+    with Connection("filesystem://", **own) as conn:
         table = conn.default_channel.get_table("shared-fanout")
     assert sorted(q.queue for q in table) == sorted(
         f"q-{w}-{n}" for w in range(8) for n in range(10)
