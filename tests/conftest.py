@@ -40,6 +40,23 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "SAGAFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ("redis-postgres", "embedded")
+# A module that sets ON_EVERY_BROKER = True (the engine's own tests) runs each test that takes
+# `stack` on every supported broker, the same test on each.
+EVERY_BROKER = ("redis-postgres", "rabbitmq-postgres", "embedded")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest reads the marks and gives `stack` its params
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stack" not in metafunc.fixturenames or not getattr(
+        metafunc.module, "ON_EVERY_BROKER", False
+    ):
+        return
+    if any(
+        mark.args and "stack" in mark.args[0]
+        for mark in metafunc.definition.iter_markers("parametrize")
+    ):
+        return  # the test names its own brokers
+    metafunc.definition.add_marker(pytest.mark.parametrize("stack", EVERY_BROKER, indirect=True))
 
 
 _own_redis: Any = None

@@ -39,6 +39,8 @@ from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchest
 from tests.conftest import Stack, poll
 from tests.integration.test_pivot import sweep_until
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
 

@@ -11,6 +11,8 @@ from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 TRIP = ["a1", "b2", "a3", "b4"]
 
 

@@ -27,6 +27,8 @@ from sagaflow.core.vocabulary import ErrorType, HistoryEvent
 from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import Stack, poll
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STEPS = [Step(n, "svc.act", "svc.undo", queue="q") for n in ("one", "two", "three")]
 

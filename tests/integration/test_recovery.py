@@ -25,6 +25,8 @@ from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchest
 from sagaflow.store.schema import events
 from tests.conftest import Stack
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 STEPS = [
     Step("one", "svc.act", "svc.undo", queue="q"),

@@ -10,6 +10,8 @@ from sagaflow.core.machine import begin, new_saga
 from sagaflow.core.vocabulary import HistoryEvent
 from tests.conftest import Stack
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 
 def test_retry_policies_are_checked_when_defined() -> None:
     with pytest.raises(DefinitionError, match="max_attempts"):

@@ -22,6 +22,8 @@ from sagaflow.core.vocabulary import ErrorType
 from sagaflow.messaging.orchestrator_app import create_orchestrator_app, orchestrator_of
 from tests.conftest import Stack, poll
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 

@@ -37,6 +37,8 @@ from tests.conftest import ROOT, Stack, poll
 from tests.integration.test_pivot import sweep_until, wait_for_state
 from tests.integration.test_timeouts import sweep_until_timed_out
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LATE = T0 + timedelta(seconds=11)
 

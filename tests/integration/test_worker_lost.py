@@ -20,6 +20,8 @@ from sagaflow.devstack.processes import WorkerSpec
 from sagaflow.messaging.liveness import BEACON_EVENT, BEACON_ROUTING_KEY
 from tests.conftest import Stack, poll
 
+ON_EVERY_BROKER = True  # its stack tests run on Redis, RabbitMQ and the embedded broker
+
 LOST_AFTER = 10.0  # Settings.worker_lost_seconds on Redis and the embedded broker
 
 
@@ -81,6 +83,15 @@ def test_a_step_held_by_a_killed_worker_is_sent_again_within_seconds(stack: Stac
             for h in stack.store.history(saga_id)
             if h.event == HistoryEvent.STEP_REDRIVEN and (h.detail or {}).get("worker_lost")
         ]
+        if stack.settings.broker_url.startswith("amqp"):
+            # RabbitMQ gives a dead consumer's unacknowledged messages back at once: the same
+            # attempt runs again on the replacement, and the beacon has nothing to re-drive
+            # unless the replacement took longer to start than the beacon waits (a loaded
+            # machine); then the re-drive's attempt is the one that counts.
+            assert len(resent) <= 1, [h.event for h in stack.store.history(saga_id)]
+            assert stack.executions(saga_id).count(("m2", "action")) >= 2
+            assert saga.steps[1].attempts == 1 + len(resent)
+            return
         assert len(resent) == 1, [h.event for h in stack.store.history(saga_id)]
         assert str(resent[0].detail["worker_lost"]).startswith("mortal@")
         noticed = (resent[0].at - killed_at).total_seconds()
