@@ -118,7 +118,9 @@ def test_demo_on_redis_and_postgres_prints_no_password(planted: Planted, tmp_pat
         in (logs["orchestrator.log"])
     )
     for name, log in logs.items():  # Celery's banner, which masks with two stars
-        assert f"transport:   redis://default:**@{planted.server}" in log, name
+        # sagaflow's apps name their transport class (broker_transport), shown as its scheme.
+        transport = "sagaflow.messaging.transport:RedisTransport"
+        assert f"transport:   {transport}://default:**@{planted.server}" in log, name
         assert f"results:     redis://default:**@{planted.server}" in log, name
 
 
