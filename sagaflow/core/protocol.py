@@ -37,6 +37,23 @@ MAX_INPUT_DEPTH = 64
 SAGA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,63}$")
 
 
+def message_embed(body: Any) -> dict[str, Any] | None:
+    """The embed (callbacks, errbacks, chain) of a protocol-2 task body `[args, kwargs, embed]`,
+    or None if the body has not that shape."""
+    if not isinstance(body, (list, tuple)) or len(body) != 3 or not isinstance(body[2], dict):
+        return None
+    return body[2]
+
+
+def find_signature(signatures: Any, task_name: str) -> dict[str, Any] | None:
+    """The first signature for `task_name` among a message's `signatures` (callbacks or
+    errbacks, as dicts), if any."""
+    for signature in signatures or ():
+        if isinstance(signature, dict) and signature.get("task") == task_name:
+            return signature
+    return None
+
+
 def input_problem(value: Any, max_depth: int = MAX_INPUT_DEPTH) -> str | None:
     """Why `value` (decoded JSON) cannot be stored as saga input, or None.
 

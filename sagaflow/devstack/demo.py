@@ -8,7 +8,7 @@ balances and stock equal what the completed orders alone explain, and stops ever
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import tempfile
 import time

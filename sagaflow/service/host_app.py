@@ -16,7 +16,6 @@ and again when a worker starts (the app's configuration may be read late).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +23,8 @@ from celery import Celery, Task, bootsteps
 from celery.worker.consumer.tasks import Tasks
 from kombu.serialization import prepare_accept_content
 
-from sagaflow.core.protocol import STEP_SUCCEEDED_TASK
+from sagaflow.core.protocol import STEP_SUCCEEDED_TASK, find_signature, message_embed
 from sagaflow.errors import ConfigurationError
-
-logger = logging.getLogger(__name__)
 
 # What a step message's request needs, whatever the task says.
 STEP_ACKS = {"acks_late": True, "reject_on_worker_lost": True, "acks_on_failure_or_timeout": True}
@@ -75,10 +72,11 @@ def is_step_message(message: Any) -> bool:
         body = message.decode()  # decoded once already by the screen; kombu keeps it
     except Exception:
         return False
-    if not isinstance(body, (list, tuple)) or len(body) != 3 or not isinstance(body[2], dict):
-        return False
-    callbacks = body[2].get("callbacks") or ()
-    return any(isinstance(c, dict) and c.get("task") == STEP_SUCCEEDED_TASK for c in callbacks)
+    embed = message_embed(body)
+    return (
+        embed is not None
+        and find_signature(embed.get("callbacks"), STEP_SUCCEEDED_TASK) is not None
+    )
 
 
 def _late_ack_copy(task: Task) -> Task:

@@ -25,6 +25,8 @@ from sagaflow.core.protocol import (
     STEP_FAILED_TASK,
     STEP_SUCCEEDED_TASK,
     error_payload,
+    find_signature,
+    message_embed,
     strict_json,
 )
 from sagaflow.core.vocabulary import ErrorType
@@ -76,10 +78,7 @@ class SagaStepTask(Task):  # type: ignore[misc]
 
 
 def _step_callback(request: Any) -> dict[str, Any] | None:
-    for callback in getattr(request, "callbacks", None) or ():
-        if isinstance(callback, dict) and callback.get("task") == STEP_SUCCEEDED_TASK:
-            return callback
-    return None
+    return find_signature(getattr(request, "callbacks", None), STEP_SUCCEEDED_TASK)
 
 
 def _retry_delay(args: tuple[Any, ...], exc: Exception, retries: int) -> float | None:
@@ -250,10 +249,9 @@ def _quarantine_task_message(
 
 def _sagaflow_outcome(body: Any) -> dict[str, Any] | None:
     """The (saga, step, phase, attempt) a step message's sagaflow errback carries, if any."""
-    if not isinstance(body, (list, tuple)) or len(body) != 3 or not isinstance(body[2], dict):
+    embed = message_embed(body)
+    errback = find_signature(embed.get("errbacks"), ERRBACK_TASK) if embed else None
+    if errback is None:
         return None
-    for errback in body[2].get("errbacks") or ():
-        if isinstance(errback, dict) and errback.get("task") == ERRBACK_TASK:
-            kwargs = errback.get("kwargs") or {}
-            return {key: kwargs.get(key) for key in _OUTCOME_KEYS}
-    return None
+    kwargs = errback.get("kwargs") or {}
+    return {key: kwargs.get(key) for key in _OUTCOME_KEYS}
