@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sagaflow.client.async_client import AsyncSagaClient
     from sagaflow.client.saga_client import Durability, SagaClient, StartReceipt
     from sagaflow.config import Settings
     from sagaflow.core.definitions import (
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _HOMES = {
+    "sagaflow.client.async_client": ("AsyncSagaClient",),
     "sagaflow.client.saga_client": ("Durability", "SagaClient", "StartReceipt"),
     "sagaflow.config": ("Settings",),
     "sagaflow.core.definitions": (
@@ -97,6 +99,7 @@ _HOMES = {
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
+    "AsyncSagaClient",
     "BrokerUnavailable",
     "ConcurrencyConflict",
     "ConfigurationError",

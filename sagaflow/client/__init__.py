@@ -1,5 +1,7 @@
-"""What a producer loads: SagaClient, and the start outbox it falls back on."""
+"""What a producer loads: SagaClient (AsyncSagaClient for asyncio), and the start outbox
+they fall back on."""
 
+from sagaflow.client.async_client import AsyncSagaClient
 from sagaflow.client.saga_client import (
     BrokerUnavailable,
     Durability,
@@ -8,4 +10,11 @@ from sagaflow.client.saga_client import (
     StartReceipt,
 )
 
-__all__ = ["BrokerUnavailable", "Durability", "InvalidOperation", "SagaClient", "StartReceipt"]
+__all__ = [
+    "AsyncSagaClient",
+    "BrokerUnavailable",
+    "Durability",
+    "InvalidOperation",
+    "SagaClient",
+    "StartReceipt",
+]

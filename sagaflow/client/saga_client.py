@@ -64,6 +64,11 @@ logger = logging.getLogger(__name__)
 MAX_OPERATOR_TEXT = 10_000  # a step name or a reason (sagaflow.core.messages checks it again)
 # How often a client looks for starts another process left in the outbox.
 OUTBOX_RECHECK_SECONDS = 60.0
+# After a start message could not be sent, later starts already kept in the store or the
+# outbox try the broker once instead of retrying for about 2 s: in a broker outage a producer
+# stays fast, and the recovery sweep starts what did not go out.
+BROKER_RETRY_PAUSE_SECONDS = 5.0
+SEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 
 
 class Durability(str, Enum):
@@ -113,6 +118,7 @@ class SagaClient:
         self._outbox_drainer: OutboxDrainer | None = None
         self._outbox_checked_at: float | None = None
         self._store_answering = True  # for one warning per outage, not one per start
+        self._broker_failed_at: float | None = None
         self._drainer_lock = threading.Lock()
 
     @property
@@ -187,19 +193,26 @@ class SagaClient:
             "data": payload,
             **({"deadline": deadline} if deadline is not None else {}),
         }
+        failed_at = self._broker_failed_at
+        retry = (
+            kept is Durability.BROKER  # the message is all there is
+            or failed_at is None
+            or time.monotonic() - failed_at > BROKER_RETRY_PAUSE_SECONDS
+        )
         try:
-            self.app.send_task(
-                START_TASK,
-                kwargs=kwargs,
-                argsrepr="()",
-                kwargsrepr=display_repr(kwargs),
-                queue=self.settings.queue,
-                retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-            )
+            if retry:
+                self._send_start(kwargs, retry=True)
+            else:
+                # kombu retries a connection until its connect timeout whatever `retry` says;
+                # a connection of its own that gives up at the first refusal does not.
+                options = {**self.app.conf.broker_transport_options, "max_retries": 0}
+                with self.app.connection_for_write(transport_options=options) as connection:
+                    self._send_start(kwargs, retry=False, connection=connection)
+            self._broker_failed_at = None
         except SagaflowError:
             raise
         except Exception as exc:  # kombu raises transport-specific errors
+            self._broker_failed_at = time.monotonic()
             if kept is Durability.BROKER:
                 raise BrokerUnavailable(f"could not enqueue saga {saga_id}: {exc}") from exc
             logger.warning(
@@ -210,6 +223,18 @@ class SagaClient:
                 exc,
             )
         return StartReceipt(saga_id, kept)
+
+    def _send_start(self, kwargs: dict[str, Any], retry: bool, connection: Any = None) -> None:
+        self.app.send_task(
+            START_TASK,
+            kwargs=kwargs,
+            argsrepr="()",
+            kwargsrepr=display_repr(kwargs),
+            queue=self.settings.queue,
+            retry=retry,
+            retry_policy=SEND_RETRY_POLICY,
+            connection=connection,
+        )
 
     def _record_request(self, request: StartRequest, wanted: Durability) -> Durability:
         """Keep the start as `requested`: in the store (now, or from an earlier start with the
@@ -352,7 +377,7 @@ class SagaClient:
                 kwargs={"action": action.value, "saga_id": saga_id, **kwargs},
                 queue=self.settings.queue,
                 retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                retry_policy=SEND_RETRY_POLICY,
             )
         except Exception as exc:
             raise BrokerUnavailable(f"could not send {action} for saga {saga_id}: {exc}") from exc
@@ -383,7 +408,7 @@ class SagaClient:
             ):
                 return last
             if time.monotonic() >= deadline:
-                where = "not recorded yet" if last is None else _describe(last)
+                where = "not recorded yet" if last is None else describe_saga(last)
                 raise SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}")
             time.sleep(poll_interval)
 
@@ -418,7 +443,7 @@ def _text_argument(name: str, value: object) -> str:
     return value
 
 
-def _describe(saga: SagaRecord) -> str:
+def describe_saga(saga: SagaRecord) -> str:
     where = saga.state.value
     if saga.current_step is not None and saga.current_step < len(saga.steps):
         step = saga.steps[saga.current_step]

@@ -3,6 +3,8 @@ and run sagaflow's processes (the saga commands are in sagaflow.ops.cli)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -16,6 +18,15 @@ from sagaflow.ops.cli_errors import EXIT_ERROR, SECONDS, err_console
 from sagaflow.store.factory import open_store
 from sagaflow.terminal import driver_message
 from sagaflow.urls import mask_url
+
+# What `sagaflow dashboard` needs beyond a service worker's install (the `dashboard` extra).
+DASHBOARD_MODULES = ("flask", "waitress", "prometheus_client")
+DASHBOARD_INSTALL = "pip install 'celery-sagaflow[dashboard]'"
+
+
+def dashboard_missing() -> list[str]:
+    """The dashboard's modules this install lacks."""
+    return [name for name in DASHBOARD_MODULES if importlib.util.find_spec(name) is None]
 
 
 @click.group()
@@ -148,6 +159,11 @@ def dashboard(
     enable_actions: bool,
 ) -> None:
     """Serve the saga dashboard, its JSON API (/api) and Prometheus metrics (/metrics)."""
+    missing = dashboard_missing()
+    if missing:
+        raise ConfigurationError(
+            f"the dashboard needs {', '.join(missing)}, not installed here: {DASHBOARD_INSTALL}"
+        )
     from sagaflow.ops.dashboard import create_dashboard, parse_auth, serve
 
     settings = settings_of(ctx)
@@ -223,4 +239,12 @@ def stack(
     )
     root = ctx.find_root().command  # the `sagaflow` group, which imports this module
     available = isinstance(root, click.Group) and "dashboard" in root.commands
+    if available and dashboard_missing():
+        console.print(
+            f"dashboard not started: {', '.join(dashboard_missing())} not installed "
+            f"({DASHBOARD_INSTALL})",
+            style="yellow",
+            highlight=False,
+        )
+        options = dataclasses.replace(options, dashboard=False)
     sys.exit(run_stack(settings_of(ctx), options, console, dashboard_available=available))

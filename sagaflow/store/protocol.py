@@ -251,6 +251,11 @@ class SagaStore(Protocol):
 
     def count_by_state(self, saga_ids: Sequence[str] | None = None) -> dict[str, int]: ...
 
+    def versions(self, saga_ids: Sequence[str]) -> dict[str, tuple[SagaState, int]]:
+        """State and version of each of these sagas the store has, in one query (what a
+        waiter needs to know whether to load the saga)."""
+        ...
+
     def history(self, saga_id: str) -> list[HistoryRow]: ...
 
     def ignored(self, saga_id: str) -> IgnoredOutcomes:

@@ -453,6 +453,15 @@ class SqlSagaStore(abc.ABC):
         with self._connect() as conn:
             return {state: int(n) for state, n in conn.execute(query).all()}
 
+    def versions(self, saga_ids: Sequence[str]) -> dict[str, tuple[SagaState, int]]:
+        if not saga_ids:
+            return {}
+        query = sa.select(sagas.c.id, sagas.c.state, sagas.c.version).where(
+            sagas.c.id.in_(list(saga_ids))
+        )
+        with self._connect() as conn:
+            return {row.id: (SagaState(row.state), int(row.version)) for row in conn.execute(query)}
+
     def history(self, saga_id: str) -> list[HistoryRow]:
         query = sa.select(history).where(history.c.saga_id == saga_id).order_by(history.c.id)
         with self._connect() as conn:

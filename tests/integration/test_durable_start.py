@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -95,6 +96,22 @@ def test_start_records_the_request_before_the_saga_runs(stack: Stack) -> None:
 
 
 # -- a lost start message ----------------------------------------------------------------------
+
+
+def test_in_a_broker_outage_later_starts_try_the_broker_once_and_are_kept(
+    stack: Stack, broker_down_client: SagaClient
+) -> None:
+    took = []
+    for n in range(3):
+        began = time.monotonic()
+        receipt = broker_down_client.submit("trip", {"n": n}, saga_id=new_id("outage"))
+        took.append(time.monotonic() - began)
+        assert receipt.durability is Durability.STORE
+        assert stack.store.get(receipt.saga_id).state is SagaState.REQUESTED
+    # The first start retried (about 2 s of kombu's back-off); the next ones, within the
+    # pause, gave up at the first refusal instead.
+    assert took[0] > 1.0, took
+    assert max(took[1:]) < took[0] / 2, took
 
 
 @pytest.mark.timeout(120)

@@ -342,6 +342,7 @@ def test_load_definitions_accepts_a_single_module_name(examples: ModuleType) -> 
 # -- public surface -------------------------------------------------------------------------------
 
 PUBLIC = [
+    "AsyncSagaClient",
     "BrokerUnavailable",
     "ConcurrencyConflict",
     "ConfigurationError",
