@@ -2,6 +2,13 @@
 
     python benchmarks/chaos.py --sagas 200 --faults 6 --seed 7
     python benchmarks/chaos.py --sagas 5000 --faults 40 --json chaos.json
+    python benchmarks/chaos.py --broker amqp://guest:guest@127.0.0.1:5672 --faults 7
+
+With `--broker amqp://...` it runs on that RabbitMQ (this machine's: rabbitmqctl makes it a
+virtual host of its own) and its broker faults are RabbitMQ's: the node's app stopped and started
+again (durable queues and persistent messages survive it; every virtual host on the node sees
+the outage, so run it where nothing else needs that RabbitMQ), and one client connection
+closed by the broker. The rest of this text describes the default run on Redis.
 
 Starts its own redis-server (no persistence) on a free port, fresh PostgreSQL databases for the
 saga store and for the services, the orchestrator, the three example services (prefork) and beat
@@ -53,6 +60,7 @@ from rich.table import Table  # noqa: E402
 from benchmarks.chaos_audit import SEED_BALANCES, SEED_STOCK, audit, read_services  # noqa: E402
 from benchmarks.chaos_cluster import (  # noqa: E402
     Cluster,
+    RabbitBroker,
     RedisServer,
     accept_connections,
     create_database,
@@ -71,7 +79,8 @@ from sagaflow.store.schema import history, sagas  # noqa: E402
 
 console = Console(width=110)
 
-FAULT_KINDS = (
+# In this order: a seed replays the same plan.
+ON_REDIS = (
     "service_worker",
     "service_child",
     "orchestrator",
@@ -81,6 +90,23 @@ FAULT_KINDS = (
     "postgres_drop",
     "store_outage_redis_loss",
 )
+ON_RABBITMQ = (
+    "service_worker",
+    "service_child",
+    "orchestrator",
+    "orchestrator_child",
+    "rabbitmq_restart",
+    "rabbitmq_connection_drop",
+    "postgres_drop",
+)
+FAULT_KINDS = tuple(dict.fromkeys(ON_REDIS + ON_RABBITMQ))
+
+
+def kinds_for(broker: str | None) -> tuple[str, ...]:
+    """The fault kinds that apply to the broker the run uses (its own Redis by default)."""
+    return ON_RABBITMQ if broker else ON_REDIS
+
+
 # Orders held back for each store outage, started while the store is away (and one more once
 # Redis is gone too): by then the window may have started every other order.
 OUTAGE_STARTS = 10
@@ -158,7 +184,7 @@ def held_back(plan: Sequence[tuple[int, str]], sagas: int) -> int:
 def inject(
     kind: str,
     cluster: Cluster,
-    redis: RedisServer,
+    broker: RedisServer | RabbitBroker,
     rng: random.Random,
     max_downtime: float,
     database_url: str,
@@ -172,6 +198,17 @@ def inject(
         return Fault(0, kind, cluster.kill("orchestrator"))
     if kind == "orchestrator_child":
         return Fault(0, kind, cluster.kill_child("orchestrator", rng))
+    if kind == "rabbitmq_restart":
+        assert isinstance(broker, RabbitBroker)
+        downtime = round(rng.uniform(0.2, max_downtime), 2)
+        broker.restart(downtime)
+        cluster.wait_ready()
+        return Fault(0, kind, f"rabbitmqctl stop_app, start_app after {downtime}s", downtime)
+    if kind == "rabbitmq_connection_drop":
+        assert isinstance(broker, RabbitBroker)
+        return Fault(0, kind, broker.drop_connection(rng))
+    redis = broker
+    assert isinstance(redis, RedisServer), kind
     if kind == "redis_flush":
         redis.flushall()
         return Fault(0, kind, "FLUSHALL")
@@ -305,20 +342,27 @@ def run(args: argparse.Namespace) -> RunFigures:
     figures = RunFigures(
         seed, args.sagas, args.faults, args.window, args.stall_timeout, args.recover_interval
     )
-    redis = RedisServer(home / "redis")
-    redis.start()
+    broker: RedisServer | RabbitBroker = (
+        RabbitBroker(args.broker) if args.broker else RedisServer(home / "redis")
+    )
+    broker.start()
     # The services keep their data apart, so that a store outage is the store's alone.
     database_url = create_database()
     services_url = create_database("sagaflow_chaos_services")
+    where = (
+        f"RabbitMQ virtual host {broker.vhost}"
+        if isinstance(broker, RabbitBroker)
+        else f"redis-server on port {broker.port}"
+    )
     console.print(
-        f"redis-server on port {redis.port}, databases "
+        f"{where}, databases "
         f"{sa.engine.make_url(database_url).database} (store) and "
         f"{sa.engine.make_url(services_url).database} (services), logs in {home}",
         highlight=False,
     )
     settings = Settings(
         home=home,
-        broker_url=redis.url,
+        broker_url=broker.url,
         database_url=database_url,
         definitions=("workers.definitions",),
         stall_timeout=args.stall_timeout,
@@ -358,7 +402,7 @@ def run(args: argparse.Namespace) -> RunFigures:
                 _, kind = plan.pop(0)
                 at = time.monotonic() - started
                 fault = inject(
-                    kind, cluster, redis, rng, args.redis_downtime, database_url, producer
+                    kind, cluster, broker, rng, args.redis_downtime, database_url, producer
                 )
                 producer.held_back = held_back(plan, args.sagas)
                 fault.at = round(at, 2)
@@ -422,7 +466,7 @@ def run(args: argparse.Namespace) -> RunFigures:
             cluster.stop()
             client.close()
             store.dispose()
-            redis.stop()
+            broker.stop()
             if args.keep:
                 console.print(f"kept databases {database_url} {services_url}", highlight=False)
             else:
@@ -494,10 +538,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, default=6)
     parser.add_argument("--seed", type=int, default=None, help="replay a run (printed at start)")
     parser.add_argument(
+        "--broker",
+        default=None,
+        help="amqp://user:password@host:port: run on that RabbitMQ (this machine's: rabbitmqctl "
+        "makes a virtual host of its own and restarts the node) instead of a Redis of its own",
+    )
+    parser.add_argument(
         "--kinds",
         type=lambda value: [k for k in value.split(",") if k],
-        default=list(FAULT_KINDS),
-        help=f"fault kinds to draw from, comma-separated (default: all of {','.join(FAULT_KINDS)})",
+        default=None,
+        help="fault kinds to draw from, comma-separated (default: every kind for the broker: "
+        f"{','.join(ON_REDIS)}; with --broker amqp:// {','.join(ON_RABBITMQ)})",
     )
     parser.add_argument("--window", type=int, default=100, help="sagas running at once")
     parser.add_argument(
@@ -508,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--stall-timeout", type=float, default=10.0)
     parser.add_argument(
-        "--redis-downtime", type=float, default=5.0, help="longest Redis outage, seconds"
+        "--redis-downtime", type=float, default=5.0, help="longest broker outage, seconds"
     )
     parser.add_argument("--recover-interval", type=float, default=2.0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -520,9 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after the audit, delete one effect and check the audit flags it",
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.kinds) - set(FAULT_KINDS))
+    if args.broker is not None and not args.broker.startswith("amqp://"):
+        parser.error(f"--broker takes an amqp:// URL, not {args.broker!r}")
+    allowed = kinds_for(args.broker)
+    if args.kinds is None:
+        args.kinds = list(allowed)
+    unknown = sorted(set(args.kinds) - set(allowed))
     if unknown or not args.kinds:
-        parser.error(f"unknown fault kinds {unknown}; choose among {', '.join(FAULT_KINDS)}")
+        parser.error(f"fault kinds {unknown} do not apply; choose among {', '.join(allowed)}")
     figures = run(args)
     console.print(summary(figures))
     for line in figures.violations[:50]:

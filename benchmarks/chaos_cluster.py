@@ -1,4 +1,5 @@
-"""The chaos run's processes: a redis-server of its own, a PostgreSQL database, the workers.
+"""The chaos run's processes: a redis-server of its own (or a virtual host of its own on a
+RabbitMQ), a PostgreSQL database, the workers.
 
 Used by benchmarks/chaos.py and by tests that need a Redis they may kill.
 """
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,66 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL)  # no persistence: nothing to save
         self.process.wait(timeout=10)
         self.process = None
+
+
+class RabbitBroker:
+    """A virtual host of its own on the RabbitMQ running on this machine (rabbitmqctl reaches
+    the local node only), whose connections the run may close and whose node it may restart.
+    A restart stops the node's whole app: every virtual host on it sees the outage."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.base = f"amqp://{parts.username or 'guest'}:{parts.password or 'guest'}@"
+        self.base += f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
+        self.vhost = f"sagaflow-chaos-{uuid.uuid4().hex[:10]}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/{self.vhost}"
+
+    @staticmethod
+    def ctl(*args: str, timeout: float = 120) -> str:
+        if shutil.which("rabbitmqctl") is None:
+            raise SystemExit("rabbitmqctl is not on PATH: the chaos run on RabbitMQ needs it")
+        done = subprocess.run(
+            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.ctl("add_vhost", self.vhost)
+        self.ctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        with contextlib.suppress(SystemExit, subprocess.TimeoutExpired):
+            self.ctl("delete_vhost", self.vhost)
+
+    def restart(self, downtime: float) -> None:
+        """Stop the node's app (durable queues and persistent messages are kept on disk),
+        then start it again after `downtime` seconds."""
+        self.ctl("stop_app")
+        time.sleep(downtime)  # the outage itself, not a wait for work
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def connections(self) -> list[tuple[str, str]]:
+        """(pid, peer port) of every client connection to this run's virtual host."""
+        out = self.ctl(
+            "list_connections", "-p", self.vhost, "pid", "peer_port", "-q", "--no-table-headers"
+        )
+        rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+        return [(row[0], row[1]) for row in rows if len(row) == 2]
+
+    def drop_connection(self, rng: random.Random) -> str:
+        """Close one client connection, as a broker restart or a network cut would for it."""
+        found = self.connections()
+        if not found:
+            return "no connection to close"
+        pid, port = rng.choice(found)
+        self.ctl("close_connection", pid, "chaos run")
+        return f"closed the connection from port {port} ({len(found)} open)"
 
 
 def create_database(prefix: str = "sagaflow_chaos") -> str:
