@@ -26,6 +26,7 @@ from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings, ensure_home
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.machine import SagaRecord
+from sagaflow.devstack.examples import EXAMPLE_PACKAGE, SERVICES
 from sagaflow.devstack.processes import WorkerGroup, WorkerSpec
 from sagaflow.devstack.stack import check_broker
 from sagaflow.errors import ConfigurationError, StoreUnavailable
@@ -35,8 +36,6 @@ from sagaflow.terminal import STEP_MARK, driver_message, state_text
 from sagaflow.urls import mask_url
 
 # The repository's workers/ folder, which the package ships under this name.
-EXAMPLE_PACKAGE = "sagaflow.example"
-SERVICES = ("inventory", "payments", "shipping")
 BALANCES = {"alice": 1_000_000, "bob": 1_500, "carol": 250_000}
 STOCK = {"widget": 10_000, "gadget": 3, "gizmo": 5_000}
 

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from sagaflow.client.saga_client import BrokerUnavailable
 from sagaflow.config import Settings, ensure_home
+from sagaflow.devstack.examples import EXAMPLE_PACKAGE, SERVICES
 from sagaflow.devstack.processes import (
     CommandSpec,
     WorkerGroup,
@@ -73,14 +74,13 @@ class Service:
         return cls(name, module, queue or name)
 
 
-EXAMPLE_SERVICES = tuple(
-    Service(name, f"workers.{name}", name) for name in ("inventory", "payments", "shipping")
-)
+# The repository's workers/, installed as sagaflow.example: the stack runs from any folder.
+EXAMPLE_SERVICES = tuple(Service(name, f"{EXAMPLE_PACKAGE}.{name}", name) for name in SERVICES)
 
 
 @dataclass(frozen=True)
 class StackOptions:
-    services: tuple[Service, ...] = ()  # none given: the example services in workers/
+    services: tuple[Service, ...] = ()  # none given: the example services (sagaflow.example)
     concurrency: int | None = None  # Celery's default: one process per CPU
     beat: bool = True
     flower_port: int | None = None  # None: FLOWER_PORT, if FLOWER_BASIC_AUTH is set
@@ -105,7 +105,7 @@ def run_stack(
     services = EXAMPLE_SERVICES if examples else options.services
     _check_services(services, root, examples)
     if examples and not settings.definitions:
-        settings = settings.with_overrides(definitions=("workers.definitions",))
+        settings = settings.with_overrides(definitions=(f"{EXAMPLE_PACKAGE}.definitions",))
     if not settings.definitions:
         raise ConfigurationError(
             "no saga definitions: set SAGAFLOW_DEFINITIONS (or --definitions) to the modules "
@@ -248,10 +248,10 @@ def _check_services(services: tuple[Service, ...], root: Path, examples: bool) -
             f"service names must be unique and not one of {', '.join(_RESERVED)}: "
             f"{', '.join(clash)}"
         )
-    if examples and not (root / "workers" / "definitions.py").is_file():
+    if examples and importlib.util.find_spec(f"{EXAMPLE_PACKAGE}.definitions") is None:
         raise ConfigurationError(
-            "without --service the stack runs the example services in workers/: run it from "
-            "the sagaflow repository root, or name your services with --service NAME=MODULE"
+            f"without --service the stack runs the example services ({EXAMPLE_PACKAGE}), which "
+            "this installation of sagaflow lacks: name your services with --service NAME=MODULE"
         )
 
 
@@ -333,10 +333,10 @@ def _migrate(settings: Settings, console: Console) -> None:
 
 
 def _prepare_examples(env: Mapping[str, str], root: Path, console: Console) -> None:
-    """`python -m workers.db`, as compose's `migrate` service runs it: the example services'
-    tables, with their balances and stock reset."""
+    """`python -m sagaflow.example.db` (compose's `migrate` service runs `workers.db`, the same
+    module): the example services' tables, with their balances and stock reset."""
     done = subprocess.run(
-        [sys.executable, "-m", "workers.db"],
+        [sys.executable, "-m", f"{EXAMPLE_PACKAGE}.db"],
         env=dict(env),
         cwd=root,
         capture_output=True,
@@ -348,7 +348,9 @@ def _prepare_examples(env: Mapping[str, str], root: Path, console: Console) -> N
         # Its last line says why (the whole stderr would be a traceback if it crashed).
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         why = scrub(lines[-1].strip() if lines else "no output", secrets=hidden)
-        raise ConfigurationError(f"`python -m workers.db` failed (exit {done.returncode}): {why}")
+        raise ConfigurationError(
+            f"`python -m {EXAMPLE_PACKAGE}.db` failed (exit {done.returncode}): {why}"
+        )
     console.print(
         scrub(done.stdout.strip(), secrets=hidden), style="dim", highlight=False, markup=False
     )

@@ -201,7 +201,7 @@ def _stack_services(_ctx: click.Context, _param: click.Parameter, values: tuple[
     callback=_stack_services,
     metavar="NAME=MODULE[:QUEUE]",
     help="A service worker, `celery -A MODULE worker -Q QUEUE` (QUEUE defaults to NAME); "
-    "repeat for each. Default: the example services in workers/.",
+    "repeat for each. Default: the example services (sagaflow.example, the repository's workers/).",
 )
 @click.option(
     "--concurrency", "-c", type=click.IntRange(1), help="Processes per worker (default: CPUs)."
