@@ -198,6 +198,8 @@ def inject(
         return Fault(0, kind, cluster.kill("orchestrator"))
     if kind == "orchestrator_child":
         return Fault(0, kind, cluster.kill_child("orchestrator", rng))
+    if kind == "postgres_drop":
+        return Fault(0, kind, drop_store_connections(database_url))
     if kind == "rabbitmq_restart":
         assert isinstance(broker, RabbitBroker)
         downtime = round(rng.uniform(0.2, max_downtime), 2)
@@ -212,8 +214,6 @@ def inject(
     if kind == "redis_flush":
         redis.flushall()
         return Fault(0, kind, "FLUSHALL")
-    if kind == "postgres_drop":
-        return Fault(0, kind, drop_store_connections(database_url))
     if kind == "redis_restart":
         downtime = round(rng.uniform(0.2, max_downtime), 2)
         redis.stop()

@@ -31,7 +31,9 @@ from sagaflow.store.protocol import HistoryRow
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-DEFAULT_THREADS = 8  # within Celery's default broker_pool_limit (10)
+# Threads share the GIL with the event loop: on 2 vCPUs, 4 stalled the loop 7-10 ms at most
+# under 100 concurrent starts and 8 stalled it 17-29 ms (benchmarks/async_loop.py).
+DEFAULT_THREADS = 4
 # The watcher's pace: fast right after a waiter arrives (most sagas finish within a few
 # rounds), then every 50 ms while nothing changes; one query a round however many wait.
 FIRST_ROUND_SECONDS = 0.01
