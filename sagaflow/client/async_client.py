@@ -38,6 +38,7 @@ DEFAULT_THREADS = 4
 # rounds), then every 50 ms while nothing changes; one query a round however many wait.
 FIRST_ROUND_SECONDS = 0.01
 SLOWEST_ROUND_SECONDS = 0.05
+VERSIONS_PER_QUERY = 500  # within every driver's limit on bound parameters
 
 
 class AsyncSagaClient:
@@ -48,7 +49,9 @@ class AsyncSagaClient:
     Use one client per process (it holds the store's and the broker's connection pools) and
     `await client.aclose()` at shutdown, or `async with AsyncSagaClient() as client:`.
 
-    `threads` bounds how many calls run at once; more wait their turn without blocking.
+    `threads` bounds how many calls run at once; more wait their turn without blocking. A
+    client serves one event loop at a time (the one that last called `wait`). Given a
+    SagaClient (`client=`), it uses that one and leaves it open at `aclose`.
     """
 
     def __init__(
@@ -56,14 +59,17 @@ class AsyncSagaClient:
         settings: Settings | None = None,
         *,
         client: SagaClient | None = None,
-        durability: Durability | str = Durability.OUTBOX,
+        durability: Durability | str | None = None,
         threads: int = DEFAULT_THREADS,
     ) -> None:
-        if not isinstance(threads, int) or threads < 1:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ConfigurationError(f"threads must be a whole number >= 1, not {threads!r}")
-        if client is not None and settings is not None:
-            raise ConfigurationError("give settings or a SagaClient, not both")
-        self.client = client or SagaClient(settings, durability=durability)
+        if client is not None and (settings is not None or durability is not None):
+            raise ConfigurationError(
+                "give settings and durability, or a SagaClient that has them, not both"
+            )
+        self._owns_client = client is None
+        self.client = client or SagaClient(settings, durability=durability or Durability.OUTBOX)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="sagaflow-client")
         self._prepare_lock = threading.Lock()
         self._prepared = False
@@ -92,7 +98,7 @@ class AsyncSagaClient:
         if not self._prepared:
             with self._prepare_lock:
                 if not self._prepared:
-                    _ = self.client.app, self.client.store
+                    _ = self.client.app.amqp.producer_pool, self.client.store
                     self._prepared = True
         return function(*args, **kwargs)
 
@@ -167,31 +173,50 @@ class AsyncSagaClient:
         as returned by `retry` or `resolve`); SagaTimeout says where it was. Any number of
         waiters share one query a round."""
         check_saga_id(saga_id)
+        if self._closed:
+            raise ConfigurationError("this AsyncSagaClient is closed")
         loop = asyncio.get_running_loop()
-        if self._watcher is None or self._watcher.loop is not loop:
-            self._watcher = _Watcher(self, loop)
         watcher = self._watcher
+        if watcher is None or watcher.loop is not loop:
+            watcher = self._watcher = _Watcher(self, loop)
         waiter = watcher.add(saga_id, newer_than)
         try:
             return await asyncio.wait_for(waiter.future, timeout)
         except asyncio.TimeoutError:
-            last = await self._call(self.client.store.load, saga_id)
+            last = await self._call(self._load, saga_id)
+            if last is not None and waiter.satisfied_by(last.state, last.version):
+                return last  # finished since the last round
             where = "not recorded yet" if last is None else describe_saga(last)
             raise SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}") from None
         finally:
             watcher.remove(waiter)
 
+    # Run in the pool's threads: the store is made (and the outbox looked at) off the loop.
+    def _versions(self, saga_ids: list[str]) -> dict[str, tuple[SagaState, int]]:
+        found: dict[str, tuple[SagaState, int]] = {}
+        for start in range(0, len(saga_ids), VERSIONS_PER_QUERY):
+            found.update(self.client.store.versions(saga_ids[start : start + VERSIONS_PER_QUERY]))
+        return found
+
+    def _load(self, saga_id: str) -> SagaRecord | None:
+        return self.client.store.load(saga_id)
+
     async def aclose(self) -> None:
-        """Stop the watcher, let calls under way finish, release the store's connections."""
+        """Refuse new calls, end pending waits with ConfigurationError, let calls under way
+        finish, then release the store's connections (of a SagaClient this client made)."""
         if self._closed:
             return
-        if self._watcher is not None:
-            await self._watcher.stop()
-            self._watcher = None
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.client.close)
         self._closed = True
-        self._executor.shutdown(wait=False)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.stop(ConfigurationError("this AsyncSagaClient was closed"))
+        # Off the loop: waits for the calls under way, then closes what they used.
+        await asyncio.get_running_loop().run_in_executor(None, self._shut_down)
+
+    def _shut_down(self) -> None:
+        self._executor.shutdown(wait=True)
+        if self._owns_client:
+            self.client.close()
 
 
 @dataclass(eq=False)
@@ -214,7 +239,7 @@ class _Watcher:
     waiters: dict[str, list[_Waiter]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    problem: str | None = None  # why the last round failed, for one warning per outage
+    failed_rounds: int = 0  # in a row
 
     def add(self, saga_id: str, newer_than: int | None) -> _Waiter:
         waiter = _Waiter(saga_id, newer_than, self.loop.create_future())
@@ -231,36 +256,53 @@ class _Watcher:
         if not same:
             self.waiters.pop(waiter.saga_id, None)
 
-    async def stop(self) -> None:
-        if self.task is not None:
+    async def stop(self, reason: Exception) -> None:
+        """End the watcher; every pending wait raises `reason`."""
+        if self.task is not None and self.loop is asyncio.get_running_loop():
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        elif self.task is not None:  # another loop's watcher: stopped on its own loop
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                self.loop.call_soon_threadsafe(self.task.cancel)
+            return
+        self.fail(list(self.waiters), reason)
+
+    def fail(self, saga_ids: list[str], problem: Exception) -> None:
+        for saga_id in saga_ids:
+            for waiter in self.waiters.get(saga_id, []):
+                if not waiter.future.done():
+                    waiter.future.set_exception(problem)
 
     async def _run(self) -> None:
         pause = FIRST_ROUND_SECONDS
         while self.waiters:
             self.arrived.clear()
+            asked = list(self.waiters)
             try:
-                found = await self._round()
-                self.problem = None
-            except Exception as exc:  # the store does not answer: waiters time out with it
-                found = False
-                if self.problem is None:
-                    logger.warning("waiting for sagas: cannot read the store (%s)", exc)
-                self.problem = str(exc)
+                found = await self._round(asked)
+                self.failed_rounds = 0
+            except Exception as exc:
+                # Once more first: a pooled connection the server dropped fails once. Then, as
+                # SagaClient.wait does, a store that does not answer is the waiters' error.
+                self.failed_rounds += 1
+                logger.warning("waiting for sagas: cannot read the store (%s)", exc)
+                if self.failed_rounds > 1:
+                    self.fail(asked, exc)
+                found = True
             pause = FIRST_ROUND_SECONDS if found else min(pause * 2, SLOWEST_ROUND_SECONDS)
-            try:
-                await asyncio.wait_for(self.arrived.wait(), pause)
+            # Never back to back: waiters arriving all the time still share rounds.
+            await asyncio.sleep(FIRST_ROUND_SECONDS)
+            if pause > FIRST_ROUND_SECONDS and not self.arrived.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), pause - FIRST_ROUND_SECONDS)
+            if self.arrived.is_set():
                 pause = FIRST_ROUND_SECONDS
-            except asyncio.TimeoutError:
-                pass
 
-    async def _round(self) -> bool:
-        """Read every waited-for saga's state; load and hand over the finished ones. True if
-        any waiter was answered."""
-        store = self.owner.client.store
-        versions = await self.owner._call(store.versions, list(self.waiters))
+    async def _round(self, asked: list[str]) -> bool:
+        """Read the state of the sagas `asked` about; load and hand over the finished ones.
+        True if any waiter was answered."""
+        versions = await self.owner._call(self.owner._versions, asked)
         ready = [
             saga_id
             for saga_id, (state, version) in versions.items()
@@ -268,7 +310,12 @@ class _Watcher:
         ]
         answered = False
         for saga_id in ready:
-            saga = await self.owner._call(store.load, saga_id)
+            try:
+                saga = await self.owner._call(self.owner._load, saga_id)
+            except Exception as exc:  # this saga's waiters learn why; the others go on
+                self.fail([saga_id], exc)
+                answered = True
+                continue
             if saga is None:
                 continue
             for waiter in self.waiters.get(saga_id, []):

@@ -196,6 +196,7 @@ class SagaClient:
         failed_at = self._broker_failed_at
         retry = (
             kept is Durability.BROKER  # the message is all there is
+            or ";" in self.settings.broker_url  # failover hosts are tried by kombu's retries
             or failed_at is None
             or time.monotonic() - failed_at > BROKER_RETRY_PAUSE_SECONDS
         )

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 CONFIG_MODULE_ENV = "SAGAFLOW_CELERY_CONFIG"
 # Connections always come from Settings (SAGAFLOW_* variables or explicit arguments), so a
 # process given explicit settings never has them replaced by a config module's copy.
-CONNECTION_KEYS = ("broker_url", "result_backend", "broker_transport_options", "task_ignore_result")
+CONNECTION_KEYS = ("broker_url", "result_backend", "task_ignore_result")
 
 
 def _user_overrides() -> dict[str, Any]:
@@ -51,6 +51,18 @@ def create_app(main: str, settings: Settings | None = None, task_cls: Any = None
     overrides = _user_overrides()
     for key in CONNECTION_KEYS:
         overrides.pop(key, None)
+    # A config module may add transport options (confirm_publish, ...); those sagaflow sets
+    # (where the filesystem broker lives, Redis' visibility timeout) stay sagaflow's.
+    extra_options = overrides.pop("broker_transport_options", None)
+    if isinstance(extra_options, dict):
+        conf["broker_transport_options"] = {
+            **extra_options,
+            **conf.get("broker_transport_options", {}),
+        }
+    elif extra_options is not None:
+        raise ConfigurationError(
+            f"broker_transport_options must be a dict, not {type(extra_options).__name__}"
+        )
     conf.update(overrides)
     _choose_transport(conf, settings.broker_url)
     _require_json_only(conf)

@@ -22,9 +22,11 @@ from sagaflow import (
     ConfigurationError,
     Durability,
     InvalidOperation,
+    SagaRecord,
     SagaState,
     SagaTimeout,
     Settings,
+    StoreUnavailable,
 )
 from sagaflow.store.factory import open_store
 from tests.conftest import ROOT, Stack, free_port
@@ -62,11 +64,6 @@ def http(module: ModuleType) -> httpx.AsyncClient:
 def test_the_readme_producer_starts_sagas_and_answers_once_they_finish(
     producer: ModuleType,
 ) -> None:
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
     async def main() -> list[httpx.Response]:
         async with http(producer) as web:
             started = await asyncio.gather(
@@ -74,17 +71,86 @@ def test_the_readme_producer_starts_sagas_and_answers_once_they_finish(
             )
             assert [r.status_code for r in started] == [202] * 20, started[0].text
             ids = [r.json()["saga_id"] for r in started]
-            sa.event.listen(producer.sagas.client.store.engine, "before_cursor_execute", seen)
             return await asyncio.gather(*(web.get(f"/sagas/{i}?wait=60") for i in ids))
 
     answers = asyncio.run(main())
     bodies = [a.json() for a in answers]
     assert [b["state"] for b in bodies] == ["completed"] * 20, bodies
     assert all(b["steps"] == TRIP_STEPS for b in bodies), bodies
-    # The waiters shared the watcher: its first round asked for every one of them at once.
-    rounds = [p for s, p in statements if "sagas.version" in s and " IN " in s.upper()]
-    assert rounds, [s for s, _ in statements][:5]
-    assert max(len(p) for p in rounds) == 20, [len(p) for p in rounds]
+
+
+def test_waiters_share_one_query_a_round(stack: Stack) -> None:
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "sagas.version" in statement and " IN " in statement.upper():
+            statements.append((statement, parameters))
+
+    async def main() -> list[BaseException | SagaRecord]:
+        async with AsyncSagaClient(stack.settings) as client:
+            await client.list_sagas(limit=1)  # the store is made
+            sa.event.listen(client.client.store.engine, "before_cursor_execute", seen)
+            ids = [str(uuid.uuid4()) for _ in range(20)]  # never recorded: every waiter waits
+            waits = (client.wait(i, timeout=0.5) for i in ids)
+            outcome = await asyncio.gather(*waits, return_exceptions=True)
+            assert client._watcher is not None and client._watcher.waiters == {}
+            return outcome
+
+    outcome = asyncio.run(main())
+    assert all(isinstance(o, SagaTimeout) for o in outcome), outcome
+    assert statements, "the watcher never read the store"
+    # One query asked about all 20 waiters at once (later ones, fewer, as waits timed out), and
+    # there were fewer rounds than one per waiter each.
+    sizes = [len(p) for _, p in statements]
+    assert sizes[0] == 20 and max(sizes) == 20, sizes
+    assert len(statements) < 20 * 0.5 / 0.01, len(statements)
+
+
+def test_a_wait_for_a_finished_saga_answers_and_close_ends_pending_waits(stack: Stack) -> None:
+    async def main() -> tuple[SagaRecord, BaseException | None, float]:
+        client = AsyncSagaClient(stack.settings)
+        saga_id = await client.start("trip", {"order": 1})
+        finished = await client.wait(saga_id, timeout=60)
+        again = await client.wait(saga_id, timeout=60)  # terminal already
+        assert again.version == finished.version
+        pending = asyncio.get_running_loop().create_task(
+            client.wait(str(uuid.uuid4()), timeout=120)
+        )
+        await asyncio.sleep(0.05)  # the wait is registered
+        began = time.monotonic()
+        await client.aclose()
+        problem = None
+        try:
+            await pending
+        except BaseException as exc:
+            problem = exc
+        return finished, problem, time.monotonic() - began
+
+    finished, problem, took = asyncio.run(main())
+    assert finished.state is SagaState.COMPLETED
+    assert isinstance(problem, ConfigurationError) and "closed" in str(problem), problem
+    assert took < 60, f"a pending wait held aclose for {took:.1f}s"
+
+
+def test_a_store_that_does_not_answer_fails_the_wait_not_times_it_out(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        broker_url="filesystem://",
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing",
+    )
+
+    async def main() -> tuple[BaseException | None, float]:
+        async with AsyncSagaClient(settings) as client:
+            began = time.monotonic()
+            try:
+                await client.wait(str(uuid.uuid4()), timeout=120)
+            except BaseException as exc:
+                return exc, time.monotonic() - began
+            return None, time.monotonic() - began
+
+    problem, took = asyncio.run(main())
+    assert isinstance(problem, StoreUnavailable), problem
+    assert took < 60, f"the wait took {took:.1f}s to say the store is away"
 
 
 def test_bad_input_is_refused_and_an_unknown_saga_type_ends_rejected(
@@ -112,8 +178,14 @@ def test_wait_times_out_saying_where_the_saga_is(stack: Stack) -> None:
     async def main() -> tuple[str, str, str]:
         async with AsyncSagaClient(stack.settings) as client:
             saga_id = await client.start("orphan", {})
+            await poll_async(
+                lambda: client.status(saga_id),
+                lambda saga: [s.status.value for s in saga.steps] == ["completed", "executing"],
+                f"saga {saga_id} dispatching its step on a queue nobody reads",
+                timeout=60,
+            )
             with pytest.raises(SagaTimeout) as stuck:
-                await client.wait(saga_id, timeout=3)
+                await client.wait(saga_id, timeout=0.3)
             with pytest.raises(SagaTimeout) as never:
                 await client.wait(str(uuid.uuid4()), timeout=0.2)
             with pytest.raises(InvalidOperation) as refused:
@@ -193,6 +265,8 @@ def test_a_start_with_the_broker_down_keeps_the_saga_and_never_stalls_the_loop(
 def test_a_closed_client_and_bad_settings_are_refused(stack: Stack) -> None:
     with pytest.raises(ConfigurationError, match="threads"):
         AsyncSagaClient(stack.settings, threads=0)
+    with pytest.raises(ConfigurationError, match="not both"):
+        AsyncSagaClient(client=stack.client, durability="store")
 
     async def main() -> None:
         client = AsyncSagaClient(stack.settings)

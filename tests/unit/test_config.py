@@ -243,7 +243,7 @@ def test_config_module_settings_apply_but_not_its_connections(
         "task_time_limit = 120\n"
         "broker_url = 'redis://elsewhere:6379/9'\n"
         "result_backend = 'redis://elsewhere:6379/10'\n"
-        "broker_transport_options = {'visibility_timeout': 1}\n"
+        "broker_transport_options = {'visibility_timeout': 1, 'confirm_publish': True}\n"
         "task_ignore_result = False\n"
         "_private = 1\n"
         "def helper():\n"
@@ -254,7 +254,9 @@ def test_config_module_settings_apply_but_not_its_connections(
     assert app.conf.task_time_limit == 120
     assert app.conf.broker_url == "redis://127.0.0.1:1/0"
     assert app.conf.result_backend is None
-    assert app.conf.broker_transport_options == {"visibility_timeout": 3600}
+    # Transport options add to sagaflow's; the ones sagaflow sets stay its own.
+    options = app.conf.broker_transport_options
+    assert options == {"visibility_timeout": 3600, "confirm_publish": True}
     assert app.conf.task_ignore_result is True
     assert "helper" not in app.conf and "os" not in app.conf
 
