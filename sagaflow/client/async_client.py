@@ -20,12 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sagaflow.client.saga_client import Durability, SagaClient, StartReceipt, describe_saga
+from sagaflow.client.saga_client import (
+    Durability,
+    SagaClient,
+    StartReceipt,
+    not_finished,
+    wait_is_over,
+)
 from sagaflow.client.validation import check_saga_id
 from sagaflow.config import Settings
 from sagaflow.core.machine import SagaRecord
 from sagaflow.core.vocabulary import SagaState
-from sagaflow.errors import ConfigurationError, SagaTimeout
+from sagaflow.errors import ConfigurationError
 from sagaflow.store.protocol import HistoryRow
 
 T = TypeVar("T")
@@ -186,8 +192,7 @@ class AsyncSagaClient:
             last = await self._call(self._load, saga_id)
             if last is not None and waiter.satisfied_by(last.state, last.version):
                 return last  # finished since the last round
-            where = "not recorded yet" if last is None else describe_saga(last)
-            raise SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}") from None
+            raise not_finished(saga_id, timeout, last) from None
         finally:
             watcher.remove(waiter)
 
@@ -226,7 +231,7 @@ class _Waiter:
     future: asyncio.Future[SagaRecord]
 
     def satisfied_by(self, state: SagaState, version: int) -> bool:
-        return state.is_terminal and (self.newer_than is None or version > self.newer_than)
+        return wait_is_over(state, version, self.newer_than)
 
 
 @dataclass(eq=False)

@@ -45,7 +45,7 @@ from sagaflow.core.protocol import (
     display_repr,
     input_problem,
 )
-from sagaflow.core.vocabulary import OperatorAction, StepStatus
+from sagaflow.core.vocabulary import OperatorAction, SagaState, StepStatus
 from sagaflow.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -402,15 +402,10 @@ class SagaClient:
         last: SagaRecord | None = None
         while True:
             last = self.store.load(saga_id)
-            if (
-                last is not None
-                and last.state.is_terminal
-                and (newer_than is None or last.version > newer_than)
-            ):
+            if last is not None and wait_is_over(last.state, last.version, newer_than):
                 return last
             if time.monotonic() >= deadline:
-                where = "not recorded yet" if last is None else describe_saga(last)
-                raise SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}")
+                raise not_finished(saga_id, timeout, last)
             time.sleep(poll_interval)
 
     def list_sagas(self, **filters: Any) -> list[SagaRecord]:
@@ -442,6 +437,17 @@ def _text_argument(name: str, value: object) -> str:
     if len(value) > MAX_OPERATOR_TEXT:
         raise InvalidOperation(f"{name} is over {MAX_OPERATOR_TEXT} characters")
     return value
+
+
+def wait_is_over(state: SagaState, version: int, newer_than: int | None) -> bool:
+    """What `wait` waits for: a terminal saga, changed since `newer_than` if given."""
+    return state.is_terminal and (newer_than is None or version > newer_than)
+
+
+def not_finished(saga_id: str, timeout: float, last: SagaRecord | None) -> SagaTimeout:
+    """The error of a wait that timed out, saying where the saga was."""
+    where = "not recorded yet" if last is None else describe_saga(last)
+    return SagaTimeout(f"saga {saga_id} not finished after {timeout:g}s: {where}")
 
 
 def describe_saga(saga: SagaRecord) -> str:

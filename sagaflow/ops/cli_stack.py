@@ -239,10 +239,10 @@ def stack(
     )
     root = ctx.find_root().command  # the `sagaflow` group, which imports this module
     available = isinstance(root, click.Group) and "dashboard" in root.commands
-    if available and dashboard_missing():
+    missing = dashboard_missing() if available else []
+    if missing:
         console.print(
-            f"dashboard not started: {', '.join(dashboard_missing())} not installed "
-            f"({DASHBOARD_INSTALL})",
+            f"dashboard not started: {', '.join(missing)} not installed ({DASHBOARD_INSTALL})",
             style="yellow",
             highlight=False,
         )
