@@ -5,7 +5,10 @@ reader can take a file the writer has not finished (the worker then dies on a JS
 two readers can both copy a file when the temp folder is on another filesystem. Exchange tables
 (queue bindings, written when workers start) have the same window: a file created empty before
 it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
-inside the same folder; bindings are updated under a lock file and replaced atomically.
+inside the same folder; bindings are updated under a lock file and replaced atomically. A queue
+declared with an expiry (`x-expires`: Celery's event and pidbox queues) is unbound, and its
+messages deleted, once no consumer has polled it for that long (at least MIN_QUEUE_EXPIRY), as
+RabbitMQ deletes an unused queue: a stopped Flower no longer leaves every task event to pile up.
 
 kombu's Redis transport, publishing through one client per channel: the stock channel builds a
 new `redis.Redis` for every message it sends (task messages and every task event), and that
@@ -22,22 +25,80 @@ tests/unit/test_transport_scope.py checks that each overridden method still exis
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from queue import Empty
 from typing import Any
 
 from kombu.transport import filesystem
 from kombu.transport import redis as redis_transport
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 PARTIAL_READ_DEADLINE = 5.0
+# Polling stands in for "has a consumer": a live consumer blocked for a while (a long task on
+# the solo pool) must not lose its queue, so expiries shorter than this are lengthened.
+MIN_QUEUE_EXPIRY = 60.0
+USE_MARK_EVERY = 1.0
+EXPIRY_MARK = ".expires-"
 
 
 class Channel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._expiring: dict[str, float] = {}  # queue -> seconds, for queues this channel declared
+        self._marked: dict[str, float] = {}  # queue -> when this channel last marked it used
+
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        # kombu's virtual channels drop `expires` and `message_ttl`; keep them, as Redis does.
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
+    def queue_declare(self, queue: Any = None, passive: bool = False, **kwargs: Any) -> Any:
+        declared = super().queue_declare(queue, passive, **kwargs)  # type: ignore[no-untyped-call]
+        expires_ms = (kwargs.get("arguments") or {}).get("x-expires")
+        if expires_ms and not passive:
+            self._expiring[declared.queue] = max(float(expires_ms) / 1000, MIN_QUEUE_EXPIRY)
+            self._mark_used(declared.queue)
+        return declared
+
+    def _expiry_mark(self, queue: str) -> Path:
+        return Path(self.control_folder) / f"{EXPIRY_MARK}{queue}"
+
+    def _mark_used(self, queue: str) -> None:
+        """The queue's expiry mark holds its expiry; its modification time is its last use."""
+        now = time.monotonic()
+        if now - self._marked.get(queue, -USE_MARK_EVERY) < USE_MARK_EVERY:
+            return
+        self._marked[queue] = now
+        mark = self._expiry_mark(queue)
+        try:
+            os.utime(mark)
+        except FileNotFoundError:
+            # New, or pruned while this consumer was away: bind it again before it polls on.
+            self.control_folder.mkdir(exist_ok=True)
+            partial = mark.with_name(f".writing-{uuid.uuid4()}")
+            partial.write_text(str(self._expiring[queue]))
+            os.replace(partial, mark)
+            for exchange, routing_key, arguments in self.state.queue_bindings(queue):
+                exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
+                meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
+                self._queue_bind(exchange, *meta)
+
+    def _expired(self, queue: str) -> bool:
+        mark = self._expiry_mark(queue)
+        try:
+            last_used = mark.stat().st_mtime
+            expiry = float(mark.read_text())
+        except (FileNotFoundError, ValueError):
+            return False  # not an expiring queue, or its mark is being written
+        return time.time() - last_used > expiry
+
     def _put(self, queue: Any, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = self.data_folder_out
@@ -47,6 +108,8 @@ class Channel(filesystem.Channel):
         os.rename(partial, os.path.join(folder, name))
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
+        if queue in self._expiring:
+            self._mark_used(queue)
         suffix = f"{queue}.msg"
         folder = self.data_folder_in
         for filename in sorted(os.listdir(folder)):
@@ -79,6 +142,14 @@ class Channel(filesystem.Channel):
         self._queue_bind(exchange, *meta)
 
     def get_table(self, exchange: Any) -> Any:
+        table = self._read_table(exchange)
+        expired = {b.queue for b in table if self._expired(b.queue)}
+        if expired:
+            self._prune(exchange, expired)
+            table = [b for b in table if b.queue not in expired]
+        return table
+
+    def _read_table(self, exchange: Any) -> list[Any]:
         path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
         try:
             content = path.read_bytes()
@@ -86,22 +157,46 @@ class Channel(filesystem.Channel):
             return []
         return [filesystem.exchange_queue_t(*q) for q in json.loads(content)]
 
-    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+    def _prune(self, exchange: Any, queues: set[str]) -> None:
+        """Unbind expired queues and delete their messages (as RabbitMQ deletes the queue)."""
+        with self._table_lock(exchange):
+            table = [b for b in self._read_table(exchange) if b.queue not in queues]
+            self._write_table(exchange, table)
+        folder = self.data_folder_in
+        suffixes = {f"{queue}.msg" for queue in queues}
+        for filename in os.listdir(folder):
+            if filename.partition(".")[2] in suffixes:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, filename))
+        for queue in queues:
+            with contextlib.suppress(FileNotFoundError):
+                self._expiry_mark(queue).unlink()
+
+    @contextlib.contextmanager
+    def _table_lock(self, exchange: Any) -> Iterator[None]:
         path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
         self.control_folder.mkdir(exist_ok=True)
-        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
         with open(path.with_name(f".{path.name}.lock"), "a") as lock_file:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             try:
-                table = self.get_table(exchange)
-                if binding in table:
-                    return
-                table.insert(0, binding)
-                partial = path.with_name(f".writing-{uuid.uuid4()}-{path.name}")
-                partial.write_bytes(json.dumps([list(b) for b in table]).encode())
-                os.replace(partial, path)
+                yield
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    def _write_table(self, exchange: Any, table: list[Any]) -> None:
+        path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        partial = path.with_name(f".writing-{uuid.uuid4()}-{path.name}")
+        partial.write_bytes(json.dumps([list(b) for b in table]).encode())
+        os.replace(partial, path)
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        with self._table_lock(exchange):
+            table = self._read_table(exchange)
+            if binding in table:
+                return
+            table.insert(0, binding)
+            self._write_table(exchange, table)
 
 
 def _read_complete(path: str) -> Any:

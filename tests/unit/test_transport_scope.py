@@ -59,7 +59,15 @@ def test_rediss_keeps_kombus_tls_default_unless_configured(tmp_path: Path) -> No
 # kombu methods sagaflow's transports override: if one is renamed upstream, the override would
 # silently stop applying.
 OVERRIDDEN = {
-    filesystem.Channel: ("_put", "_get", "queue_bind", "_queue_bind", "get_table"),
+    filesystem.Channel: (
+        "_put",
+        "_get",
+        "queue_bind",
+        "_queue_bind",
+        "get_table",
+        "queue_declare",
+        "prepare_queue_arguments",
+    ),
     kombu_redis.Channel: ("_create_client", "_connparams"),
 }
 
