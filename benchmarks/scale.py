@@ -1,12 +1,15 @@
-"""Does the cost of reading a saga grow with history? Status and list latency with N finished
-sagas already in a PostgreSQL store.
+"""Does the cost of reading a saga grow with history? Status, list and search latency with N
+finished sagas already in a PostgreSQL store.
 
     python benchmarks/scale.py                     # 10,000 and 1,000,000 stored sagas
     python benchmarks/scale.py --sizes 10000
 
 Stored sagas are generated in SQL (generate_series), each with 5 steps and 12 history rows, a
 third of them failed. Figures: p50/p99 of `SagaStore.get(id)` (what `sagaflow status` runs) and
-of `list_sagas(state=..., limit=50)` (what `sagaflow list --state` runs), over 200 calls each.
+of `list_sagas(state=..., limit=50)` (what `sagaflow list --state` runs), of the search
+`sagaflow list --where order_id=N` (one match among all) and `--where customer=c-N` (one saga in
+a thousand matches, newest 50 shown), over 200 calls each; and the seconds the search index
+(migration 0011) takes to build on that many sagas.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.compare import create_database, drop_database, percentile  # noqa: E402
+from sagaflow.core.search import parse_where  # noqa: E402
 from sagaflow.store.factory import open_store  # noqa: E402
 
 console = Console()
@@ -37,7 +41,7 @@ SEED = """
 INSERT INTO sagaflow_sagas (id, saga_type, state, data, current_step, version, error,
                             created_at, updated_at, finished_at)
 SELECT 'seed-' || g, 'order', CASE WHEN g % 3 = 0 THEN 'failed' ELSE 'completed' END,
-       jsonb_build_object('order_id', g), NULL, 6, NULL,
+       jsonb_build_object('order_id', g, 'customer', 'c-' || (g % 1000)), NULL, 6, NULL,
        now() - (g || ' seconds')::interval, now() - (g || ' seconds')::interval,
        now() - (g || ' seconds')::interval
 FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS g;
@@ -73,6 +77,24 @@ def seed(url: str, total: int, already: int) -> float:
     return time.perf_counter() - started
 
 
+def index_build_seconds(url: str) -> float:
+    """Build the search index again, as migration 0011 does on a table that has these sagas."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_sagaflow_sagas_data"))
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_sagaflow_sagas_data "
+                "ON sagaflow_sagas USING gin (data jsonb_path_ops)"
+            )
+        )
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return seconds
+
+
 def timed(call: Any, runs: int = 200) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
@@ -80,6 +102,12 @@ def timed(call: Any, runs: int = 200) -> tuple[float, float]:
         call()
         samples.append((time.perf_counter() - started) * 1000)
     return round(percentile(samples, 50), 2), round(percentile(samples, 99), 2)
+
+
+def timed_search(store: Any, where: Any) -> tuple[float, float]:
+    """`sagaflow list --where ...` with a new value each call, as the CLI parses it."""
+    searches = iter([[parse_where(where())] for _ in range(200)])
+    return timed(lambda: store.list_sagas(where=next(searches), limit=50))
 
 
 def main() -> int:
@@ -112,6 +140,9 @@ def main() -> int:
             store.get(ids[0])  # connect
             status = timed(lambda pick=pick: store.get(next(pick)))
             listing = timed(lambda: store.list_sagas(state="failed", limit=50))
+            by_order = timed_search(store, lambda n=size: f"order_id={random.randint(1, n)}")
+            by_customer = timed_search(store, lambda: f"customer=c-{random.randrange(1000)}")
+            build = index_build_seconds(url)
             rows.append(
                 {
                     "stored_sagas": size,
@@ -120,21 +151,32 @@ def main() -> int:
                     "status_p99_ms": status[1],
                     "list_p50_ms": listing[0],
                     "list_p99_ms": listing[1],
+                    "where_order_p50_ms": by_order[0],
+                    "where_order_p99_ms": by_order[1],
+                    "where_customer_p50_ms": by_customer[0],
+                    "where_customer_p99_ms": by_customer[1],
+                    "index_build_seconds": round(build, 2),
                 }
             )
         store.dispose()
     finally:
         drop_database(args.postgres_url, name)
     table = Table(title="reading sagas with history in the store (PostgreSQL)")
-    for column in ("stored sagas", "status p50 ms", "status p99 ms", "list p50 ms", "list p99 ms"):
+    columns = {
+        "status p50/p99 ms": ("status_p50_ms", "status_p99_ms"),
+        "list p50/p99 ms": ("list_p50_ms", "list_p99_ms"),
+        "where order_id p50/p99 ms": ("where_order_p50_ms", "where_order_p99_ms"),
+        "where customer p50/p99 ms": ("where_customer_p50_ms", "where_customer_p99_ms"),
+    }
+    table.add_column("stored sagas", justify="right")
+    for column in columns:
         table.add_column(column, justify="right")
+    table.add_column("index build s", justify="right")
     for row in rows:
         table.add_row(
             f"{row['stored_sagas']:,}",
-            str(row["status_p50_ms"]),
-            str(row["status_p99_ms"]),
-            str(row["list_p50_ms"]),
-            str(row["list_p99_ms"]),
+            *(f"{row[p50]} / {row[p99]}" for p50, p99 in columns.values()),
+            str(row["index_build_seconds"]),
         )
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ order = Saga(
         Step("schedule_shipping", "shipping.schedule", "shipping.cancel", queue="shipping"),
     ],
     validate=validate_order,
+    keys=("order_id", "customer"),
 )
 
 
@@ -35,6 +36,7 @@ class GiftOrder(SagaOrchestrator):
     """The subclassing form: a gift paid by voucher skips the payment step."""
 
     saga_type = "gift_order"
+    keys = ("order_id", "customer")
 
     def validate_input(self, data: Mapping[str, Any]) -> None:
         validate_order(data)

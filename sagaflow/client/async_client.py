@@ -149,7 +149,8 @@ class AsyncSagaClient:
     get = status
 
     async def list_sagas(self, **filters: Any) -> list[SagaRecord]:
-        """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset."""
+        """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset, and
+        where: input fields as `{"order_id": "o-4711"}` or `["customer.id=c-1"]`."""
         return await self._call(self.client.list_sagas, **filters)
 
     async def history(self, saga_id: str) -> list[HistoryRow]:

@@ -409,7 +409,8 @@ class SagaClient:
             time.sleep(poll_interval)
 
     def list_sagas(self, **filters: Any) -> list[SagaRecord]:
-        """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset."""
+        """Sagas newest first; filters: state, saga_type, since, id_prefix, limit, offset, and
+        where: input fields as `{"order_id": "o-4711"}` or `["customer.id=c-1"]`."""
         return self.store.list_sagas(**list_filters(filters))
 
     def history(self, saga_id: str) -> list[HistoryRow]:

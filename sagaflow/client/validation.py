@@ -12,6 +12,7 @@ from typing import Any
 
 from sagaflow.core.definitions import SagaState, check_deadline
 from sagaflow.core.protocol import MAX_INPUT_DEPTH, SAGA_ID_PATTERN, input_problem
+from sagaflow.core.search import field_matches
 from sagaflow.errors import DefinitionError, InvalidSagaInput, SagaNotFound
 
 MAX_SAGA_ID_LENGTH = 64
@@ -69,7 +70,7 @@ def validate_input(data: object, max_bytes: int) -> dict[str, Any]:
 
 def list_filters(filters: dict[str, Any]) -> dict[str, Any]:
     """SagaStore.list_sagas's filters, each checked: a wrong one is a clear error."""
-    known = {"state", "saga_type", "since", "id_prefix", "limit", "offset"}
+    known = {"state", "saga_type", "since", "id_prefix", "where", "limit", "offset"}
     unknown = sorted(set(filters) - known)
     if unknown:
         raise InvalidSagaInput(f"unknown filter {unknown[0]!r}: use {', '.join(sorted(known))}")
@@ -87,6 +88,12 @@ def list_filters(filters: dict[str, Any]) -> dict[str, Any]:
             raise InvalidSagaInput(f"{name} must be plain text, not {value!r:.80}")
         if isinstance(value, str) and len(value) > MAX_SAGA_TYPE_LENGTH:
             raise InvalidSagaInput(f"{name} is over {MAX_SAGA_TYPE_LENGTH} characters")
+    checked["where"] = matches = field_matches(checked.get("where"))
+    for match in matches:
+        for text in (*match.path, *(v for v in match.values if isinstance(v, str))):
+            problem = input_problem(text)
+            if problem:
+                raise InvalidSagaInput(f"search on {match.key!r:.80}: {problem}")
     since = checked.get("since")
     if since is not None and not isinstance(since, datetime):
         raise InvalidSagaInput(f"since must be a datetime, not {since!r:.80}")

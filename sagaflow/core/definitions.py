@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from sagaflow.core.protocol import qualified_name
+from sagaflow.core.search import check_keys
 from sagaflow.core.vocabulary import OnTimeout
 from sagaflow.core.vocabulary import Phase as Phase
 from sagaflow.core.vocabulary import SagaState as SagaState
@@ -312,18 +313,22 @@ class Saga:
     `validate`, if given, is called with the input before the saga starts; raising ValueError
     or InvalidSagaInput rejects the saga with that message recorded. `deadline` (seconds from
     the start) stops a saga still running forward by then and compensates what it did; it
-    ends `failed` with a DeadlineExceeded error. A saga past its pivot is let finish.
+    ends `failed` with a DeadlineExceeded error. A saga past its pivot is let finish. `keys`
+    names the input fields a saga is about ("order_id", nested with dots): `sagaflow list`
+    and the dashboard show them as columns, and `--where` searches any input field.
     """
 
     saga_type: str
     steps: Sequence[Step] = field(default_factory=tuple)
     validate: InputValidator | None = None
     deadline: float | None = None
+    keys: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         _check_saga_type(self.saga_type)
         object.__setattr__(self, "steps", validate_steps(self.saga_type, self.steps))
         check_deadline(f"saga {self.saga_type!r}: deadline", self.deadline)
+        object.__setattr__(self, "keys", check_keys(f"saga {self.saga_type!r}", self.keys))
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         return list(self.steps)
@@ -342,6 +347,7 @@ class SagaOrchestrator:
 
     saga_type: ClassVar[str]
     deadline: ClassVar[float | None] = None  # as Saga.deadline
+    keys: ClassVar[tuple[str, ...]] = ()  # as Saga.keys
 
     def define_steps(self, data: Mapping[str, Any]) -> list[Step]:
         raise NotImplementedError
@@ -375,6 +381,7 @@ class Registry:
         if existing is not None and existing is not definition:
             raise DefinitionError(f"saga type {saga_type!r} is registered twice")
         check_deadline(f"saga {saga_type!r}: deadline", getattr(definition, "deadline", None))
+        check_keys(f"saga {saga_type!r}", getattr(definition, "keys", ()))
         self._definitions[saga_type] = definition
         return definition
 
@@ -401,6 +408,11 @@ class Registry:
     def deadline(self, saga_type: str) -> float | None:
         """Seconds a saga of this type may run before it is stopped (None: no deadline)."""
         return check_deadline("deadline", getattr(self.get(saga_type), "deadline", None))
+
+    def keys_of(self, saga_type: str) -> tuple[str, ...]:
+        """The input fields sagas of this type are about; none for a type not registered."""
+        definition = self._definitions.get(saga_type)
+        return tuple(getattr(definition, "keys", ())) if definition is not None else ()
 
     def __contains__(self, saga_type: object) -> bool:
         return saga_type in self._definitions

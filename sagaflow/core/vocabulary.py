@@ -11,7 +11,18 @@ from __future__ import annotations
 import enum
 
 
-class SagaState(str, enum.Enum):
+class Name(str, enum.Enum):
+    """A name that reads as its value: str() and format() give the text (as 3.11's StrEnum),
+    so a member can stand wherever the plain string did, in messages and f-strings too."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class SagaState(Name):
     """Where a saga is. Terminal for the engine: COMPLETED, FAILED, COMPENSATION_FAILED,
     REJECTED, CANCELLED, ESCALATED (the last two of which an operator can resume)."""
 
@@ -53,7 +64,7 @@ _TERMINAL = frozenset(
 _NEEDS_OPERATOR = frozenset({SagaState.COMPENSATION_FAILED, SagaState.ESCALATED})
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(Name):
     """Where one step is, across its action and its compensation."""
 
     PENDING = "pending"  # not dispatched yet
@@ -69,21 +80,10 @@ class StepStatus(str, enum.Enum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # timed out and not verified: an operator resolves it
 
 
-class Phase(str, enum.Enum):
+class Phase(Name):
     ACTION = "action"
     COMPENSATION = "compensation"
     VERIFY = "verify"  # asks whether an action whose outcome is unknown took effect
-
-
-class Name(str, enum.Enum):
-    """A name that reads as its value: str() and format() give the text (as 3.11's StrEnum),
-    so a member can stand wherever the plain string did, in messages and f-strings too."""
-
-    def __str__(self) -> str:
-        return str.__str__(self)
-
-    def __format__(self, spec: str) -> str:
-        return str.__format__(str.__str__(self), spec)
 
 
 class HistoryEvent(Name):

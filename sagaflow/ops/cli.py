@@ -21,8 +21,10 @@ import click
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.client.validation import parse_since
 from sagaflow.config import Settings
-from sagaflow.core.definitions import SagaState
-from sagaflow.errors import InvalidSagaInput
+from sagaflow.core.definitions import SagaState, load_definitions
+from sagaflow.core.machine import SagaRecord
+from sagaflow.core.search import FieldMatch, field_matches
+from sagaflow.errors import DefinitionError, InvalidSagaInput
 from sagaflow.ops import render
 from sagaflow.ops.cli_context import console, print_json, settings_of, wait_options
 from sagaflow.ops.cli_errors import (
@@ -78,6 +80,22 @@ def cli(
 
 def client_of(ctx: click.Context) -> SagaClient:
     return SagaClient(settings_of(ctx))
+
+
+def _key_columns(ctx: click.Context, sagas: list[SagaRecord]) -> list[str]:
+    """The key fields the listed sagas' types declare, in order of first appearance."""
+    settings = settings_of(ctx)
+    if not settings.definitions or not sagas:
+        return []
+    try:
+        registry = load_definitions(settings.definitions)
+    except DefinitionError as exc:
+        click.echo(f"(no key columns: {exc})", err=True)
+        return []
+    columns: dict[str, None] = {}
+    for saga in sagas:
+        columns.update(dict.fromkeys(registry.keys_of(saga.saga_type)))
+    return list(columns)
 
 
 @cli.command()
@@ -173,6 +191,15 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
         raise click.BadParameter(str(exc)) from None
 
 
+def _where_option(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> list[FieldMatch]:
+    try:
+        return field_matches(value)
+    except InvalidSagaInput as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command(name="list")
 @click.option(
     "--state",
@@ -186,6 +213,15 @@ def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | Non
     help="Only sagas started since: a duration ago (30m, 2h, 1d, 1w) or an ISO 8601 time.",
 )
 @click.option("--id-prefix", help="Only sagas whose id starts with this.")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    callback=_where_option,
+    metavar="KEY=VALUE",
+    help="Only sagas whose input has this value at KEY (nested keys with dots: customer.id=c-1; "
+    "a number, true or false matches as text too). Repeat to combine.",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -196,23 +232,26 @@ def list_command(
     saga_type: str | None,
     since: datetime | None,
     id_prefix: str | None,
+    where: list[FieldMatch],
     limit: int,
     offset: int,
     as_json: bool,
 ) -> None:
-    """Sagas, newest first."""
+    """Sagas, newest first. Columns for the input fields each saga type declares as its keys
+    (Saga(keys=...)) when SAGAFLOW_DEFINITIONS names the definitions."""
     sagas = client_of(ctx).list_sagas(
         state=state,
         saga_type=saga_type,
         since=since,
         id_prefix=id_prefix,
+        where=where,
         limit=limit,
         offset=offset,
     )
     if as_json:
         print_json([render.saga_json(s, with_steps=False) for s in sagas])
         return
-    console.print(render.saga_list_table(sagas))
+    console.print(render.saga_list_table(sagas, keys=_key_columns(ctx, sagas)))
     if len(sagas) == limit:
         console.print(f"(first {limit}; next page: --offset {offset + limit})", style="dim")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,8 +21,9 @@ from werkzeug.exceptions import Forbidden
 
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.config import Settings
-from sagaflow.core.definitions import SagaState, StepStatus
-from sagaflow.errors import ConfigurationError, SagaflowError
+from sagaflow.core.definitions import Registry, SagaState, StepStatus, load_definitions
+from sagaflow.core.search import key_value
+from sagaflow.errors import ConfigurationError, DefinitionError, SagaflowError
 from sagaflow.ops import render
 from sagaflow.ops.dashboard_api import operate, ordered_counts, register_api_routes, require_actions
 from sagaflow.ops.dashboard_http import (
@@ -30,10 +32,14 @@ from sagaflow.ops.dashboard_http import (
     id_prefix_arg,
     list_filters,
     register_error_handlers,
+    search_terms,
+    where_arg,
 )
 from sagaflow.ops.dashboard_quarantine import register_quarantine_routes
 from sagaflow.ops.metrics import SagaMetrics
 from sagaflow.ops.quarantine_metrics import QuarantineMetrics
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8650
 MAX_REFRESH_SECONDS = 86400
@@ -83,7 +89,7 @@ def create_dashboard(
     registry.register(SagaMetrics(client.store, lag=metrics_lag))
     registry.register(QuarantineMetrics(client.store))
     flower = flower_url.rstrip("/") if flower_url else None
-    dashboard = Dashboard(client, registry, auth, actions, flower)
+    dashboard = Dashboard(client, registry, auth, actions, flower, _definitions(settings))
 
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -106,6 +112,18 @@ def create_dashboard(
     ):
         register(app, dashboard)
     return app
+
+
+def _definitions(settings: Settings) -> Registry:
+    """The saga definitions, for each type's key columns: none if they cannot be loaded (the
+    dashboard still shows every saga)."""
+    if not settings.definitions:
+        return Registry()
+    try:
+        return load_definitions(settings.definitions)
+    except DefinitionError as exc:
+        logger.warning("dashboard: no key columns, the saga definitions did not load: %s", exc)
+        return Registry()
 
 
 def serve(app: Flask, host: str, port: int, threads: int = 8) -> None:
@@ -135,17 +153,26 @@ def register_ui_routes(app: Flask, dashboard: Dashboard) -> None:
 
     @app.get("/")
     def index() -> Any:
-        query = id_prefix_arg(request.args, "q")
+        # The search box takes a saga id (or its start), or key=value terms on the input.
+        text = (request.args.get("q") or "").strip()
+        terms = search_terms(text) if "=" in text else []
+        query = None if terms else id_prefix_arg(request.args, "q")
         if query and client.store.load(query) is not None:
             return redirect(url_for("saga_page", saga_id=query))
         filters = list_filters(request.args)
+        filters["where"] = [*filters["where"], *where_arg(terms)]
         sagas = client.list_sagas(**filters, id_prefix=query)
+        keys: dict[str, None] = {}
+        for saga in sagas:
+            keys.update(dict.fromkeys(dashboard.definitions.keys_of(saga.saga_type)))
         return render_template(
             "index.html",
             sagas=sagas,
+            keys=list(keys),
+            key_value=key_value,
             counts=ordered_counts(client.store.count_by_state()),
             args=request.args,
-            query=query or "",
+            query=text,
             offset=filters["offset"],
             limit=filters["limit"],
             now=datetime.now(timezone.utc),

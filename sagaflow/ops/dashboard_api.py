@@ -21,7 +21,7 @@ from sagaflow.ops.dashboard_openapi import openapi_document
 # The query arguments each API route takes; the others take none. Anything else is refused
 # rather than ignored, so that a misspelt filter is not a list of every saga.
 QUERY_ARGUMENTS = {
-    "api_list": ("state", "type", "since", "id_prefix", "limit", "offset"),
+    "api_list": ("state", "type", "since", "id_prefix", "where", "limit", "offset"),
     "api_quarantine_list": ("reason", "limit", "offset"),
 }
 

@@ -10,7 +10,8 @@ SQLite takes (a NUL character), so what the store could not search for is a 400,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
@@ -22,8 +23,9 @@ from werkzeug.exceptions import HTTPException
 
 from sagaflow.client.saga_client import BrokerUnavailable, InvalidOperation, SagaClient
 from sagaflow.client.validation import MAX_SAGA_TYPE_LENGTH, parse_since
-from sagaflow.core.definitions import SagaState
+from sagaflow.core.definitions import Registry, SagaState
 from sagaflow.core.protocol import SAGA_ID_PATTERN
+from sagaflow.core.search import FieldMatch, field_matches
 from sagaflow.errors import (
     BadQuery,
     InvalidSagaInput,
@@ -64,6 +66,7 @@ class Dashboard:
     auth: tuple[str, str] | None
     actions: bool
     flower: str | None
+    definitions: Registry = field(default_factory=Registry)  # for each type's key fields
 
 
 def wants_json() -> bool:
@@ -123,9 +126,26 @@ def list_filters(args: MultiDict[str, str]) -> dict[str, Any]:
         "state": state,
         "saga_type": saga_type_arg(args),
         "since": since_arg(args),
+        "where": where_arg(args.getlist("where")),
         "limit": int_arg(args, "limit", PAGE_SIZE, 1, MAX_LIMIT),
         "offset": int_arg(args, "offset", 0, 0, MAX_OFFSET),
     }
+
+
+def where_arg(texts: list[str]) -> list[FieldMatch]:
+    """Searches on the input, each `key=value` (nested keys with dots)."""
+    try:
+        return field_matches(texts)
+    except InvalidSagaInput as exc:
+        raise BadQuery(str(exc)) from None
+
+
+def search_terms(text: str) -> list[str]:
+    """The search box's `key=value` terms, split as a shell would (quote a value with spaces)."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise BadQuery(f"search {text!r:.80}: {exc}") from None
 
 
 def saga_type_arg(args: MultiDict[str, str]) -> str | None:

@@ -9,6 +9,7 @@ from sagaflow.client.validation import MAX_SAGA_TYPE_LENGTH
 from sagaflow.core.definitions import StepStatus
 from sagaflow.core.protocol import SAGA_ID_PATTERN
 from sagaflow.core.quarantine import QuarantineReason
+from sagaflow.core.search import MAX_MATCHES, MAX_PATH_DEPTH
 from sagaflow.ops.dashboard_http import MAX_LIMIT, MAX_OFFSET, PAGE_SIZE, STATES
 
 JSON = "application/json"
@@ -141,6 +142,11 @@ SAGA_ID_PARAMETER = {
 }
 
 
+# One to MAX_PATH_DEPTH dotted names (not blank), `=`, any text; no NUL (PostgreSQL refuses it).
+_KEY_NAME = "[^=.\\x00]*[^=.\\x00\\s][^=.\\x00]*"
+WHERE_PATTERN = f"^{_KEY_NAME}(\\.{_KEY_NAME}){{0,{MAX_PATH_DEPTH - 1}}}=[^\\x00]*$"
+
+
 def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
@@ -181,6 +187,21 @@ LIST_PARAMETERS = [
         "Only sagas whose id starts with this (empty: any).",
         {"type": "string", "pattern": f"^({SAGA_ID_PATTERN.pattern[1:-1]})?$"},
     ),
+    {
+        **query(
+            "where",
+            "Only sagas whose input has this value at this key: `order_id=o-4711`, nested keys "
+            "with dots (`customer.id=c-1`). A value that reads as a number, true, false or null "
+            "matches that value as well as the text. Repeat to combine (all must hold).",
+            {
+                "type": "array",
+                "maxItems": MAX_MATCHES,
+                "items": {"type": "string", "pattern": WHERE_PATTERN},
+            },
+        ),
+        "style": "form",
+        "explode": True,
+    },
     query(
         "limit",
         "At most this many sagas.",

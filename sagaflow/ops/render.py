@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +13,7 @@ from rich.text import Text
 
 from sagaflow.core.machine import SagaRecord, StepRecord
 from sagaflow.core.quarantine import QuarantinedMessage
+from sagaflow.core.search import key_value
 from sagaflow.store.protocol import HistoryRow
 from sagaflow.terminal import STEP_MARK
 from sagaflow.terminal import state_text as state_text  # the CLI prints states as these tables do
@@ -110,10 +113,14 @@ def duration(start: datetime | None, end: datetime | None) -> str:
     return age(start, end)
 
 
-def saga_list_table(sagas: list[SagaRecord], title: str | None = None) -> Table:
+def saga_list_table(
+    sagas: list[SagaRecord], title: str | None = None, keys: Sequence[str] = ()
+) -> Table:
     table = Table(title=title)
     table.add_column("saga id", no_wrap=True)
     table.add_column("type")
+    for key in keys:
+        table.add_column(key)
     table.add_column("state")
     table.add_column("created (UTC)", no_wrap=True)
     table.add_column("took", justify="right")
@@ -122,12 +129,19 @@ def saga_list_table(sagas: list[SagaRecord], title: str | None = None) -> Table:
         table.add_row(
             saga.saga_id,
             saga.saga_type,
+            *(_key_text(key_value(saga.data, key)) for key in keys),
             state_text(saga.state),
             saga.created_at.strftime("%Y-%m-%d %H:%M:%S") if saga.created_at else "",
             duration(saga.created_at, saga.finished_at),
             str(saga.error) if saga.error else "",
         )
     return table
+
+
+def _key_text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def saga_steps_table(saga: SagaRecord) -> Table:

@@ -24,6 +24,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from sagaflow.core.search import FieldMatch
 from sagaflow.store.rows import (
     EVENT_KEYS,
     HISTORY_KEYS,
@@ -65,6 +66,11 @@ class PostgresSagaStore(SqlSagaStore):
 
     def _missing_tables(self, exc: sa.exc.DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == UNDEFINED_TABLE
+
+    def _input_matches(self, match: FieldMatch) -> sa.ColumnElement[bool]:
+        # JSONB containment (@>), which the GIN index on sagas.data (jsonb_path_ops) serves.
+        data = sa.type_coerce(sagas.c.data, postgresql.JSONB)
+        return sa.or_(*(data.contains(match.nested(value)) for value in match.values))
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:

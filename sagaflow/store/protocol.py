@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sagaflow.core.definitions import SagaState
 from sagaflow.core.machine import HistoryEntry, Ignored, PublishEvent, SagaRecord, Transition
+from sagaflow.core.search import FieldMatch
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -220,11 +221,13 @@ class SagaStore(Protocol):
         saga_type: str | None = None,
         since: datetime | None = None,
         id_prefix: str | None = None,
+        where: Sequence[FieldMatch] = (),
         limit: int = 50,
         offset: int = 0,
     ) -> list[SagaRecord]:
         """Sagas newest first, without their steps (load one to see them). `since` keeps those
-        created at or after it; `id_prefix` those whose id starts with it."""
+        created at or after it; `id_prefix` those whose id starts with it; `where` those whose
+        input holds every field match (an index serves them on PostgreSQL)."""
         ...
 
     def stalled(self, before: datetime, limit: int = 500) -> list[str]:

@@ -34,6 +34,13 @@ sagas = sa.Table(
     # ... and for running sagas past their deadline.
     sa.Index("ix_sagaflow_sagas_deadline", "state", "deadline_at"),
 )
+# `sagaflow list --where key=value` on PostgreSQL: JSONB containment (data @> ...) on the input.
+sa.Index(
+    "ix_sagaflow_sagas_data",
+    sagas.c.data,
+    postgresql_using="gin",
+    postgresql_ops={"data": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 steps = sa.Table(
     "sagaflow_steps",

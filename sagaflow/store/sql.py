@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.core.definitions import SagaState, StepStatus
 from sagaflow.core.machine import HistoryEntry, Ignored, PublishEvent, SagaRecord, Transition
+from sagaflow.core.search import FieldMatch
 from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
 from sagaflow.store import migrate
 from sagaflow.store.cache import REMEMBERED_SAGAS, RememberedSagas, check_folder, report_difference
@@ -102,6 +103,10 @@ class SqlSagaStore(abc.ABC):
     @abc.abstractmethod
     def _missing_tables(self, exc: sa.exc.DBAPIError) -> bool:
         """Whether the error says sagaflow's tables are not there."""
+
+    @abc.abstractmethod
+    def _input_matches(self, match: FieldMatch) -> sa.ColumnElement[bool]:
+        """A condition on sagas.c.data: the input holds one of match.values at match.path."""
 
     def ensure_database(self) -> None:
         return  # a server's database is its operator's to make
@@ -377,6 +382,7 @@ class SqlSagaStore(abc.ABC):
         saga_type: str | None = None,
         since: datetime | None = None,
         id_prefix: str | None = None,
+        where: Sequence[FieldMatch] = (),
         limit: int = 50,
         offset: int = 0,
     ) -> list[SagaRecord]:
@@ -389,6 +395,8 @@ class SqlSagaStore(abc.ABC):
             query = query.where(sagas.c.created_at >= to_utc(since))
         if id_prefix:
             query = query.where(sagas.c.id.startswith(id_prefix, autoescape=True))
+        for match in where:
+            query = query.where(self._input_matches(match))
         query = query.limit(limit).offset(offset)
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()

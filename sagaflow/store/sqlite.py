@@ -18,9 +18,11 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from sagaflow.core.search import FieldMatch, Scalar
 from sagaflow.errors import StoreUnavailable
 from sagaflow.sqlite_engine import SQLITE_LOCK_TIMEOUT, create_sqlite_engine
 from sagaflow.store.rows import IgnoredStatements, ignored_statements
+from sagaflow.store.schema import sagas
 from sagaflow.store.sql import WRITE_OPTION, SqlSagaStore
 from sagaflow.urls import mask_url
 
@@ -56,6 +58,10 @@ class SqliteSagaStore(SqlSagaStore):
 
     def _ignored_statements(self) -> IgnoredStatements:
         return _ignored()
+
+    def _input_matches(self, match: FieldMatch) -> sa.ColumnElement[bool]:
+        path = _json_path(match.path)
+        return sa.or_(*(_holds(path, value) for value in match.values))
 
     def _missing_tables(self, exc: sa.exc.DBAPIError) -> bool:
         return "no such table" in str(exc.orig)
@@ -95,3 +101,21 @@ def _begin(conn: Connection) -> None:
 @cache
 def _ignored() -> IgnoredStatements:
     return ignored_statements(sqlite.insert)
+
+
+def _json_path(path: tuple[str, ...]) -> str:
+    """A SQLite JSON path with every key quoted, so a key may hold dots' neighbours ($, [, ")."""
+    return "$" + "".join('."' + key.replace('"', '\\"') + '"' for key in path)
+
+
+def _holds(path: str, value: Scalar) -> sa.ColumnElement[bool]:
+    """json_extract alone cannot tell 1 from true or "1" from 1: compare the JSON type too."""
+    kind = sa.func.json_type(sagas.c.data, path)
+    if value is None:
+        return kind == "null"
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    extracted = sa.func.json_extract(sagas.c.data, path)
+    if isinstance(value, str):
+        return sa.and_(kind == "text", extracted == value)
+    return sa.and_(kind.in_(("integer", "real")), extracted == value)

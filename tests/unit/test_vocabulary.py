@@ -106,6 +106,8 @@ def test_a_name_is_its_text(names: Any) -> None:
         assert member == member.value and hash(member) == hash(member.value)
         assert json.dumps({member: member}) == json.dumps({member.value: member.value})
         assert names(member.value) is member
+        # print(saga.state) and f-strings show the text an operator reads everywhere else
+        assert str(member) == f"{member}" == f"{member:>1}" == member.value
 
 
 def test_new_names_read_as_their_text_in_messages() -> None:
