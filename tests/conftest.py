@@ -30,6 +30,7 @@ from sagaflow.devstack.processes import WorkerGroup, WorkerProcess, WorkerSpec
 from sagaflow.store.cache import CHECK_REMEMBERED_ENV
 from sagaflow.store.factory import open_store
 from sagaflow.store.protocol import SagaStore
+from sagaflow.store.sql import SqlSagaStore
 from sagaflow.urls import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -397,6 +398,15 @@ def build_stack(name: str, home: Path) -> Iterator[Stack]:
             drop_postgres_database(pg_url)
         if vhost:
             delete_rabbitmq_vhost(vhost)
+
+
+@pytest.fixture(autouse=True)
+def store_connections_released() -> Iterator[None]:
+    """After each test, the idle connections of every store in this process are closed: stores a
+    test left open (or a stack keeps) would otherwise hold PostgreSQL's connection slots, which
+    two suites running at once on one server would run out of."""
+    yield
+    SqlSagaStore.dispose_all()
 
 
 @pytest.fixture(scope="session", autouse=True)

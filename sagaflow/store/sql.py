@@ -16,10 +16,11 @@ from __future__ import annotations
 import abc
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -74,6 +75,9 @@ WRITE_OPTION = "sagaflow_write"
 
 class SqlSagaStore(abc.ABC):
     """Reads and writes saga state in one SQL database (a subclass per kind of database)."""
+
+    # Stores of this process that hold an engine, for dispose_all.
+    _connected: ClassVar[weakref.WeakSet[SqlSagaStore]] = weakref.WeakSet()
 
     def __init__(self, url: str, *, echo: bool = False, remember: int = REMEMBERED_SAGAS) -> None:
         self.url = url
@@ -134,6 +138,7 @@ class SqlSagaStore(abc.ABC):
                         self._engine.dispose(close=False)
                     self._engine = self._create_engine()
                     self._engine_pid = pid
+                    SqlSagaStore._connected.add(self)
                     self.forget()
                     # A new connection may reach another server (a failover, a restore) whose
                     # sagas went back to versions this process remembers with other contents.
@@ -141,9 +146,22 @@ class SqlSagaStore(abc.ABC):
         return self._engine
 
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            # An engine inherited through fork: its sockets are the parent's to close.
+            engine.dispose(close=self._engine_pid == os.getpid())
+
+    @classmethod
+    def dispose_all(cls) -> int:
+        """Close the idle connections of every store in this process (a store still in use
+        connects again when next used); how many stores had connections. For shutdown hooks
+        and test suites, where stores left open would hold a server's connection slots."""
+        stores = list(cls._connected)
+        for store in stores:
+            store.dispose()
+        cls._connected.clear()
+        return len(stores)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

@@ -44,6 +44,7 @@ from sagaflow.store.factory import open_store
 from sagaflow.store.migrate import VERSION_TABLE, current_revision, head_revision
 from sagaflow.store.protocol import IGNORED_IN_HISTORY, IgnoredCount, SagaStore
 from sagaflow.store.schema import metadata
+from sagaflow.store.sql import SqlSagaStore
 from tests.conftest import drop_pooled_connection, poll
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -1113,6 +1114,30 @@ def test_postgres_connections_are_named_sagaflow_unless_the_url_names_them(
             assert name == expected
     finally:
         named.dispose()
+
+
+def test_dispose_all_closes_every_stores_idle_connections(backend: Backend) -> None:
+    """What the suite runs after each test, and what a shutdown hook can call."""
+    if backend.name != "postgresql":
+        pytest.skip("counts a server's connections")
+    tag = f"dispose-all-{uuid.uuid4().hex[:8]}"
+    url = sa.make_url(backend.url).update_query_dict({"application_name": tag})
+    stores = [open_store(url.render_as_string(hide_password=False)) for _ in range(3)]
+
+    def connected() -> int:
+        with backend.store.engine.connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :tag"
+            return int(conn.execute(sa.text(query), {"tag": tag}).scalar_one())
+
+    saga_id = create_running(backend.store)
+    for store in stores:
+        store.get(saga_id)
+    assert connected() == 3
+    assert SqlSagaStore.dispose_all() >= 3  # the backend's own store too
+    assert connected() == 0
+    assert stores[0].get(saga_id).saga_id == saga_id  # a store still in use connects again
+    assert connected() == 1
+    stores[0].dispose()
 
 
 # -- remembered sagas -----------------------------------------------------------------------------
