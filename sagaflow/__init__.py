@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         SagaflowError,
         SagaNotFound,
         SagaTimeout,
+        StoreNotMigrated,
         StoreUnavailable,
         UnknownSagaType,
     )
@@ -89,6 +90,7 @@ _HOMES = {
         "SagaflowError",
         "SagaNotFound",
         "SagaTimeout",
+        "StoreNotMigrated",
         "StoreUnavailable",
         "UnknownSagaType",
     ),
@@ -132,6 +134,7 @@ __all__ = [
     "Step",
     "StepRecord",
     "StepStatus",
+    "StoreNotMigrated",
     "StoreUnavailable",
     "UnknownSagaType",
     "__version__",

@@ -38,6 +38,11 @@ class StoreUnavailable(SagaflowError):
     """The saga store could not be reached; the operation may be retried."""
 
 
+class StoreNotMigrated(StoreUnavailable):
+    """The store's database has no sagaflow tables: run `sagaflow db upgrade`. A start is
+    refused (kept nowhere else): nothing could ever record it there."""
+
+
 class OutboxUnavailable(StoreUnavailable):
     """Neither the saga store nor the producer's local outbox could keep the start: nothing was
     started and no id was given."""

@@ -53,6 +53,7 @@ from sagaflow.errors import (
     OutboxUnavailable,
     SagaflowError,
     SagaTimeout,
+    StoreNotMigrated,
     StoreUnavailable,
 )
 from sagaflow.messaging.app import create_app
@@ -244,10 +245,14 @@ class SagaClient:
         try:
             try:
                 self.store.create(saga, history)
+            except StoreNotMigrated:
+                raise  # a store to set up, not one down: nothing will ever record the start
             except StoreUnavailable:
                 # Once more, on a new connection: a pooled one the server dropped (a restart,
                 # a proxy's idle timeout) fails once; a database that is down fails again.
                 self.store.create(saga, history)
+        except StoreNotMigrated as exc:
+            raise StoreNotMigrated(f"saga {request.saga_id} not started: {exc}") from exc
         except StoreUnavailable as exc:
             return self._keep_without_store(request, wanted, exc)
         self._store_answering = True

@@ -11,6 +11,7 @@ complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from sagaflow.client.saga_client import SagaClient
-from sagaflow.client.validation import parse_since
+from sagaflow.client.validation import check_saga_id, parse_since
 from sagaflow.config import Settings
 from sagaflow.core.definitions import SagaState, load_definitions
 from sagaflow.core.machine import SagaRecord
@@ -74,12 +75,34 @@ def cli(
     if definitions is not None:
         overrides["definitions"] = tuple(d.strip() for d in definitions.split(",") if d.strip())
     ctx.obj = Settings.from_env(**overrides)
+    # As `celery -A`: definitions named from the working directory import without PYTHONPATH.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if ctx.invoked_subcommand is not None:
         check_urls(ctx.obj)
 
 
 def client_of(ctx: click.Context) -> SagaClient:
     return SagaClient(settings_of(ctx))
+
+
+SHOWN_MATCHES = 5
+
+
+def full_saga_id(client: SagaClient, text: str) -> str:
+    """The saga id `text` is, or begins when only one saga's id does (the demo and the tables
+    print the first 8 characters); a usage error naming the sagas it could be otherwise."""
+    check_saga_id(text)
+    matches = [s.saga_id for s in client.list_sagas(id_prefix=text, limit=SHOWN_MATCHES + 1)]
+    if len(matches) == 1 or text in matches:
+        return matches[0] if len(matches) == 1 else text
+    if not matches or client.store.load(text) is not None:
+        return text  # the id itself (or no saga: the command says so, as for any id)
+    shown = ", ".join(matches[:SHOWN_MATCHES]) + (", ..." if len(matches) > SHOWN_MATCHES else "")
+    raise click.BadParameter(
+        f"{text!r} begins the ids of several sagas ({shown}): give more of it",
+        param_hint="SAGA_ID",
+    )
 
 
 def _key_columns(ctx: click.Context, sagas: list[SagaRecord]) -> list[str]:
@@ -129,10 +152,15 @@ def start(
         # The input's JSON may carry whitespace the stored input does not: some room for it.
         limit = 4 * client.settings.max_input_bytes
         data_text = read_text_file(data_file, "--data-file", limit)
+    option = "--data-file" if data_file is not None else "--data"
     try:
-        data = load_json(data_text, "--data-file" if data_file is not None else "--data")
+        data = load_json(data_text, option)
     except BadInput as exc:
-        raise InvalidSagaInput(str(exc)) from None
+        raise click.UsageError(str(exc), ctx) from None
+    if not isinstance(data, dict):
+        raise click.UsageError(
+            f"{option}: saga input must be a JSON object, got {type(data).__name__}", ctx
+        )
     new_id = client.start(saga_type, data, saga_id=saga_id, deadline=deadline)
     if not wait:
         if as_json:
@@ -145,8 +173,11 @@ def start(
     if as_json:
         print_json(render.saga_json(saga))
     else:
-        console.print(render.saga_steps_table(saga))
+        if saga.steps:
+            console.print(render.saga_steps_table(saga))
         console.print("state:", render.state_text(saga.state))
+        if saga.error:
+            console.print(f"error: {saga.error}", highlight=False)
     if saga.state is not SagaState.COMPLETED:
         sys.exit(EXIT_ERROR)
 
@@ -158,7 +189,7 @@ def start(
 def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """Where saga SAGA_ID is, step by step, and why."""
     client = client_of(ctx)
-    saga = client.get(saga_id)
+    saga = client.get(full_saga_id(client, saga_id))
     if as_json:
         print_json(render.saga_json(saga))
         return
@@ -262,7 +293,8 @@ def list_command(
 @click.pass_context
 def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """The transition log of saga SAGA_ID."""
-    rows = client_of(ctx).history(saga_id)
+    client = client_of(ctx)
+    rows = client.history(full_saga_id(client, saga_id))
     if as_json:
         print_json([render.history_json(r) for r in rows])
         return
@@ -279,6 +311,7 @@ def cancel_command(
 ) -> None:
     """Cancel a running saga: the step in flight finishes, then completed steps are undone."""
     client = client_of(ctx)
+    saga_id = full_saga_id(client, saga_id)
     version = client.cancel(saga_id, reason)
     click.echo(f"saga {saga_id}: cancel requested")
     if wait:
@@ -292,6 +325,7 @@ def cancel_command(
 def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
     """Resume a saga stopped in compensation_failed at the compensation that failed."""
     client = client_of(ctx)
+    saga_id = full_saga_id(client, saga_id)
     version = client.retry(saga_id)
     click.echo(f"saga {saga_id}: compensation retried")
     if wait:
@@ -309,6 +343,7 @@ def mark_compensated_command(
 ) -> None:
     """Record that STEP's failed compensation was done by hand; compensation carries on."""
     client = client_of(ctx)
+    saga_id = full_saga_id(client, saga_id)
     version = client.mark_compensated(saga_id, step, reason)
     click.echo(f"saga {saga_id}: {step} marked compensated")
     if wait:
@@ -346,6 +381,7 @@ def resolve_command(
     except BadInput as exc:
         raise click.UsageError(str(exc)) from None
     client = client_of(ctx)
+    saga_id = full_saga_id(client, saga_id)
     version = client.resolve(saga_id, step, applied, reason, result)
     click.echo(f"saga {saga_id}: {step} resolved as {'applied' if applied else 'not applied'}")
     if wait:

@@ -26,11 +26,16 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
-from sagaflow.core.definitions import SagaState, StepStatus
+from sagaflow.core.definitions import SagaState
 from sagaflow.core.machine import HistoryEntry, Ignored, PublishEvent, SagaRecord, Transition
 from sagaflow.core.search import FieldMatch
-from sagaflow.errors import ConcurrencyConflict, SagaNotFound, StoreUnavailable
-from sagaflow.store import migrate
+from sagaflow.errors import (
+    ConcurrencyConflict,
+    SagaNotFound,
+    StoreNotMigrated,
+    StoreUnavailable,
+)
+from sagaflow.store import migrate, queries
 from sagaflow.store.cache import REMEMBERED_SAGAS, RememberedSagas, check_folder, report_difference
 from sagaflow.store.protocol import (
     IGNORED_IN_HISTORY,
@@ -62,13 +67,6 @@ from sagaflow.store.rows import (
 from sagaflow.store.schema import events, history, ignored, sagas, steps
 from sagaflow.urls import mask_url
 
-# Step statuses whose deadline_at is a live timer (ix_sagaflow_steps_deadline serves the lookup).
-TIMER_STATUSES = [
-    StepStatus.EXECUTING.value,
-    StepStatus.WAITING_RETRY.value,
-    StepStatus.VERIFYING.value,
-]
-RUNNING_STATES = [SagaState.STARTED.value, SagaState.PENDING.value, SagaState.COMPENSATING.value]
 # The execution option a write transaction's connection carries (SQLite begins it IMMEDIATE).
 WRITE_OPTION = "sagaflow_write"
 
@@ -195,8 +193,8 @@ class SqlSagaStore(abc.ABC):
                 ) from exc
             raise
 
-    def _no_tables(self) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _no_tables(self) -> StoreNotMigrated:
+        return StoreNotMigrated(
             f"saga store {mask_url(self.url)} has no sagaflow tables: run `sagaflow db upgrade`"
         )
 
@@ -404,18 +402,15 @@ class SqlSagaStore(abc.ABC):
         limit: int = 50,
         offset: int = 0,
     ) -> list[SagaRecord]:
-        query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id.desc())
-        if state is not None:
-            query = query.where(sagas.c.state == SagaState(state).value)
-        if saga_type is not None:
-            query = query.where(sagas.c.saga_type == saga_type)
-        if since is not None:
-            query = query.where(sagas.c.created_at >= to_utc(since))
-        if id_prefix:
-            query = query.where(sagas.c.id.startswith(id_prefix, autoescape=True))
-        for match in where:
-            query = query.where(self._input_matches(match))
-        query = query.limit(limit).offset(offset)
+        query = queries.list_sagas(
+            state=None if state is None else SagaState(state),
+            saga_type=saga_type,
+            since=since,
+            id_prefix=id_prefix,
+            input_matches=[self._input_matches(match) for match in where],
+            limit=limit,
+            offset=offset,
+        )
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [saga_from_row(r) for r in rows]
@@ -425,42 +420,17 @@ class SqlSagaStore(abc.ABC):
             return [row[0] for row in conn.execute(query)]
 
     def stalled(self, before: datetime, limit: int = 500) -> list[str]:
-        return self._ids(
-            sa.select(sagas.c.id)
-            .where(sagas.c.state.in_(RUNNING_STATES), sagas.c.updated_at < to_utc(before))
-            .order_by(sagas.c.updated_at)
-            .limit(limit)
-        )
+        return self._ids(queries.stalled(before, limit))
 
     def requested(self, before: datetime, limit: int = 500) -> list[str]:
-        return self._ids(
-            sa.select(sagas.c.id)
-            .where(sagas.c.state == SagaState.REQUESTED.value, sagas.c.updated_at < to_utc(before))
-            .order_by(sagas.c.updated_at)
-            .limit(limit)
-        )
+        return self._ids(queries.requested(before, limit))
 
     def timed_out(self, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
-        query = (
-            sa.select(steps.c.saga_id, steps.c.position)
-            .where(steps.c.status.in_(TIMER_STATUSES), steps.c.deadline_at < to_utc(now))
-            .order_by(steps.c.deadline_at)
-            .limit(limit)
-        )
         with self._connect() as conn:
-            return [(row[0], int(row[1])) for row in conn.execute(query)]
+            return [(row[0], int(row[1])) for row in conn.execute(queries.timed_out(now, limit))]
 
     def overdue(self, now: datetime, limit: int = 500) -> list[str]:
-        return self._ids(
-            sa.select(sagas.c.id)
-            .where(
-                sagas.c.state == SagaState.PENDING.value,
-                sagas.c.deadline_at < to_utc(now),
-                sagas.c.cancel_requested_at.is_(None),
-            )
-            .order_by(sagas.c.deadline_at)
-            .limit(limit)
-        )
+        return self._ids(queries.overdue(now, limit))
 
     def unpublished_events(self, before: datetime, limit: int = 500) -> list[EventRow]:
         query = (

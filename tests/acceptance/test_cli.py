@@ -138,18 +138,54 @@ def test_start_wait_timeout_exits_5_and_says_where_the_saga_is(stack: Stack) -> 
     assert "not finished after 3s" in line
 
 
-def test_start_with_input_that_is_not_json_exits_1(tmp_path: Path) -> None:
+def test_start_with_input_that_is_not_json_is_bad_usage(tmp_path: Path) -> None:
     env = isolated_env(tmp_path / "home", SAGAFLOW_BROKER_URL="redis://127.0.0.1:1/0")
-    line = assert_one_line_error(sagaflow("start", "trip", "--data", "not json", env=env), 1)
-    assert "--data is not valid JSON" in line
+    line = assert_one_line_error(sagaflow("start", "trip", "--data", "not json", env=env), 2)
+    assert "--data is not valid JSON" in line and "sagaflow start -h" in line
 
 
 @pytest.mark.parametrize("data", ["[1,2]", '"text"', "3", "null"])
-def test_start_with_input_that_is_not_an_object_exits_1(tmp_path: Path, data: str) -> None:
+def test_start_with_input_that_is_not_an_object_is_bad_usage(tmp_path: Path, data: str) -> None:
     # An unreachable broker: had anything been sent, the exit code would be 4.
     env = isolated_env(tmp_path / "home", SAGAFLOW_BROKER_URL="redis://127.0.0.1:1/0")
-    line = assert_one_line_error(sagaflow("start", "trip", "--data", data, env=env), 1)
-    assert "must be a JSON object" in line
+    line = assert_one_line_error(sagaflow("start", "trip", "--data", data, env=env), 2)
+    assert "--data: saga input must be a JSON object" in line
+
+
+def test_start_into_a_store_without_tables_is_refused_with_the_upgrade_hint(
+    tmp_path: Path,
+) -> None:
+    env = isolated_env(tmp_path / "home")  # the embedded store, never upgraded
+    (tmp_path / "home").mkdir()
+    line = assert_one_line_error(sagaflow("start", "trip", env=env), 4)
+    assert "not started" in line and "sagaflow db upgrade" in line, line
+    assert not list((tmp_path / "home").glob("broker/*.msg")), "a start went out anyway"
+
+
+def test_start_wait_says_why_a_saga_did_not_complete(stack: Stack) -> None:
+    result = sagaflow("start", "no-such-type", "--wait", env=stack.env)
+    assert result.returncode == 1, describe(result)
+    assert re.search(r"state:\s+rejected", result.stdout), describe(result)
+    assert "error: UnknownSagaType: unknown saga type 'no-such-type'" in result.stdout, describe(
+        result
+    )
+
+
+def test_an_id_prefix_names_the_saga_it_begins(stack: Stack) -> None:
+    saga = stack.wait_one(stack.start("trip", {}))
+    prefix = saga.saga_id[:8]  # as the demo prints it
+    status = sagaflow("status", prefix, "--json", env=stack.env)
+    assert json_of(status)["saga_id"] == saga.saga_id, describe(status)
+    history = sagaflow("history", prefix, "--json", env=stack.env)
+    rows = stack.store.history(saga.saga_id)
+    assert [row["event"] for row in json_of(history)] == [r.event for r in rows], describe(history)
+    common = f"twin-{uuid.uuid4().hex[:6]}"
+    twins = [f"{common}-{n}" for n in range(2)]
+    for twin in twins:
+        stack.wait_one(stack.client.start("trip", {}, saga_id=twin))
+    line = assert_one_line_error(sagaflow("status", common, env=stack.env), 2)
+    assert f"{common!r} begins the ids of several sagas" in line
+    assert all(twin in line for twin in twins), line
 
 
 def test_start_that_nothing_can_keep_exits_4(tmp_path: Path) -> None:

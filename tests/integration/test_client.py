@@ -15,7 +15,8 @@ from sagaflow import SagaState, StepStatus
 from sagaflow.client.saga_client import BrokerUnavailable, SagaClient, validate_input
 from sagaflow.config import Settings
 from sagaflow.core.vocabulary import HistoryEvent
-from sagaflow.errors import InvalidSagaInput, SagaNotFound, SagaTimeout
+from sagaflow.errors import InvalidSagaInput, SagaNotFound, SagaTimeout, StoreNotMigrated
+from tests.acceptance.test_cli import UNREACHABLE_PG
 from tests.conftest import Stack
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -99,14 +100,27 @@ def test_validated_input_is_a_json_clean_copy() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_unreachable_broker_raises_broker_unavailable_quickly(offline_client: SagaClient) -> None:
+def test_unreachable_broker_raises_broker_unavailable_quickly(tmp_path: Path) -> None:
+    # The store is down too: only the broker could carry the start.
+    settings = Settings(home=tmp_path, broker_url=UNREACHABLE_REDIS, database_url=UNREACHABLE_PG)
+    client = SagaClient(settings)
     began = time.monotonic()
     with pytest.raises(BrokerUnavailable) as caught:
-        # The store has no tables: only the broker could carry the start.
-        offline_client.start("trip", {"x": 1}, saga_id="never-sent", durability="broker")
+        client.start("trip", {"x": 1}, saga_id="never-sent", durability="broker")
+    client.close()
     assert time.monotonic() - began < 15
     assert "could not enqueue saga never-sent" in str(caught.value)
     assert caught.value.__cause__ is not None  # the transport's own error is kept as the cause
+
+
+def test_a_store_without_tables_refuses_a_start_and_sends_nothing(
+    offline_client: SagaClient,
+) -> None:
+    # Not an outage to ride out through the broker or the outbox: nothing could ever record it.
+    for durability in ("broker", "outbox", "store"):
+        with pytest.raises(StoreNotMigrated, match="not started.*sagaflow db upgrade"):
+            offline_client.start("trip", {"x": 1}, durability=durability)
+    assert offline_client.outbox.pending() == []
 
 
 def test_wait_for_a_saga_never_recorded_times_out_saying_so(tmp_path: Path) -> None:

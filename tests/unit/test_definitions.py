@@ -375,6 +375,7 @@ PUBLIC = [
     "Step",
     "StepRecord",
     "StepStatus",
+    "StoreNotMigrated",
     "StoreUnavailable",
     "UnknownSagaType",
     "__version__",
