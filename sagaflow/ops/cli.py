@@ -40,6 +40,7 @@ from sagaflow.ops.cli_errors import (
 )
 from sagaflow.ops.cli_quarantine import quarantine
 from sagaflow.ops.cli_stack import dashboard, db, demo, stack, worker
+from sagaflow.ops.explain import next_actions, waiting_on
 
 
 @click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -198,19 +199,17 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     console.print("type:", saga.saga_type, " state:", line, " age:", render.age(saga.created_at))
     if saga.error:
         console.print(f"error: {saga.error}", highlight=False)
-    if not saga.state.is_terminal and saga.current_step is not None:
-        step = saga.steps[saga.current_step]
-        started = (
-            step.compensation_started_at
-            if saga.state is SagaState.COMPENSATING
-            else (step.started_at)
-        )
+    waiting = waiting_on(saga)
+    if waiting is not None:
         console.print(
-            f"waiting on step {step.name!r} ({step.status.value}) for {render.age(started)}",
+            f"waiting on step {waiting.step!r} ({waiting.status.value}): {waiting.phase.value} "
+            f"task {waiting.task} on queue {waiting.queue!r} for {render.age(waiting.since)}",
             highlight=False,
         )
-    if (ignored := client.store.ignored(saga_id)).count:
+    if (ignored := client.store.ignored(saga.saga_id)).count:
         console.print(ignored.summary(), highlight=False)
+    for action in next_actions(saga):
+        console.print(f"next: {action.command}  ({action.what})", highlight=False)
 
 
 def _since_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
@@ -305,31 +304,29 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 @click.argument("saga_id")
 @click.option("--reason", default="", help="Why (kept in the history and the saga's error).")
 @wait_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def cancel_command(
-    ctx: click.Context, saga_id: str, reason: str, wait: bool, timeout: float
+    ctx: click.Context, saga_id: str, reason: str, wait: bool, timeout: float, as_json: bool
 ) -> None:
     """Cancel a running saga: the step in flight finishes, then completed steps are undone."""
     client = client_of(ctx)
     saga_id = full_saga_id(client, saga_id)
     version = client.cancel(saga_id, reason)
-    click.echo(f"saga {saga_id}: cancel requested")
-    if wait:
-        _wait_and_show(client, saga_id, timeout, version)
+    _done(client, saga_id, "cancel requested", version, wait, timeout, as_json, UNDONE)
 
 
 @cli.command()
 @click.argument("saga_id")
 @wait_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
+def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Resume a saga stopped in compensation_failed at the compensation that failed."""
     client = client_of(ctx)
     saga_id = full_saga_id(client, saga_id)
     version = client.retry(saga_id)
-    click.echo(f"saga {saga_id}: compensation retried")
-    if wait:
-        _wait_and_show(client, saga_id, timeout, version)
+    _done(client, saga_id, "compensation retried", version, wait, timeout, as_json, UNDONE)
 
 
 @cli.command(name="mark-compensated")
@@ -337,17 +334,23 @@ def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float) -> None:
 @click.argument("step")
 @click.option("--reason", required=True, help="What was done by hand (kept in the history).")
 @wait_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def mark_compensated_command(
-    ctx: click.Context, saga_id: str, step: str, reason: str, wait: bool, timeout: float
+    ctx: click.Context,
+    saga_id: str,
+    step: str,
+    reason: str,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Record that STEP's failed compensation was done by hand; compensation carries on."""
     client = client_of(ctx)
     saga_id = full_saga_id(client, saga_id)
     version = client.mark_compensated(saga_id, step, reason)
-    click.echo(f"saga {saga_id}: {step} marked compensated")
-    if wait:
-        _wait_and_show(client, saga_id, timeout, version)
+    done = f"{step} marked compensated"
+    _done(client, saga_id, done, version, wait, timeout, as_json, UNDONE)
 
 
 @cli.command(name="resolve")
@@ -361,6 +364,7 @@ def mark_compensated_command(
 @click.option("--reason", required=True, help="How you know (kept in the history).")
 @click.option("--result", "result_text", help="With --applied: the step's result as JSON.")
 @wait_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def resolve_command(
     ctx: click.Context,
@@ -371,6 +375,7 @@ def resolve_command(
     result_text: str | None,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Say whether STEP of an escalated saga took effect; the saga carries on from there
     (forward if applied, compensating the steps before it if not)."""
@@ -383,22 +388,44 @@ def resolve_command(
     client = client_of(ctx)
     saga_id = full_saga_id(client, saga_id)
     version = client.resolve(saga_id, step, applied, reason, result)
-    click.echo(f"saga {saga_id}: {step} resolved as {'applied' if applied else 'not applied'}")
-    if wait:
-        with err_console.status(f"saga {saga_id} running…"):
-            saga = client.wait(saga_id, timeout=timeout, newer_than=version)
+    done = f"{step} resolved as {'applied' if applied else 'not applied'}"
+    _done(client, saga_id, done, version, wait, timeout, as_json, SETTLED)
+
+
+# The states an operator's action hoped for, with --wait: anything else exits 1.
+UNDONE = frozenset({SagaState.FAILED, SagaState.CANCELLED})  # compensation ran to its end
+SETTLED = frozenset(s for s in SagaState if s.is_terminal and not s.needs_operator)
+
+
+def _done(
+    client: SagaClient,
+    saga_id: str,
+    done: str,
+    version: int,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    hoped_for: frozenset[SagaState],
+) -> None:
+    """Say what an operator's action did; with `wait`, show where the saga ended up."""
+    if not wait:
+        if as_json:
+            print_json({"saga_id": saga_id, "done": done, "version": version})
+        else:
+            click.echo(f"saga {saga_id}: {done}")
+        return
+    if not as_json:
+        click.echo(f"saga {saga_id}: {done}")
+    with err_console.status(f"saga {saga_id} running…"):
+        saga = client.wait(saga_id, timeout=timeout, newer_than=version)
+    if as_json:
+        print_json(render.saga_json(saga))
+    else:
         console.print(render.saga_steps_table(saga))
         console.print("state:", render.state_text(saga.state))
-        if saga.state in (SagaState.COMPENSATION_FAILED, SagaState.ESCALATED):
-            sys.exit(EXIT_ERROR)
-
-
-def _wait_and_show(client: SagaClient, saga_id: str, timeout: float, version: int) -> None:
-    with err_console.status(f"saga {saga_id} compensating…"):
-        saga = client.wait(saga_id, timeout=timeout, newer_than=version)
-    console.print(render.saga_steps_table(saga))
-    console.print("state:", render.state_text(saga.state))
-    if saga.state not in (SagaState.FAILED, SagaState.CANCELLED):
+        if saga.error:
+            console.print(f"error: {saga.error}", highlight=False)
+    if saga.state not in hoped_for:
         sys.exit(EXIT_ERROR)
 
 

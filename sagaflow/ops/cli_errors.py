@@ -129,7 +129,8 @@ def report(
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         err_console.print(scrub(trace, urls), markup=False, highlight=False, soft_wrap=True)
     if as_json:
-        click.echo(json.dumps({"error": {"type": failure.type, "message": message}}))
+        error = {"type": failure.type, "message": message}
+        click.echo(json.dumps({"error": error, "code": failure.code}))
     else:
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return failure.code

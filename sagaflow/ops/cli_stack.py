@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from sagaflow.errors import ConfigurationError, SagaflowError, StoreUnavailable
-from sagaflow.ops.cli_context import console, settings_of
+from sagaflow.ops.cli_context import console, print_json, settings_of
 from sagaflow.ops.cli_errors import EXIT_ERROR, SECONDS, err_console
 from sagaflow.store.factory import open_store
 from sagaflow.terminal import driver_message
@@ -36,8 +36,9 @@ def db() -> None:
 
 @db.command()
 @click.option("--revision", default="head", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def upgrade(ctx: click.Context, revision: str) -> None:
+def upgrade(ctx: click.Context, revision: str, as_json: bool) -> None:
     """Create or migrate sagaflow's tables (Alembic)."""
     settings = settings_of(ctx)
     store = open_store(settings.database_url)
@@ -52,7 +53,11 @@ def upgrade(ctx: click.Context, revision: str) -> None:
         ) from exc
     from sagaflow.store.migrate import current_revision
 
-    click.echo(f"{mask_url(settings.database_url)} at revision {current_revision(store)}")
+    reached = current_revision(store)
+    if as_json:
+        print_json({"store": mask_url(settings.database_url), "revision": reached})
+    else:
+        click.echo(f"{mask_url(settings.database_url)} at revision {reached}")
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -36,6 +36,7 @@ from sagaflow.ops.dashboard_http import (
     where_arg,
 )
 from sagaflow.ops.dashboard_quarantine import register_quarantine_routes
+from sagaflow.ops.explain import STEP_CLASS, next_actions, waiting_on
 from sagaflow.ops.metrics import SagaMetrics
 from sagaflow.ops.quarantine_metrics import QuarantineMetrics
 
@@ -101,7 +102,10 @@ def create_dashboard(
         flower=flower,
         actions=actions,
         refresh_seconds=_refresh_seconds,
+        moment=render.moment,
+        step_class=STEP_CLASS,
     )
+    app.jinja_env.filters.update(pretty=render.pretty_json, compact=render.compact_json)
     register_error_handlers(app)
     for register in (
         register_authentication,
@@ -149,7 +153,7 @@ def register_authentication(app: Flask, dashboard: Dashboard) -> None:
 
 
 def register_ui_routes(app: Flask, dashboard: Dashboard) -> None:
-    client, actions = dashboard.client, dashboard.actions
+    client = dashboard.client
 
     @app.get("/")
     def index() -> Any:
@@ -190,8 +194,8 @@ def register_ui_routes(app: Flask, dashboard: Dashboard) -> None:
             timeline=_timeline(saga),
             message=request.args.get("message"),
             now=datetime.now(timezone.utc),
-            can_cancel=actions and not saga.state.is_terminal,
-            can_retry=actions and saga.state is SagaState.COMPENSATION_FAILED,
+            waiting=waiting_on(saga),
+            next_steps=next_actions(saga),
         )
 
     @app.post("/sagas/<saga_id>/<any(cancel, retry):action>")

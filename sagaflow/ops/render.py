@@ -138,6 +138,22 @@ def saga_list_table(
     return table
 
 
+def moment(at: datetime | None) -> str:
+    """A time an operator can place: date, time to the millisecond, and zone (UTC)."""
+    if at is None:
+        return ""
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def pretty_json(value: Any) -> str:
+    """JSON to read: indented, text as it is (no \\u escapes; the page escapes HTML)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+
+
 def _key_text(value: object) -> str:
     if value is None:
         return ""

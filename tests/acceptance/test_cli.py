@@ -244,7 +244,9 @@ def test_status_of_a_running_saga_says_which_step_it_waits_on(stack: Stack) -> N
     result = sagaflow("status", saga_id, env=stack.env)
     assert result.returncode == 0, describe(result)
     assert re.search(r"state:\s+pending", result.stdout), describe(result)
-    assert "waiting on step 'lost' (executing) for" in result.stdout, describe(result)
+    waiting = "waiting on step 'lost' (executing): action task svc.act on queue 'nobody' for"
+    assert waiting in result.stdout, describe(result)
+    assert f"next: sagaflow cancel {saga_id} --reason" in result.stdout, describe(result)
 
 
 @pytest.mark.parametrize(

@@ -34,14 +34,17 @@ DOWN_STORE = "postgresql+psycopg://u@127.0.0.1:1/x"
 
 
 def json_error(result: subprocess.CompletedProcess[str], code: int) -> dict[str, Any]:
-    """The `{"error": {"type", "message"}}` a command printed under --json, and nothing else."""
+    """The `{"error": {"type", "message"}, "code"}` a command printed under --json, and nothing
+    else; `code` is the exit code."""
     assert result.returncode == code, describe(result)
     assert "Traceback" not in result.stdout + result.stderr, describe(result)
     assert result.stderr == "", describe(result)
     try:
-        error: dict[str, Any] = json.loads(result.stdout)["error"]
+        printed = json.loads(result.stdout)
+        error: dict[str, Any] = printed["error"]
     except (ValueError, KeyError):
         pytest.fail(f"not a JSON error: {describe(result)}")
+    assert set(printed) == {"error", "code"} and printed["code"] == code, describe(result)
     assert set(error) == {"type", "message"}, describe(result)
     return error
 

@@ -6,6 +6,7 @@ Screenshots land in test-artifacts/ (SAGAFLOW_TEST_ARTIFACTS overrides the folde
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from sagaflow.devstack.processes import WorkerSpec
 from tests.conftest import ROOT, Stack
 
 CHROMIUM = os.environ.get("SAGAFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -111,3 +113,90 @@ def test_follow_a_failed_saga_from_the_list_to_its_compensations(
     assert left["b2"] <= left["a1"], left
     page.screenshot(path=str(ARTIFACTS / f"dashboard-saga-{stack.name}.png"), full_page=True)
     assert (ARTIFACTS / f"dashboard-saga-{stack.name}.png").stat().st_size > 10_000
+
+
+ALARM_RED = "rgb(164, 14, 38)"  # --alarm in base.html
+
+
+def test_the_saga_page_says_why_a_saga_stopped_and_what_to_do(
+    stack: Stack,
+    dashboard_process: tuple[str, subprocess.Popen[str]],
+    page: Page,
+) -> None:
+    url, _ = dashboard_process
+    saga_id = stack.start(
+        "trip", {"fail_at": ["a3"], "fail_compensation_at": ["b2"], "note": "it's"}
+    )
+    assert stack.wait_one(saga_id).state.value == "compensation_failed"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{url}/sagas/{saga_id}")
+
+    # the state, and the step whose compensation failed, in red
+    state = page.locator("#saga-state")
+    expect(state).to_have_text("compensation_failed")
+    assert state.evaluate("e => getComputedStyle(e).backgroundColor") == ALARM_RED
+    badge = page.locator('tr.step-action[data-step="b2"] .badge')
+    expect(badge).to_have_text("compensation_failed")
+    assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == ALARM_RED
+    # not "finished": it waits for an operator, and the page says what to run
+    times = page.locator("#saga-times")
+    expect(times).to_contain_text("waiting for an operator")
+    expect(times).not_to_contain_text("finished after")
+    expect(times).to_contain_text(" UTC")
+    next_actions = page.locator("#next-actions")
+    expect(next_actions).to_contain_text(f"sagaflow retry {saga_id}")
+    expect(next_actions).to_contain_text(f"sagaflow mark-compensated {saga_id} b2 --reason")
+    expect(next_actions).to_contain_text("read-only")
+    # the input, readable: indented JSON, text as it was sent (no \u0027 escapes)
+    saga_input = page.locator("#saga-input pre")
+    expect(saga_input).to_contain_text('"note": "it\'s"')
+    expect(saga_input).to_contain_text('"fail_at": [\n    "a3"\n  ]')
+    # the failed compensation's traceback as text, under its error
+    comp_error = page.locator('tr.step-comp[data-compensation="b2"]')
+    comp_error.locator("details.error-details summary").click()
+    expect(comp_error.locator("pre.traceback")).to_contain_text("Traceback (most recent call last)")
+    # history times carry their date and zone
+    first = page.locator("#history time").first
+    expect(first).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$"))
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-why-{stack.name}.png"), full_page=True)
+
+
+def test_a_running_saga_and_the_list_update_live_and_fit_a_phone(
+    stack: Stack,
+    dashboard_process: tuple[str, subprocess.Popen[str]],
+    browser: Browser,
+) -> None:
+    url, _ = dashboard_process
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = phone.new_page()
+        page.set_default_timeout(30_000)
+        saga_id = stack.start("detour", {})
+        stack.wait_dispatched(saga_id, 1)  # l2 waits on the queue "later": nobody consumes it
+        page.goto(f"{url}/sagas/{saga_id}")
+        expect(page.locator("#saga-state")).to_have_text("pending")
+        waiting = page.locator("#saga-waiting")
+        expect(waiting).to_contain_text("l2")
+        expect(waiting).to_contain_text("later")  # the queue it waits on
+        expect(page.locator("#next-actions")).to_contain_text(f"sagaflow cancel {saga_id}")
+        # nothing wider than the phone's screen but the tables, which scroll on their own
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the page is {overflow}px wider than the phone"
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-phone-{stack.name}.png"), full_page=True)
+
+        # the saga moves on its own once its queue has a worker: the open page follows it
+        later = stack.start_worker(WorkerSpec("later", "tests.services", ["later"]))
+        try:
+            expect(page.locator("#saga-state")).to_have_text("completed", timeout=60_000)
+        finally:
+            stack.group.stop_worker(later)
+        expect(page.locator("#saga-waiting")).to_have_count(0)
+
+        # the list shows a saga started after it was opened, without a reload by hand
+        page.goto(url)
+        expect(page.locator("#live")).to_be_visible()
+        newer = stack.start("trip", {})
+        expect(page.locator(f'tr[data-saga="{newer}"]')).to_have_count(1, timeout=60_000)
+    finally:
+        phone.close()

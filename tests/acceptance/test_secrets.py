@@ -194,9 +194,11 @@ def test_failures_print_no_password(planted: Planted, tmp_path: Path) -> None:
         (["--database-url", f"postgresql+psycopg://u:{store_secret}@h:port/x", "list"], 2, True),
         (["--broker-url", f"nosuch://u:{broker_secret}@h", "start", "order"], 2, True),
         (["--broker-url", f"redis://:{broker_secret}@h:x/0", "start", "order", "--json"], 2, True),
-        # The store has no tables and the broker is down: the start is kept in the outbox, and
-        # the warning that says so names the broker's error, not its password.
-        (["--broker-url", down_broker, "start", "order"], 0, False),
+        # The store and the broker are down: the start is kept in the outbox, and the warnings
+        # that say so name their errors, not their passwords.
+        (["--database-url", down_store, "--broker-url", down_broker, "start", "order"], 0, True),
+        # A store without tables refuses the start, with the broker's password nowhere.
+        (["--broker-url", down_broker, "start", "order"], 4, False),
         (["--broker-url", down_broker, "stack", flower, "--no-dashboard"], 4, True),
         (["--database-url", down_store, "stack", flower, "--no-dashboard"], 4, True),
         (["--database-url", down_store, "demo", "--home", str(tmp_path / "demo")], 4, True),

@@ -118,7 +118,7 @@ def test_a_store_without_tables_refuses_a_start_and_sends_nothing(
 ) -> None:
     # Not an outage to ride out through the broker or the outbox: nothing could ever record it.
     for durability in ("broker", "outbox", "store"):
-        with pytest.raises(StoreNotMigrated, match="not started.*sagaflow db upgrade"):
+        with pytest.raises(StoreNotMigrated, match=r"not started.*sagaflow db upgrade"):
             offline_client.start("trip", {"x": 1}, durability=durability)
     assert offline_client.outbox.pending() == []
 

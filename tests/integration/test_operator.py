@@ -123,6 +123,7 @@ def test_mark_compensated_by_hand_keeps_the_reason(stack: Stack) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     saga = stack.store.get(saga_id)
     assert saga.state is SagaState.FAILED
+    assert "error: StepRefused" in result.stdout  # --wait says why the saga failed
     assert [s.status for s in saga.steps[:2]] == [StepStatus.COMPENSATED] * 2
     history = json.loads(cli(stack, "history", saga_id, "--json").stdout)
     manual = [h for h in history if h["event"] == HistoryEvent.STEP_COMPENSATED_MANUALLY]
@@ -141,6 +142,24 @@ def test_retrying_a_saga_that_did_not_fail_its_compensation_is_a_clear_error(
     assert "Traceback" not in result.stderr
     missing_reason = cli(stack, "mark-compensated", saga_id, "s1")
     assert missing_reason.returncode == 2  # click: --reason is required
+    as_json = cli(stack, "retry", saga_id, "--json")
+    assert as_json.returncode == 1 and as_json.stderr == "", as_json.stdout + as_json.stderr
+    printed = json.loads(as_json.stdout)
+    assert printed["code"] == 1 and printed["error"]["type"] == "InvalidOperation", printed
+
+
+def test_operator_actions_print_json(stack: Stack) -> None:
+    saga_id = stack.start("trip", {"fail_at": ["a3"], "fail_first_compensation_at": ["b2"]})
+    assert stack.wait_one(saga_id).state is SagaState.COMPENSATION_FAILED
+    result = cli(stack, "retry", saga_id[:13], "--json")  # a prefix names it too
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["saga_id"] == saga_id and printed["done"] == "compensation retried"
+    assert printed["version"] > 0
+    assert stack.wait_one(saga_id).state is SagaState.FAILED
+    waited = cli(stack, "cancel", saga_id, "--json", "--wait")
+    assert waited.returncode == 1, waited.stdout + waited.stderr  # a finished saga: refused
+    assert json.loads(waited.stdout)["error"]["type"] == "InvalidOperation"
 
 
 # -- cancel ------------------------------------------------------------------------------------
