@@ -130,6 +130,7 @@ def test_the_saga_page_says_why_a_saga_stopped_and_what_to_do(
     assert stack.wait_one(saga_id).state.value == "compensation_failed"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.goto(f"{url}/sagas/{saga_id}")
+    expect(page).to_have_title(f"trip {saga_id} · sagaflow")
 
     # the state, and the step whose compensation failed, in red
     state = page.locator("#saga-state")
