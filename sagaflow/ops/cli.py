@@ -27,7 +27,7 @@ from sagaflow.core.machine import SagaRecord
 from sagaflow.core.search import FieldMatch, field_matches
 from sagaflow.errors import DefinitionError, InvalidSagaInput
 from sagaflow.ops import render
-from sagaflow.ops.cli_context import console, print_json, settings_of, wait_options
+from sagaflow.ops.cli_context import console, print_json, print_table, settings_of, wait_options
 from sagaflow.ops.cli_errors import (
     EXIT_ERROR,
     SECONDS,
@@ -175,7 +175,7 @@ def start(
         print_json(render.saga_json(saga))
     else:
         if saga.steps:
-            console.print(render.saga_steps_table(saga))
+            print_table(render.saga_steps_table(saga))
         console.print("state:", render.state_text(saga.state))
         if saga.error:
             console.print(f"error: {saga.error}", highlight=False)
@@ -194,7 +194,7 @@ def status(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     if as_json:
         print_json(render.saga_json(saga))
         return
-    console.print(render.saga_steps_table(saga))
+    print_table(render.saga_steps_table(saga))
     line = render.state_text(saga.state)
     console.print("type:", saga.saga_type, " state:", line, " age:", render.age(saga.created_at))
     if saga.error:
@@ -281,7 +281,7 @@ def list_command(
     if as_json:
         print_json([render.saga_json(s, with_steps=False) for s in sagas])
         return
-    console.print(render.saga_list_table(sagas, keys=_key_columns(ctx, sagas)))
+    print_table(render.saga_list_table(sagas, keys=_key_columns(ctx, sagas)))
     if len(sagas) == limit:
         console.print(f"(first {limit}; next page: --offset {offset + limit})", style="dim")
 
@@ -297,7 +297,7 @@ def history(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     if as_json:
         print_json([render.history_json(r) for r in rows])
         return
-    console.print(render.history_table(rows))
+    print_table(render.history_table(rows))
 
 
 @cli.command(name="cancel")
@@ -421,7 +421,7 @@ def _done(
     if as_json:
         print_json(render.saga_json(saga))
     else:
-        console.print(render.saga_steps_table(saga))
+        print_table(render.saga_steps_table(saga))
         console.print("state:", render.state_text(saga.state))
         if saga.error:
             console.print(f"error: {saga.error}", highlight=False)

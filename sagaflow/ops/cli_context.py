@@ -9,11 +9,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from sagaflow.config import Settings
 from sagaflow.ops.cli_errors import SECONDS
 
 console = Console()
+UNBOUNDED = 100_000  # a width no table reaches, to measure one's natural width
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -30,6 +33,22 @@ def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--wait/--no-wait", default=False, help="Wait until the saga finishes.")(
         command
     )
+
+
+def print_table(table: Table) -> None:
+    """On a terminal a table fits the window, its free-text columns wrapping. Piped, it is
+    printed at its full width: rich would otherwise squeeze it into COLUMNS (80), cutting ids
+    and names and folding the error column to a character per line."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update(width=UNBOUNDED), table).maximum
+    narrower = console.width
+    console.width = max(narrower, natural)  # Console.print(width=) can only narrow
+    try:
+        console.print(table)
+    finally:
+        console.width = narrower
 
 
 def print_json(value: Any) -> None:

@@ -6,15 +6,14 @@ import base64
 import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from sagaflow.client.saga_client import SagaClient
 from sagaflow.core.quarantine import QuarantineReason
+from sagaflow.ops.cli_context import console, print_table
 from sagaflow.ops.quarantine_admin import QuarantineAdmin
 from sagaflow.ops.render import body_text, quarantined_json
 
-console = Console()
 BODY_PREVIEW_CHARS = 4_000
 REASONS = [reason.value for reason in QuarantineReason]
 
@@ -73,7 +72,7 @@ def list_command(
             record.reason.value,
             record.detail[:200],
         )
-    console.print(table)
+    print_table(table)
 
 
 @quarantine.command()
@@ -107,7 +106,7 @@ def show(ctx: click.Context, record_id: str, as_json: bool) -> None:
         ("headers", json.dumps(record.headers, default=str)[:2000]),
     ):
         table.add_row(label, value)
-    console.print(table)
+    print_table(table)
     text = body_text(record.body)
     if text is None:
         shown = base64.b64encode(record.body).decode()

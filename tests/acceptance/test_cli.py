@@ -408,6 +408,73 @@ def test_recover_prints_what_it_did(stack: Stack) -> None:
     assert "step_redriven" in [h.event for h in stack.store.history(saga_id)]
 
 
+def test_tables_piped_into_80_columns_cut_nothing(tmp_path: Path) -> None:
+    """Piped, a table keeps its natural width: no id or name cut, no error column folded to a
+    character per line (COLUMNS=80 is what a pipe gets)."""
+    from dataclasses import replace as with_
+
+    from sagaflow.core.definitions import Step
+    from sagaflow.core.machine import ErrorInfo, new_saga
+    from tests.integration.test_store import NOW
+
+    url = f"sqlite:///{tmp_path / 'home' / 'sagaflow.db'}"
+    store = open_store(url)
+    store.ensure_database()
+    store.upgrade()
+    steps = [Step("book_hotel_and_breakfast", "hotel.book_with_breakfast", "hotel.cancel")]
+    error = ErrorInfo("CompensationRefused", "the hotel refused to cancel: " + "x" * 120)
+    ids = [f"wide-{uuid.uuid4()}" for _ in range(5)]
+    for saga_id in ids:
+        saga = new_saga(saga_id, "a_saga_type_with_a_long_name", {}, steps, NOW)
+        assert store.create(with_(saga, state=SagaState.FAILED, error=error))
+    store.dispose()
+    env = {**isolated_env(tmp_path / "home"), "COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sagaflow", "list"],
+        env={k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, describe(done)
+    rows = [line for line in done.stdout.splitlines() if "wide-" in line]
+    assert len(rows) == 5, describe(done)  # one line per saga, not one per character
+    for saga_id in ids:
+        (row,) = [line for line in rows if saga_id in line]  # every id whole
+        assert "a_saga_type_with_a_long_name" in row and "x" * 120 in row, row
+    header = next(line for line in done.stdout.splitlines() if "saga id" in line)
+    for name in ("saga id", "type", "state", "created (UTC)", "took", "error"):
+        assert name in header, header
+    status = subprocess.run(
+        [sys.executable, "-m", "sagaflow", "status", ids[0]],
+        env={k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "book_hotel_and_breakfast" in status.stdout, describe(status)  # not "book_hot…"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_as_the_readme_installs_it(tmp_path: Path, shell: str) -> None:
+    env = {**isolated_env(tmp_path / "home"), "_SAGAFLOW_COMPLETE": f"{shell}_source"}
+    script = subprocess.run(
+        [sys.executable, "-m", "sagaflow"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert script.returncode == 0 and "_SAGAFLOW_COMPLETE" in script.stdout, describe(script)
+    asked = {**env, "_SAGAFLOW_COMPLETE": "bash_complete", "COMP_WORDS": "sagaflow sta"}
+    words = subprocess.run(
+        [sys.executable, "-m", "sagaflow"],
+        env={**asked, "COMP_CWORD": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert words.stdout.split() == ["plain,stack", "plain,start", "plain,status"], describe(words)
+
+
 def test_list_rejects_a_bad_limit(stack: Stack) -> None:
     result = sagaflow("list", "--limit", "0", env=stack.env)
     assert result.returncode == 2, describe(result)
