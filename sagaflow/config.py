@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sagaflow.errors import ConfigurationError
+from sagaflow.logs import LOG_FORMATS
 
 DEFAULT_HOME = ".sagaflow"
 DEFAULT_QUEUE = "sagaflow"
@@ -60,6 +61,8 @@ class Settings:
     orchestrator_task_events: bool = False
     # Where a producer keeps starts the store did not answer for (sagaflow.client.outbox).
     outbox_path: str = ""
+    # How sagaflow's workers write their log: "text" (Celery's) or "json" (sagaflow.logs).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -72,6 +75,11 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{home / 'sagaflow.db'}")
         if not self.queue:
             raise ConfigurationError("the orchestrator queue name must not be empty")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigurationError(
+                f"SAGAFLOW_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+                f"not {self.log_format!r}"
+            )
         if self.max_message_bytes < self.max_input_bytes + 64 * 1024:
             raise ConfigurationError(
                 f"SAGAFLOW_MAX_MESSAGE_BYTES ({self.max_message_bytes}) must leave room for a "
@@ -91,6 +99,7 @@ class Settings:
             "events_exchange": env.get("SAGAFLOW_EVENTS_EXCHANGE", DEFAULT_EVENTS_EXCHANGE),
             "definitions": _split(env.get("SAGAFLOW_DEFINITIONS", "")),
             "outbox_path": env.get("SAGAFLOW_OUTBOX_PATH", ""),
+            "log_format": env.get("SAGAFLOW_LOG_FORMAT", "text").strip().lower(),
         }
         for name, key, kind in (
             ("SAGAFLOW_MAX_INPUT_BYTES", "max_input_bytes", int),
@@ -145,6 +154,7 @@ class Settings:
             "SAGAFLOW_RECOVER_INTERVAL": str(self.recover_interval),
             "SAGAFLOW_ORCHESTRATOR_TASK_EVENTS": "1" if self.orchestrator_task_events else "0",
             "SAGAFLOW_OUTBOX_PATH": self.outbox_path,
+            "SAGAFLOW_LOG_FORMAT": self.log_format,
         }
         if self.result_backend:
             env["SAGAFLOW_RESULT_BACKEND"] = self.result_backend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -9,8 +10,10 @@ import ssl
 import types
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery._state import get_current_task
 
+from sagaflow import logs
 from sagaflow.config import Settings, celery_settings, ensure_home
 from sagaflow.errors import ConfigurationError
 from sagaflow.messaging import transport
@@ -68,7 +71,48 @@ def create_app(main: str, settings: Settings | None = None, task_cls: Any = None
     _require_json_only(conf)
     app = Celery(main, set_as_current=False, **({"task_cls": task_cls} if task_cls else {}))
     app.conf.update(conf)
+    log_saga_fields(settings.log_format)
     return app
+
+
+def log_saga_fields(log_format: str = "text") -> None:
+    """The saga's fields on every record logged while a task runs for a saga (sagaflow.logs),
+    Celery's own lines about the task included, and the JSON format if asked for. Connected
+    once per process, whatever the apps."""
+    if log_format in _logging_hooked:
+        return
+    _logging_hooked.add(log_format)
+
+    def hook(logger: Any = None, **_: Any) -> None:
+        if isinstance(logger, logging.Logger):
+            logs.install(logger.handlers, log_format, current_task=get_current_task)
+
+    signals.after_setup_logger.connect(hook, weak=False)
+    signals.after_setup_task_logger.connect(hook, weak=False)
+    if len(_logging_hooked) > 1:
+        return  # the task's fields are set once, whatever the formats
+    # Celery logs a task's success or failure between these two signals.
+    signals.task_prerun.connect(_enter_task, weak=False)
+    signals.task_postrun.connect(_leave_task, weak=False)
+
+
+_logging_hooked: set[str] = set()
+_task_fields: dict[str, Any] = {}  # task id -> the token that ends its saga's fields
+
+
+def _enter_task(task_id: Any = None, task: Any = None, **signal: Any) -> None:
+    request = getattr(task, "request", None)
+    fields = logs.fields_of_task(request, signal.get("args"), signal.get("kwargs"))
+    if fields and isinstance(task_id, str):
+        _task_fields[task_id] = logs.enter(fields)
+
+
+def _leave_task(task_id: Any = None, **_: Any) -> None:
+    token = _task_fields.pop(task_id, None) if isinstance(task_id, str) else None
+    if token is not None:
+        # ValueError: set in another context (a pool that moved the task): let it be.
+        with contextlib.suppress(ValueError):
+            logs.leave(token)
 
 
 def _choose_transport(conf: dict[str, Any], broker_url: str) -> None:

@@ -31,7 +31,7 @@ from sagaflow.core.protocol import (
 )
 from sagaflow.core.vocabulary import ErrorType
 from sagaflow.errors import NonRetryable as NonRetryable
-from sagaflow.messaging.app import create_app
+from sagaflow.messaging.app import create_app, log_saga_fields
 from sagaflow.messaging.liveness import install_beacon
 from sagaflow.messaging.quarantine_records import task_message_record
 from sagaflow.messaging.screening import (
@@ -124,6 +124,7 @@ def install_service_support(
     unknown = _unknown_task_reporter(report)
     install_screen(app, MessageScreen(app, orchestrator_queue, max_message_bytes, unknown))
     install_beacon(app)
+    log_saga_fields()  # the saga's fields on the records; the host's log format stays its own
 
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]  # (outcome, error) to the orchestrator
