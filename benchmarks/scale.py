@@ -155,7 +155,7 @@ def main() -> int:
                     "where_order_p99_ms": by_order[1],
                     "where_customer_p50_ms": by_customer[0],
                     "where_customer_p99_ms": by_customer[1],
-                    "index_build_seconds": round(build, 2),
+                    "index_build_seconds": round(build, 4),
                 }
             )
         store.dispose()
