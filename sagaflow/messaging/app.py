@@ -8,6 +8,7 @@ import logging
 import os
 import ssl
 import types
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -16,7 +17,7 @@ from celery._state import get_current_task
 from sagaflow import logs
 from sagaflow.config import Settings, celery_settings, ensure_home
 from sagaflow.errors import ConfigurationError
-from sagaflow.messaging import transport
+from sagaflow.messaging import tracing, transport
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +105,27 @@ def _enter_task(task_id: Any = None, task: Any = None, **signal: Any) -> None:
     request = getattr(task, "request", None)
     fields = logs.fields_of_task(request, signal.get("args"), signal.get("kwargs"))
     if fields and isinstance(task_id, str):
-        _task_fields[task_id] = logs.enter(fields)
+        _task_fields[task_id] = (logs.enter(fields), fields, _attempt(request, signal))
+        tracing.tag_task_span(task, task_id, fields, _task_fields[task_id][2])
 
 
-def _leave_task(task_id: Any = None, **_: Any) -> None:
-    token = _task_fields.pop(task_id, None) if isinstance(task_id, str) else None
-    if token is not None:
+def _attempt(request: Any, signal: Mapping[str, Any]) -> Any:
+    """The attempt an orchestrator task's outcome reports, or a step's callback will."""
+    kwargs = signal.get("kwargs")
+    if isinstance(kwargs, Mapping) and "attempt" in kwargs:
+        return kwargs["attempt"]
+    for callback in getattr(request, "callbacks", None) or ():
+        reported = callback.get("kwargs") if isinstance(callback, Mapping) else None
+        if isinstance(reported, Mapping) and "attempt" in reported:
+            return reported["attempt"]
+    return None
+
+
+def _leave_task(task_id: Any = None, task: Any = None, **_: Any) -> None:
+    entered = _task_fields.pop(task_id, None) if isinstance(task_id, str) else None
+    if entered is not None and isinstance(task_id, str):
+        token, fields, attempt = entered
+        tracing.tag_task_span(task, task_id, fields, attempt)
         # ValueError: set in another context (a pool that moved the task): let it be.
         with contextlib.suppress(ValueError):
             logs.leave(token)
