@@ -36,6 +36,7 @@ from sagaflow.ops.cli_errors import (
     check_urls,
     err_console,
     load_json,
+    quiet_interrupts,
     read_text_file,
 )
 from sagaflow.ops.cli_quarantine import quarantine
@@ -492,6 +493,7 @@ cli.add_command(quarantine)
 
 
 def main() -> None:
+    quiet_interrupts()
     cli(prog_name="sagaflow")
 
 

@@ -118,6 +118,20 @@ def failure_of(exc: BaseException, settings: Settings | None) -> Failure:
     )
 
 
+def quiet_interrupts() -> None:
+    """A Ctrl-C that lands inside a callback Python calls on its own (a lock released during an
+    import) cannot reach the command: Python prints it as "Exception ignored in ..." with a
+    traceback, and the command goes on. Say nothing then: the next Ctrl-C stops it, in one
+    line, as any other."""
+    default = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def report(
     exc: BaseException, *, as_json: bool, settings: Settings | None, argv: Sequence[str]
 ) -> int:

@@ -440,6 +440,28 @@ def test_ctrl_c_while_waiting_exits_130_in_one_line(tmp_path: Path) -> None:
     assert assert_one_line_error(result, 130) == "error: interrupted"
 
 
+def test_a_ctrl_c_python_can_only_ignore_prints_no_traceback() -> None:
+    """Where Ctrl-C lands in a callback Python runs itself (a module lock released during an
+    import), Python prints "Exception ignored in" and a traceback: the CLI keeps quiet, and
+    still lets every other ignored exception through."""
+    script = (
+        "import gc\n"
+        "from sagaflow.ops.cli_errors import quiet_interrupts\n"
+        "quiet_interrupts()\n"
+        "class Interrupted:\n"
+        "    def __del__(self): raise KeyboardInterrupt\n"
+        "class Broken:\n"
+        "    def __del__(self): raise ValueError('still shown')\n"
+        "Interrupted(); Broken(); gc.collect()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, describe(done)
+    assert "KeyboardInterrupt" not in done.stderr, describe(done)
+    assert "ValueError: still shown" in done.stderr, describe(done)
+
+
 def test_errors_are_printed_as_given_not_as_markup(env: dict[str, str]) -> None:
     line = assert_one_line_error(sagaflow("start", "trip", "--id", "[bold]x", env=env), 1)
     assert line.startswith("error: saga id '[bold]x' refused: "), line
