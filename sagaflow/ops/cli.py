@@ -20,14 +20,21 @@ from typing import Any
 import click
 
 from sagaflow.client.saga_client import SagaClient
-from sagaflow.client.validation import check_saga_id, parse_since
+from sagaflow.client.validation import parse_since
 from sagaflow.config import Settings
 from sagaflow.core.definitions import SagaState, load_definitions
 from sagaflow.core.machine import SagaRecord
 from sagaflow.core.search import FieldMatch, field_matches
 from sagaflow.errors import DefinitionError, InvalidSagaInput
 from sagaflow.ops import render
-from sagaflow.ops.cli_context import console, print_json, print_table, settings_of, wait_options
+from sagaflow.ops.cli_context import (
+    console,
+    full_saga_id,
+    print_json,
+    print_table,
+    settings_of,
+    wait_options,
+)
 from sagaflow.ops.cli_errors import (
     EXIT_ERROR,
     SECONDS,
@@ -86,25 +93,6 @@ def cli(
 
 def client_of(ctx: click.Context) -> SagaClient:
     return SagaClient(settings_of(ctx))
-
-
-SHOWN_MATCHES = 5
-
-
-def full_saga_id(client: SagaClient, text: str) -> str:
-    """The saga id `text` is, or begins when only one saga's id does (the demo and the tables
-    print the first 8 characters); a usage error naming the sagas it could be otherwise."""
-    check_saga_id(text)
-    matches = [s.saga_id for s in client.list_sagas(id_prefix=text, limit=SHOWN_MATCHES + 1)]
-    if len(matches) == 1 or text in matches:
-        return matches[0] if len(matches) == 1 else text
-    if not matches or client.store.load(text) is not None:
-        return text  # the id itself (or no saga: the command says so, as for any id)
-    shown = ", ".join(matches[:SHOWN_MATCHES]) + (", ..." if len(matches) > SHOWN_MATCHES else "")
-    raise click.BadParameter(
-        f"{text!r} begins the ids of several sagas ({shown}): give more of it",
-        param_hint="SAGA_ID",
-    )
 
 
 def _key_columns(ctx: click.Context, sagas: list[SagaRecord]) -> list[str]:

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from sagaflow.client.saga_client import SagaClient
+from sagaflow.client.validation import check_saga_id
 from sagaflow.config import Settings
 from sagaflow.ops.cli_errors import SECONDS
 
@@ -53,3 +55,22 @@ def print_table(table: Table) -> None:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
+
+
+SHOWN_MATCHES = 5
+
+
+def full_saga_id(client: SagaClient, text: str) -> str:
+    """The saga id `text` is, or begins when only one saga's id does (the demo and the tables
+    print the first 8 characters); a usage error naming the sagas it could be otherwise."""
+    check_saga_id(text)
+    matches = [s.saga_id for s in client.list_sagas(id_prefix=text, limit=SHOWN_MATCHES + 1)]
+    if len(matches) == 1 or text in matches:
+        return matches[0] if len(matches) == 1 else text
+    if not matches or client.store.load(text) is not None:
+        return text  # the id itself (or no saga: the command says so, as for any id)
+    shown = ", ".join(matches[:SHOWN_MATCHES]) + (", ..." if len(matches) > SHOWN_MATCHES else "")
+    raise click.BadParameter(
+        f"{text!r} begins the ids of several sagas ({shown}): give more of it",
+        param_hint="SAGA_ID",
+    )
