@@ -78,24 +78,31 @@ class Channel(filesystem.Channel):
         self._marked[queue] = now
         mark = self._expiry_mark(queue)
         try:
-            os.utime(mark)
-        except FileNotFoundError:
-            # New, or pruned while this consumer was away: bind it again before it polls on.
-            self.control_folder.mkdir(exist_ok=True)
-            partial = mark.with_name(f".writing-{uuid.uuid4()}")
-            partial.write_text(str(self._expiring[queue]))
-            os.replace(partial, mark)
-            for exchange, routing_key, arguments in self.state.queue_bindings(queue):
-                exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
-                meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
-                self._queue_bind(exchange, *meta)
+            try:
+                os.utime(mark)
+            except FileNotFoundError:
+                self._bind_again(queue, mark)
+        except OSError:
+            # A consumer's poll must not fail on its bookkeeping: try again at the next poll.
+            self._marked.pop(queue, None)
+
+    def _bind_again(self, queue: str, mark: Path) -> None:
+        """New, or pruned while this consumer was away: bind it again before it polls on."""
+        self.control_folder.mkdir(exist_ok=True)
+        partial = mark.with_name(f".writing-{uuid.uuid4()}")
+        partial.write_text(str(self._expiring[queue]))
+        os.replace(partial, mark)
+        for exchange, routing_key, arguments in self.state.queue_bindings(queue):
+            exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
+            meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
+            self._queue_bind(exchange, *meta)
 
     def _expired(self, queue: str) -> bool:
         mark = self._expiry_mark(queue)
         try:
             last_used = mark.stat().st_mtime
             expiry = float(mark.read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return False  # not an expiring queue, or its mark is being written
         return time.time() - last_used > expiry
 
@@ -145,7 +152,8 @@ class Channel(filesystem.Channel):
         table = self._read_table(exchange)
         expired = {b.queue for b in table if self._expired(b.queue)}
         if expired:
-            self._prune(exchange, expired)
+            with contextlib.suppress(OSError):  # pruned by the next publisher instead
+                self._prune(exchange, expired)
             table = [b for b in table if b.queue not in expired]
         return table
 
