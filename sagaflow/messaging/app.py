@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import ssl
+import threading
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -98,34 +99,46 @@ def log_saga_fields(log_format: str = "text") -> None:
 
 
 _logging_hooked: set[str] = set()
-_task_fields: dict[str, Any] = {}  # task id -> the token that ends its saga's fields
+# (task id, thread) -> what ends its saga's fields: the same task can run twice at once (a
+# redelivery), each in its own thread of a threads pool.
+_task_fields: dict[tuple[str, int], Any] = {}
 
 
 def _enter_task(task_id: Any = None, task: Any = None, **signal: Any) -> None:
     request = getattr(task, "request", None)
     fields = logs.fields_of_task(request, signal.get("args"), signal.get("kwargs"))
-    if fields and isinstance(task_id, str):
-        _task_fields[task_id] = (logs.enter(fields), fields, _attempt(request, signal))
-        tracing.tag_task_span(task, task_id, fields, _task_fields[task_id][2])
+    if not fields or not isinstance(task_id, str):
+        return
+    attempt = _attempt(request, signal)
+    _task_fields[(task_id, threading.get_ident())] = (logs.enter(fields), fields, attempt)
+    tracing.tag_task_span(task, task_id, fields, attempt)
 
 
 def _attempt(request: Any, signal: Mapping[str, Any]) -> Any:
     """The attempt an orchestrator task's outcome reports, or a step's callback will."""
-    kwargs = signal.get("kwargs")
-    if isinstance(kwargs, Mapping) and "attempt" in kwargs:
-        return kwargs["attempt"]
-    for callback in getattr(request, "callbacks", None) or ():
-        reported = callback.get("kwargs") if isinstance(callback, Mapping) else None
-        if isinstance(reported, Mapping) and "attempt" in reported:
-            return reported["attempt"]
+    try:
+        kwargs = signal.get("kwargs")
+        if isinstance(kwargs, Mapping) and "attempt" in kwargs:
+            return kwargs["attempt"]
+        for callback in getattr(request, "callbacks", None) or ():
+            reported = callback.get("kwargs") if isinstance(callback, Mapping) else None
+            if isinstance(reported, Mapping) and "attempt" in reported:
+                return reported["attempt"]
+    except Exception:  # whatever a message holds, a task's log fields never fail it
+        pass
     return None
 
 
 def _leave_task(task_id: Any = None, task: Any = None, **_: Any) -> None:
-    entered = _task_fields.pop(task_id, None) if isinstance(task_id, str) else None
-    if entered is not None and isinstance(task_id, str):
-        token, fields, attempt = entered
+    if not isinstance(task_id, str):
+        return
+    entered = _task_fields.pop((task_id, threading.get_ident()), None)
+    if entered is None:
+        return
+    token, fields, attempt = entered
+    try:
         tracing.tag_task_span(task, task_id, fields, attempt)
+    finally:
         # ValueError: set in another context (a pool that moved the task): let it be.
         with contextlib.suppress(ValueError):
             logs.leave(token)

@@ -21,7 +21,7 @@ def _utils() -> Any:
     if _instrumentation is None:
         try:
             _instrumentation = importlib.import_module("opentelemetry.instrumentation.celery.utils")
-        except ImportError:
+        except Exception:  # not installed, or an install that breaks on import: no tracing
             _instrumentation = False
     return _instrumentation
 

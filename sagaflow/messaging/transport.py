@@ -5,10 +5,10 @@ reader can take a file the writer has not finished (the worker then dies on a JS
 two readers can both copy a file when the temp folder is on another filesystem. Exchange tables
 (queue bindings, written when workers start) have the same window: a file created empty before
 it is locked. Here writers publish by atomic rename and readers claim a message by atomic rename
-inside the same folder; bindings are updated under a lock file and replaced atomically. A queue
-declared with an expiry (`x-expires`: Celery's event and pidbox queues) is unbound, and its
-messages deleted, once no consumer has polled it for that long (at least MIN_QUEUE_EXPIRY), as
-RabbitMQ deletes an unused queue: a stopped Flower no longer leaves every task event to pile up.
+inside the same folder; bindings are updated under a lock file and replaced atomically. An event
+queue declared with an expiry (`x-expires`, Celery's `celeryev.*`) is unbound, and its messages
+deleted, once no consumer has polled it for that long (at least MIN_QUEUE_EXPIRY), as RabbitMQ
+deletes an unused queue: a stopped Flower no longer leaves every task event to pile up.
 
 kombu's Redis transport, publishing through one client per channel: the stock channel builds a
 new `redis.Redis` for every message it sends (task messages and every task event), and that
@@ -47,6 +47,10 @@ PARTIAL_READ_DEADLINE = 5.0
 MIN_QUEUE_EXPIRY = 60.0
 USE_MARK_EVERY = 1.0
 EXPIRY_MARK = ".expires-"
+# Only event queues expire: their consumers (Flower, `celery events`) poll all the time and their
+# messages are disposable (a 5 s TTL). A worker polls its pidbox or a task queue only while its
+# prefetch has room, so those must never expire here, whatever they were declared with.
+EVENT_QUEUE_PREFIX = "celeryev."
 
 
 class Channel(filesystem.Channel):
@@ -62,7 +66,7 @@ class Channel(filesystem.Channel):
     def queue_declare(self, queue: Any = None, passive: bool = False, **kwargs: Any) -> Any:
         declared = super().queue_declare(queue, passive, **kwargs)  # type: ignore[no-untyped-call]
         expires_ms = (kwargs.get("arguments") or {}).get("x-expires")
-        if expires_ms and not passive:
+        if expires_ms and not passive and str(declared.queue).startswith(EVENT_QUEUE_PREFIX):
             self._expiring[declared.queue] = max(float(expires_ms) / 1000, MIN_QUEUE_EXPIRY)
             self._mark_used(declared.queue)
         return declared
@@ -92,7 +96,7 @@ class Channel(filesystem.Channel):
         partial = mark.with_name(f".writing-{uuid.uuid4()}")
         partial.write_text(str(self._expiring[queue]))
         os.replace(partial, mark)
-        for exchange, routing_key, arguments in self.state.queue_bindings(queue):
+        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
             exchange_type = self.typeof(exchange)  # type: ignore[no-untyped-call]
             meta = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
             self._queue_bind(exchange, *meta)
@@ -166,19 +170,24 @@ class Channel(filesystem.Channel):
         return [filesystem.exchange_queue_t(*q) for q in json.loads(content)]
 
     def _prune(self, exchange: Any, queues: set[str]) -> None:
-        """Unbind expired queues and delete their messages (as RabbitMQ deletes the queue)."""
+        """Unbind expired queues and delete their messages (as RabbitMQ deletes the queue).
+        Checked again under the table's lock, where a returning consumer binds again: one
+        that came back since (a fresh mark) keeps its queue."""
         with self._table_lock(exchange):
+            queues = {queue for queue in queues if self._expired(queue)}
+            if not queues:
+                return
             table = [b for b in self._read_table(exchange) if b.queue not in queues]
             self._write_table(exchange, table)
-        folder = self.data_folder_in
-        suffixes = {f"{queue}.msg" for queue in queues}
-        for filename in os.listdir(folder):
-            if filename.partition(".")[2] in suffixes:
+            for queue in queues:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(folder, filename))
-        for queue in queues:
-            with contextlib.suppress(FileNotFoundError):
-                self._expiry_mark(queue).unlink()
+                    self._expiry_mark(queue).unlink()
+            folder = self.data_folder_in
+            suffixes = {f"{queue}.msg" for queue in queues}
+            for filename in os.listdir(folder):
+                if filename.partition(".")[2] in suffixes:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, filename))
 
     @contextlib.contextmanager
     def _table_lock(self, exchange: Any) -> Iterator[None]:

@@ -11,6 +11,7 @@ complete); 2 bad usage; 3 saga not found; 4 store or broker unavailable; 5 timed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from datetime import datetime
@@ -84,9 +85,11 @@ def cli(
     if definitions is not None:
         overrides["definitions"] = tuple(d.strip() for d in definitions.split(",") if d.strip())
     ctx.obj = Settings.from_env(**overrides)
-    # As `celery -A`: definitions named from the working directory import without PYTHONPATH.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # As `celery -A`: definitions named from the working directory import without PYTHONPATH
+    # (last on the path: a module of the same name installed elsewhere still wins).
+    with contextlib.suppress(OSError):  # a working directory deleted under us
+        if ctx.obj.definitions and os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
     if ctx.invoked_subcommand is not None:
         check_urls(ctx.obj)
 
@@ -300,7 +303,7 @@ def cancel_command(
 ) -> None:
     """Cancel a running saga: the step in flight finishes, then completed steps are undone."""
     client = client_of(ctx)
-    saga_id = full_saga_id(client, saga_id)
+    saga_id = full_saga_id(client, saga_id, acting=True)
     version = client.cancel(saga_id, reason)
     _done(client, saga_id, "cancel requested", version, wait, timeout, as_json, UNDONE)
 
@@ -313,7 +316,7 @@ def cancel_command(
 def retry(ctx: click.Context, saga_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Resume a saga stopped in compensation_failed at the compensation that failed."""
     client = client_of(ctx)
-    saga_id = full_saga_id(client, saga_id)
+    saga_id = full_saga_id(client, saga_id, acting=True)
     version = client.retry(saga_id)
     _done(client, saga_id, "compensation retried", version, wait, timeout, as_json, UNDONE)
 
@@ -336,7 +339,7 @@ def mark_compensated_command(
 ) -> None:
     """Record that STEP's failed compensation was done by hand; compensation carries on."""
     client = client_of(ctx)
-    saga_id = full_saga_id(client, saga_id)
+    saga_id = full_saga_id(client, saga_id, acting=True)
     version = client.mark_compensated(saga_id, step, reason)
     done = f"{step} marked compensated"
     _done(client, saga_id, done, version, wait, timeout, as_json, UNDONE)
@@ -375,7 +378,7 @@ def resolve_command(
     except BadInput as exc:
         raise click.UsageError(str(exc)) from None
     client = client_of(ctx)
-    saga_id = full_saga_id(client, saga_id)
+    saga_id = full_saga_id(client, saga_id, acting=True)
     version = client.resolve(saga_id, step, applied, reason, result)
     done = f"{step} resolved as {'applied' if applied else 'not applied'}"
     _done(client, saga_id, done, version, wait, timeout, as_json, SETTLED)

@@ -4,6 +4,7 @@ JSON output and the options of every command that can wait."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,15 +61,28 @@ def print_json(value: Any) -> None:
 SHOWN_MATCHES = 5
 
 
-def full_saga_id(client: SagaClient, text: str) -> str:
-    """The saga id `text` is, or begins when only one saga's id does (the demo and the tables
-    print the first 8 characters); a usage error naming the sagas it could be otherwise."""
+GENERATED_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MIN_ACTING_PREFIX = 8
+
+
+def full_saga_id(client: SagaClient, text: str, *, acting: bool = False) -> str:
+    """The saga id `text` is, or begins when only one saga's id does (the demo prints the first
+    8 characters); a usage error naming the sagas it could be otherwise. An operator action
+    (`acting`) takes a prefix only of a generated id, 8 characters or more: ids a producer
+    chose (order-1, order-12) are too easily the start of another's."""
     check_saga_id(text)
     matches = [s.saga_id for s in client.list_sagas(id_prefix=text, limit=SHOWN_MATCHES + 1)]
-    if len(matches) == 1 or text in matches:
-        return matches[0] if len(matches) == 1 else text
-    if not matches or client.store.load(text) is not None:
+    if text in matches or not matches or client.store.load(text) is not None:
         return text  # the id itself (or no saga: the command says so, as for any id)
+    if len(matches) == 1:
+        (match,) = matches
+        if acting and (len(text) < MIN_ACTING_PREFIX or not GENERATED_ID.match(match)):
+            raise click.BadParameter(
+                f"no saga {text!r}; did you mean {match}? An operator action takes the whole id "
+                f"(or {MIN_ACTING_PREFIX}+ characters of a generated one)",
+                param_hint="SAGA_ID",
+            )
+        return match
     shown = ", ".join(matches[:SHOWN_MATCHES]) + (", ..." if len(matches) > SHOWN_MATCHES else "")
     raise click.BadParameter(
         f"{text!r} begins the ids of several sagas ({shown}): give more of it",

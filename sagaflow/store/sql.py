@@ -76,6 +76,7 @@ class SqlSagaStore(abc.ABC):
 
     # Stores of this process that hold an engine, for dispose_all.
     _connected: ClassVar[weakref.WeakSet[SqlSagaStore]] = weakref.WeakSet()
+    _connected_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, url: str, *, echo: bool = False, remember: int = REMEMBERED_SAGAS) -> None:
         self.url = url
@@ -127,25 +128,31 @@ class SqlSagaStore(abc.ABC):
     @property
     def engine(self) -> Engine:
         # Engines are created lazily and re-created after fork: a pool inherited from a parent
-        # process (Celery's prefork pool) would share sockets between processes.
+        # process (Celery's prefork pool) would share sockets between processes. Read once:
+        # dispose() may clear the attribute meanwhile (the caller still gets an engine).
         pid = os.getpid()
-        if self._engine is None or self._engine_pid != pid:
+        engine = self._engine
+        if engine is None or self._engine_pid != pid:
             with self._lock:
-                if self._engine is None or self._engine_pid != pid:
-                    if self._engine is not None:
-                        self._engine.dispose(close=False)
-                    self._engine = self._create_engine()
+                engine = self._engine
+                if engine is None or self._engine_pid != pid:
+                    if engine is not None:
+                        engine.dispose(close=False)
+                    engine = self._engine = self._create_engine()
                     self._engine_pid = pid
-                    SqlSagaStore._connected.add(self)
                     self.forget()
                     # A new connection may reach another server (a failover, a restore) whose
                     # sagas went back to versions this process remembers with other contents.
-                    sa_event.listen(self._engine, "connect", lambda *_: self.forget())
-        return self._engine
+                    sa_event.listen(engine, "connect", lambda *_: self.forget())
+                    with SqlSagaStore._connected_lock:
+                        SqlSagaStore._connected.add(self)
+        return engine
 
     def dispose(self) -> None:
         with self._lock:
             engine, self._engine = self._engine, None
+        with SqlSagaStore._connected_lock:
+            SqlSagaStore._connected.discard(self)
         if engine is not None:
             # An engine inherited through fork: its sockets are the parent's to close.
             engine.dispose(close=self._engine_pid == os.getpid())
@@ -155,10 +162,10 @@ class SqlSagaStore(abc.ABC):
         """Close the idle connections of every store in this process (a store still in use
         connects again when next used); how many stores had connections. For shutdown hooks
         and test suites, where stores left open would hold a server's connection slots."""
-        stores = list(cls._connected)
+        with cls._connected_lock:
+            stores = list(cls._connected)
         for store in stores:
             store.dispose()
-        cls._connected.clear()
         return len(stores)
 
     @contextmanager

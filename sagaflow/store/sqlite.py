@@ -19,7 +19,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.core.search import FieldMatch, Scalar
-from sagaflow.errors import StoreUnavailable
+from sagaflow.errors import InvalidSagaInput, StoreUnavailable
 from sagaflow.sqlite_engine import SQLITE_LOCK_TIMEOUT, create_sqlite_engine
 from sagaflow.store.rows import IgnoredStatements, ignored_statements
 from sagaflow.store.schema import sagas
@@ -104,8 +104,18 @@ def _ignored() -> IgnoredStatements:
 
 
 def _json_path(path: tuple[str, ...]) -> str:
-    """A SQLite JSON path with every key quoted, so a key may hold dots' neighbours ($, [, ")."""
-    return "$" + "".join('."' + key.replace('"', '\\"') + '"' for key in path)
+    """A SQLite JSON path with every key quoted, so a key may hold dots' neighbours ($, [)."""
+    for key in path:
+        # The input is stored with non-ASCII characters escaped (\\u00e9), and SQLite compares a
+        # path's keys with the stored text as it is: such a key would silently match nothing.
+        if not key.isascii() or '"' in key or "\\" in key:
+            raise InvalidSagaInput(
+                f"search key {key!r}: on SQLite a key is ASCII without quotes or backslashes"
+            )
+    return "$" + "".join(f'."{key}"' for key in path)
+
+
+INT64 = range(-(2**63), 2**63)
 
 
 def _holds(path: str, value: Scalar) -> sa.ColumnElement[bool]:
@@ -118,4 +128,6 @@ def _holds(path: str, value: Scalar) -> sa.ColumnElement[bool]:
     extracted = sa.func.json_extract(sagas.c.data, path)
     if isinstance(value, str):
         return sa.and_(kind == "text", extracted == value)
+    if isinstance(value, int) and value not in INT64:
+        value = float(value)  # SQLite's integers are 64-bit; it reads a larger one as real
     return sa.and_(kind.in_(("integer", "real")), extracted == value)

@@ -52,46 +52,62 @@ def publish(conn: Connection, routing_key: str, n: int = 1) -> None:
 def test_an_abandoned_expiring_queue_is_unbound_and_emptied(broker: dict[str, object]) -> None:
     options = broker["transport_options"]
     assert isinstance(options, dict)
-    expiring = Queue("ev-gone", EVENTS, routing_key="task.#", expires=60, auto_delete=True)
-    lasting = Queue("ev-stays", EVENTS, routing_key="task.#")  # no expiry: kept forever
+    expiring = Queue("celeryev.gone", EVENTS, routing_key="task.#", expires=60, auto_delete=True)
+    lasting = Queue("stays", EVENTS, routing_key="task.#")  # no expiry: kept forever
     with Connection("filesystem://", **broker) as consumer:
         expiring(consumer.default_channel).declare()
         lasting(consumer.default_channel).declare()
     with Connection("filesystem://", **broker) as producer_conn:
         publish(producer_conn, "task.sent", 3)
-        assert len(queued_files(options, "ev-gone")) == 3  # bound: it receives while alive
-        age_mark(options, "ev-gone", transport.MIN_QUEUE_EXPIRY + 1)
+        assert len(queued_files(options, "celeryev.gone")) == 3  # bound: it receives while alive
+        age_mark(options, "celeryev.gone", transport.MIN_QUEUE_EXPIRY + 1)
         publish(producer_conn, "task.started", 2)
-        assert queued_files(options, "ev-gone") == [], "the abandoned queue kept its messages"
-        assert bound_queues(producer_conn, "test-events") == {"ev-stays"}
-        assert len(queued_files(options, "ev-stays")) == 5  # a queue without expiry is untouched
+        assert queued_files(options, "celeryev.gone") == [], "the abandoned queue kept its messages"
+        assert bound_queues(producer_conn, "test-events") == {"stays"}
+        assert len(queued_files(options, "stays")) == 5  # a queue without expiry is untouched
 
 
-def test_a_queue_polled_within_its_expiry_is_kept(broker: dict[str, object]) -> None:
+def test_an_event_queue_polled_within_its_expiry_is_kept(broker: dict[str, object]) -> None:
     options = broker["transport_options"]
     assert isinstance(options, dict)
-    # Celery's pidbox queues expire after 10 s; a consumer blocked that long must keep its queue.
-    queue = Queue("pidbox-like", EVENTS, routing_key="task.#", expires=10)
+    # Declared with 10 s: a consumer busy that long must keep its queue (expiry at least 60 s).
+    queue = Queue("celeryev.busy", EVENTS, routing_key="task.#", expires=10)
     with Connection("filesystem://", **broker) as consumer:
         queue(consumer.default_channel).declare()
-        age_mark(options, "pidbox-like", 30)
+        age_mark(options, "celeryev.busy", 30)
         with Connection("filesystem://", **broker) as producer_conn:
             publish(producer_conn, "task.sent")
-            assert bound_queues(producer_conn, "test-events") == {"pidbox-like"}
-            assert len(queued_files(options, "pidbox-like")) == 1
+            assert bound_queues(producer_conn, "test-events") == {"celeryev.busy"}
+            assert len(queued_files(options, "celeryev.busy")) == 1
+
+
+def test_only_event_queues_expire(broker: dict[str, object]) -> None:
+    """A worker polls its pidbox and task queues only while its prefetch has room: declared
+    with an expiry or not, they are never pruned here (RabbitMQ keeps a consumed queue)."""
+    options = broker["transport_options"]
+    assert isinstance(options, dict)
+    for name in ("w1@host.celery.pidbox", "orders"):
+        queue = Queue(name, EVENTS, routing_key="task.#", expires=10)
+        with Connection("filesystem://", **broker) as consumer:
+            queue(consumer.default_channel).declare()
+    marks = Path(str(options["control_folder"])).glob(f"{transport.EXPIRY_MARK}*")
+    assert list(marks) == []  # nothing to expire them by
+    with Connection("filesystem://", **broker) as producer_conn:
+        publish(producer_conn, "task.sent")
+        assert bound_queues(producer_conn, "test-events") == {"w1@host.celery.pidbox", "orders"}
 
 
 def test_a_consumer_that_comes_back_is_bound_again(broker: dict[str, object]) -> None:
     options = broker["transport_options"]
     assert isinstance(options, dict)
-    queue = Queue("ev-back", EVENTS, routing_key="task.#", expires=60)
+    queue = Queue("celeryev.back", EVENTS, routing_key="task.#", expires=60)
     with (
         Connection("filesystem://", **broker) as consumer,
         Connection("filesystem://", **broker) as producer_conn,
     ):
         bound = queue(consumer.default_channel)
         bound.declare()
-        age_mark(options, "ev-back", transport.MIN_QUEUE_EXPIRY + 1)
+        age_mark(options, "celeryev.back", transport.MIN_QUEUE_EXPIRY + 1)
         publish(producer_conn, "task.sent")
         assert bound_queues(producer_conn, "test-events") == set()
         # The same consumer polls again (once its last mark is a second old): it binds itself
@@ -104,4 +120,4 @@ def test_a_consumer_that_comes_back_is_bound_again(broker: dict[str, object]) ->
             received = bound.get(no_ack=True)
             if received is None:
                 time.sleep(0.05)  # poll interval, within the deadline
-        assert bound_queues(producer_conn, "test-events") == {"ev-back"}
+        assert bound_queues(producer_conn, "test-events") == {"celeryev.back"}
