@@ -32,7 +32,7 @@ class FieldMatch:
         if not self.path or len(self.path) > MAX_PATH_DEPTH or not self._names_ok():
             raise InvalidSagaInput(
                 f"a search key is one to {MAX_PATH_DEPTH} non-empty names joined by dots, "
-                f"got {self.key!r}"
+                f"without double quotes, got {self.key!r}"
             )
         if not self.values:
             raise InvalidSagaInput(f"search on {self.key!r} names no value")
@@ -46,7 +46,8 @@ class FieldMatch:
                 )
 
     def _names_ok(self) -> bool:
-        return all(isinstance(name, str) and name.strip() for name in self.path)
+        # No double quotes: SQLite's JSON paths cannot name such a key.
+        return all(isinstance(n, str) and n.strip() and '"' not in n for n in self.path)
 
     @property
     def key(self) -> str:

@@ -142,8 +142,8 @@ SAGA_ID_PARAMETER = {
 }
 
 
-# One to MAX_PATH_DEPTH dotted names (not blank), `=`, any text; no NUL (PostgreSQL refuses it).
-_KEY_NAME = "[^=.\\x00]*[^=.\\x00\\s][^=.\\x00]*"
+# One to MAX_PATH_DEPTH dotted names (not blank, no double quote), `=`, any text; no NUL.
+_KEY_NAME = '[^=."\\x00]*[^=."\\x00\\s][^=."\\x00]*'
 WHERE_PATTERN = f"^{_KEY_NAME}(\\.{_KEY_NAME}){{0,{MAX_PATH_DEPTH - 1}}}=[^\\x00]*$"
 
 

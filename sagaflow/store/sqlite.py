@@ -7,6 +7,7 @@ Readers run beside it in WAL mode.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from sagaflow.core.search import FieldMatch, Scalar
-from sagaflow.errors import InvalidSagaInput, StoreUnavailable
+from sagaflow.errors import StoreUnavailable
 from sagaflow.sqlite_engine import SQLITE_LOCK_TIMEOUT, create_sqlite_engine
 from sagaflow.store.rows import IgnoredStatements, ignored_statements
 from sagaflow.store.schema import sagas
@@ -104,15 +105,11 @@ def _ignored() -> IgnoredStatements:
 
 
 def _json_path(path: tuple[str, ...]) -> str:
-    """A SQLite JSON path with every key quoted, so a key may hold dots' neighbours ($, [)."""
-    for key in path:
-        # The input is stored with non-ASCII characters escaped (\\u00e9), and SQLite compares a
-        # path's keys with the stored text as it is: such a key would silently match nothing.
-        if not key.isascii() or '"' in key or "\\" in key:
-            raise InvalidSagaInput(
-                f"search key {key!r}: on SQLite a key is ASCII without quotes or backslashes"
-            )
-    return "$" + "".join(f'."{key}"' for key in path)
+    """A SQLite JSON path to a key as the input is stored: SQLite compares a path's keys with
+    the stored text as it is, and the store writes keys JSON-escaped (\\u00e9 for é), so the
+    path carries them escaped the same way. (FieldMatch refuses keys with double quotes, which
+    SQLite's paths cannot hold.)"""
+    return "$" + "".join(f'."{json.dumps(key)[1:-1]}"' for key in path)
 
 
 INT64 = range(-(2**63), 2**63)
