@@ -414,6 +414,13 @@ class Registry:
         definition = self._definitions.get(saga_type)
         return tuple(getattr(definition, "keys", ())) if definition is not None else ()
 
+    def keys_of_all(self, saga_types: Iterable[str]) -> list[str]:
+        """The key fields of these types, each once, in order of first appearance."""
+        keys: dict[str, None] = {}
+        for saga_type in saga_types:
+            keys.update(dict.fromkeys(self.keys_of(saga_type)))
+        return list(keys)
+
     def __contains__(self, saga_type: object) -> bool:
         return saga_type in self._definitions
 

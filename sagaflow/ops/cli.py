@@ -108,10 +108,7 @@ def _key_columns(ctx: click.Context, sagas: list[SagaRecord]) -> list[str]:
     except DefinitionError as exc:
         click.echo(f"(no key columns: {exc})", err=True)
         return []
-    columns: dict[str, None] = {}
-    for saga in sagas:
-        columns.update(dict.fromkeys(registry.keys_of(saga.saga_type)))
-    return list(columns)
+    return registry.keys_of_all(saga.saga_type for saga in sagas)
 
 
 @cli.command()

@@ -166,13 +166,10 @@ def register_ui_routes(app: Flask, dashboard: Dashboard) -> None:
         filters = list_filters(request.args)
         filters["where"] = [*filters["where"], *where_arg(terms)]
         sagas = client.list_sagas(**filters, id_prefix=query)
-        keys: dict[str, None] = {}
-        for saga in sagas:
-            keys.update(dict.fromkeys(dashboard.definitions.keys_of(saga.saga_type)))
         return render_template(
             "index.html",
             sagas=sagas,
-            keys=list(keys),
+            keys=dashboard.definitions.keys_of_all(saga.saga_type for saga in sagas),
             key_value=key_value,
             counts=ordered_counts(client.store.count_by_state()),
             args=request.args,

@@ -56,19 +56,18 @@ def list_sagas(
 
 def stalled(before: datetime, limit: int) -> sa.Select[Any]:
     """Running sagas that have not moved since `before`, the longest still first."""
-    return (
-        sa.select(sagas.c.id)
-        .where(sagas.c.state.in_(RUNNING_STATES), sagas.c.updated_at < to_utc(before))
-        .order_by(sagas.c.updated_at)
-        .limit(limit)
-    )
+    return _still_since(sagas.c.state.in_(RUNNING_STATES), before, limit)
 
 
 def requested(before: datetime, limit: int) -> sa.Select[Any]:
     """Sagas a producer recorded before `before` that no start message has planned yet."""
+    return _still_since(sagas.c.state == SagaState.REQUESTED.value, before, limit)
+
+
+def _still_since(in_state: sa.ColumnElement[bool], before: datetime, limit: int) -> sa.Select[Any]:
     return (
         sa.select(sagas.c.id)
-        .where(sagas.c.state == SagaState.REQUESTED.value, sagas.c.updated_at < to_utc(before))
+        .where(in_state, sagas.c.updated_at < to_utc(before))
         .order_by(sagas.c.updated_at)
         .limit(limit)
     )
